@@ -36,7 +36,7 @@ ModelOption = typer.Option(
 )
 QueryPromptOption = typer.Option(None, help="Text prepended to queries, e.g. 'search_query: ' (default: the model's own 'query' prompt).")
 DocumentPromptOption = typer.Option(None, help="Text prepended to documents (default: the model's own 'document' prompt).")
-BatchOption = typer.Option(32, min=1, help="Texts per encoding batch.")
+BatchOption = typer.Option(None, min=1, help="Texts per encoding batch (default: the model's own, 32 for transformers).")
 
 
 @contextmanager
@@ -89,7 +89,7 @@ def evaluate(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a two-panel PNG (score, and % of full) here."),
     query_prompt: Optional[str] = QueryPromptOption,
     document_prompt: Optional[str] = DocumentPromptOption,
-    batch_size: int = BatchOption,
+    batch_size: Optional[int] = BatchOption,
 ) -> None:
     """Score a model at every prefix dimension, encoding each text only once.
 
@@ -132,7 +132,7 @@ def encode(
     model: str = ModelOption,
     query_prompt: Optional[str] = QueryPromptOption,
     document_prompt: Optional[str] = DocumentPromptOption,
-    batch_size: int = BatchOption,
+    batch_size: Optional[int] = BatchOption,
 ) -> None:
     """Encode texts to a float32 .npy of unit vectors.
 

@@ -145,7 +145,7 @@ def evaluate_retrieval(
     *,
     data_name: str = "",
     split: str = "test",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Encode queries and corpus once, then score every (method, dim)."""
@@ -174,7 +174,7 @@ def evaluate_sts(
     fit_texts: Sequence[str] | None = None,
     data_name: str = "",
     split: str = "test",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Cosine Spearman against gold scores at each (method, dim); each unique sentence encoded once.
@@ -217,7 +217,7 @@ def run_evaluation(
     dims: Sequence[int],
     methods: Sequence[str],
     *,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     progress: Progress | None = None,
 ) -> EvaluationReport:
     """Read ``data_path`` for ``task`` and evaluate: the one entry point the CLI and demo share."""

@@ -62,13 +62,38 @@ class Encoder(Protocol):
         dim: int | None = None,
         *,
         kind: TextKind | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> np.ndarray: ...
 
 
+class _PrefixEncoder:
+    """Shared ``encode``: validate, encode at full dimension once, then slice and re-normalise."""
+
+    full_dim: int
+    default_batch_size = 32
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        dim: int | None = None,
+        *,
+        kind: TextKind | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        texts = _check_texts(texts)
+        if dim is not None:
+            check_dim(dim, self.full_dim)
+        full = self._encode_full(texts, kind, batch_size or self.default_batch_size, show_progress)
+        return truncate(np.asarray(full, dtype=np.float32).reshape(len(texts), self.full_dim), dim)
+
+    def _encode_full(self, texts: list[str], kind: TextKind | None, batch_size: int, show_progress: bool | None):
+        raise NotImplementedError
+
+
 @dataclass
-class SentenceTransformerEncoder:
+class SentenceTransformerEncoder(_PrefixEncoder):
     """A sentence-transformers model; query/document prompts come from the model's own config
     unless ``query_prompt`` / ``document_prompt`` override them."""
 
@@ -81,64 +106,40 @@ class SentenceTransformerEncoder:
     def __post_init__(self) -> None:
         self.full_dim = int(self.model.get_embedding_dimension())
 
-    def encode(
-        self,
-        texts: Sequence[str],
-        dim: int | None = None,
-        *,
-        kind: TextKind | None = None,
-        batch_size: int = 32,
-        show_progress: bool | None = None,
-    ) -> np.ndarray:
-        texts = _check_texts(texts)
-        if dim is not None:
-            check_dim(dim, self.full_dim)
+    def _encode_full(self, texts, kind, batch_size, show_progress):
         if show_progress is None:
             show_progress = len(texts) > 4 * batch_size
         common = dict(batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True)
         if kind == "query":
-            full = self.model.encode_query(texts, prompt=self.query_prompt, **common)
-        elif kind == "document":
-            full = self.model.encode_document(texts, prompt=self.document_prompt, **common)
-        else:
-            full = self.model.encode(texts, **common)
-        return truncate(full.reshape(len(texts), self.full_dim), dim)
+            return self.model.encode_query(texts, prompt=self.query_prompt, **common)
+        if kind == "document":
+            return self.model.encode_document(texts, prompt=self.document_prompt, **common)
+        return self.model.encode(texts, **common)
 
 
 @dataclass
-class WordLlamaEncoder:
+class WordLlamaEncoder(_PrefixEncoder):
     """WordLlama's static, Matryoshka-trained token embeddings with average pooling."""
 
     model: object
     name: str = "wordllama"
     full_dim: int = field(init=False)
+    default_batch_size = 512
 
     def __post_init__(self) -> None:
         self.full_dim = int(self.model.embedding.shape[1])
 
-    def encode(
-        self,
-        texts: Sequence[str],
-        dim: int | None = None,
-        *,
-        kind: TextKind | None = None,
-        batch_size: int = 512,
-        show_progress: bool | None = None,
-    ) -> np.ndarray:
-        texts = _check_texts(texts)
-        if dim is not None:
-            check_dim(dim, self.full_dim)
-        if show_progress is None:
-            show_progress = len(texts) > 20_000
-        chunks = []
-        step = max(batch_size, 1) * 16
+    def _encode_full(self, texts, kind, batch_size, show_progress):
         from tqdm.auto import tqdm
 
+        if show_progress is None:
+            show_progress = len(texts) > 20_000
+        step = batch_size * 16
+        chunks = [np.zeros((0, self.full_dim), np.float32)]
         for start in tqdm(range(0, len(texts), step), desc="Encoding", disable=not show_progress, unit="chunk"):
-            chunk = self.model.embed(list(texts[start : start + step]), norm=False, batch_size=batch_size)
+            chunk = self.model.embed(texts[start : start + step], norm=False, batch_size=batch_size)
             chunks.append(np.asarray(chunk, dtype=np.float32).reshape(-1, self.full_dim))
-        full = np.concatenate(chunks) if chunks else np.zeros((0, self.full_dim), np.float32)
-        return truncate(full, dim)
+        return np.concatenate(chunks)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -179,7 +180,7 @@ def load_model(
     if path.exists():
         if not (path / "modules.json").exists() and not (path / "config.json").exists():
             raise ModelError(f"{path} is not a sentence-transformers model folder (no modules.json or config.json)")
-        return _load_sentence_transformer(path, name, query_prompt, document_prompt, device)
+        return _load_sentence_transformer(path, str(path.resolve()), query_prompt, document_prompt, device)
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ModelError(
             f"unknown model {name!r}: not an alias ({', '.join(sorted(MODEL_ALIASES))}) nor a local folder, "
