@@ -19,13 +19,21 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# A real Milvus standalone server for the integration tests ("embedded Milvus" 2.3.5); its
+# pins clash with the project's, so it gets its own environment.
+MILVUS_SERVER_VENV ?= .venv-milvus-server
+$(MILVUS_SERVER_VENV)/.installed:
+	$(PYTHON) -m venv $(MILVUS_SERVER_VENV)
+	$(MILVUS_SERVER_VENV)/bin/python -m pip install --quiet 'milvus==2.3.5' 'setuptools<81'
+	touch $@
+
 install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/matryoshka demo
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install $(MILVUS_SERVER_VENV)/.installed
+	MATRYOSHKA_MILVUS_SERVER_PYTHON=$(MILVUS_SERVER_VENV)/bin/python $(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(MILVUS_SERVER_VENV) build src/*.egg-info .pytest_cache

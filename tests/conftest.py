@@ -75,3 +75,45 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
     command = [sys.executable, "-m", "matryoshka", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env={**os.environ, "COLUMNS": "160"})
+
+
+@pytest.fixture(scope="session")
+def squad_sample():
+    from matryoshka.data import read_beir
+    from matryoshka.demo import SAMPLE_DIR, SAMPLE_SPLIT
+
+    return read_beir(SAMPLE_DIR, SAMPLE_SPLIT)
+
+
+@pytest.fixture(scope="session")
+def wordllama():
+    from matryoshka.models import load_model
+
+    return load_model("wordllama")
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A real Milvus 2.3.5 standalone server on loopback, started from its own environment."""
+    import signal
+    import socket
+    import time
+
+    python = os.environ.get("MATRYOSHKA_MILVUS_SERVER_PYTHON", str(REPO / ".venv-milvus-server" / "bin" / "python"))
+    assert Path(python).exists(), f"{python} not found: 'make test' creates it (target .venv-milvus-server/.installed)"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = tmp_path_factory.mktemp("milvus-server")
+    log = open(data / "server.log", "w")
+    process = subprocess.Popen([python, str(REPO / "tests" / "milvus_server.py"), str(data), str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 180
+    while "READY" not in (data / "server.log").read_text():
+        assert process.poll() is None, f"Milvus server exited: {(data / 'server.log').read_text()[-2000:]}"
+        assert time.time() < deadline, "Milvus server did not start in 180 s"
+        time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}"
+    os.killpg(process.pid, signal.SIGKILL)  # SIGTERM can hang in embedded Milvus
+    process.wait(timeout=30)
+    log.close()

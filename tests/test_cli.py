@@ -19,6 +19,13 @@ def test_demo_runs_offline_end_to_end(tmp_path):
     assert full["ndcg@10"] > 0.8  # questions find their own paragraph
     assert smallest["pca"] > smallest["truncate"]  # MiniLM is not Matryoshka-trained: PCA prefixes win
     assert (tmp_path / "demo" / "evaluation.png").stat().st_size > 20_000
+    # the funnel part: a local index of the sample, searched by the funnel and exactly
+    assert "Funnel vs exact search" in result.stdout
+    funnel = json.loads((tmp_path / "demo" / "funnel.json").read_text())
+    assert funnel["recall_vs_exact"] >= 0.95 and funnel["documents"] == 414 and funnel["queries"] == 827
+    assert abs(funnel["funnel_ndcg"] - funnel["exact_ndcg"]) < 0.02
+    assert abs(funnel["exact_ndcg"] - full["ndcg@10"]) < 1e-6  # exact search is the full-dim evaluation
+    assert (tmp_path / "demo" / "index" / "current" / "meta.json").exists()
 
 
 def test_encode_writes_unit_vectors_and_ids(tmp_path):

@@ -187,6 +187,8 @@ def read_texts(path: Path | str) -> Corpus:
         if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
             raise DataError(path, f"id must be a string or integer, got {type(doc_id).__name__}", number)
         doc_id = str(doc_id)
+        if not doc_id.strip():
+            raise DataError(path, "empty id", number)
         if doc_id in seen:
             raise DataError(path, f"duplicate id {doc_id!r} (first seen on line {seen[doc_id]})", number)
         if not text.strip() and not (title or "").strip():
@@ -319,6 +321,8 @@ def _beir_id(file: Path, number: int, record: dict) -> str:
         raise DataError(file, "missing field '_id'", number)
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise DataError(file, f"'_id' must be a string or integer, got {type(value).__name__}", number)
+    if not str(value).strip():
+        raise DataError(file, "empty '_id'", number)
     return str(value)
 
 

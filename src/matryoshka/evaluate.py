@@ -128,6 +128,11 @@ def score_retrieval(
     ranked = np.concatenate(
         [metrics.top_k(queries[s : s + QUERY_BLOCK] @ documents.T, depth) for s in range(0, len(queries), QUERY_BLOCK)]
     )
+    return ranking_metrics(ranked, data)
+
+
+def ranking_metrics(ranked: np.ndarray, data: RetrievalData) -> dict[str, float]:
+    """Mean nDCG@10, recall@10, recall@100 and MRR@10 of ranked corpus rows (one row per query)."""
     gains, ideal, n_relevant = metrics.gain_matrix(ranked, data.corpus.ids, data.query_ids, data.qrels)
     return {
         "ndcg@10": float(metrics.ndcg_at_k(gains, ideal, 10).mean()),
@@ -151,13 +156,31 @@ def evaluate_retrieval(
     """Encode queries and corpus once, then score every (method, dim)."""
     query_vectors = encoder.encode(data.query_texts, kind="query", batch_size=batch_size)
     doc_vectors = encoder.encode(data.corpus.texts, kind="document", batch_size=batch_size)
-    report = EvaluationReport(encoder.name, "retrieval", data_name, split, encoder.full_dim)
+    return evaluate_retrieval_vectors(query_vectors, doc_vectors, data, dims, methods, model=encoder.name,
+                                      data_name=data_name, split=split, progress=progress)
+
+
+def evaluate_retrieval_vectors(
+    query_vectors: np.ndarray,
+    doc_vectors: np.ndarray,
+    data: RetrievalData,
+    dims: Sequence[int],
+    methods: Sequence[str] = METHODS,
+    *,
+    model: str = "",
+    data_name: str = "",
+    split: str = "test",
+    progress: Progress | None = None,
+) -> EvaluationReport:
+    """Score every (method, dim) from full-dimension vectors already encoded."""
+    full_dim = doc_vectors.shape[1]
+    report = EvaluationReport(model, "retrieval", data_name, split, full_dim)
     report.notes.append(f"{len(data.query_ids)} queries, {len(data.corpus)} documents")
     if "pca" in methods:
         report.notes.append("pca fitted on the corpus vectors")
     for method, transform in _transforms(methods, doc_vectors).items():
         q_rot, d_rot = transform(query_vectors), transform(doc_vectors)
-        for dim in _with_full_dim(dims, encoder.full_dim):
+        for dim in _with_full_dim(dims, full_dim):
             scores = score_retrieval(truncate(q_rot, dim), truncate(d_rot, dim), data)
             report.results.append({"method": method, "dim": dim, **scores})
             if progress:

@@ -1,0 +1,294 @@
+"""Funnel search: a short-prefix search for a wide shortlist, re-ranked by longer and longer prefixes.
+
+A :class:`Schedule` is a list of stages ``(dim, keep)``. Stage 0 searches the store's head
+(``dim`` = head dim) for the ``keep`` best rows; each later stage re-scores the survivors with the
+first ``dim`` coordinates, re-normalised, and keeps its ``keep`` best. The last stage is at full
+dimension, so the final scores are exact cosines. Re-ranking is vectorised over the whole batch of
+queries: one gather and one batched product per stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .models import normalize
+
+MIN_HEAD_DIM = 8
+
+
+class ScheduleError(ValueError):
+    """A schedule that cannot work (fails before any search starts)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    dim: int
+    keep: int
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Validated at construction: dims strictly increasing, keeps non-increasing, all positive."""
+
+    stages: tuple[Stage, ...]
+
+    def __post_init__(self) -> None:
+        stages = tuple(s if isinstance(s, Stage) else Stage(*s) for s in self.stages)
+        object.__setattr__(self, "stages", stages)
+        if not stages:
+            raise ScheduleError("a schedule needs at least one stage")
+        for stage in stages:
+            if int(stage.dim) < 1 or int(stage.keep) < 1:
+                raise ScheduleError(f"stage {stage.dim}:{stage.keep}: dim and keep must be positive")
+        dims = [s.dim for s in stages]
+        keeps = [s.keep for s in stages]
+        if any(b <= a for a, b in zip(dims, dims[1:])):
+            raise ScheduleError(f"stage dims must be strictly increasing, got {dims}")
+        if any(b > a for a, b in zip(keeps, keeps[1:])):
+            raise ScheduleError(f"stage keeps must not increase, got {keeps}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.stages[0].dim
+
+    @property
+    def full_dim(self) -> int:
+        return self.stages[-1].dim
+
+    @property
+    def shortlist(self) -> int:
+        return self.stages[0].keep
+
+    def check(self, full_dim: int, k: int, corpus_size: int) -> None:
+        """Raise if this schedule cannot answer top-``k`` over this index."""
+        if self.full_dim != full_dim:
+            raise ScheduleError(f"the schedule must end at the full dimension {full_dim}, it ends at {self.full_dim}")
+        if k < 1:
+            raise ScheduleError(f"k must be at least 1, got {k}")
+        if k > corpus_size:
+            raise ScheduleError(f"k={k} is larger than the corpus ({corpus_size} documents)")
+        if self.stages[-1].keep < k:
+            raise ScheduleError(f"the last stage keeps {self.stages[-1].keep} < k={k}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Schedule":
+        """``"12:2000,24:1000,…,384:10"`` -> Schedule."""
+        stages = []
+        for part in text.split(","):
+            try:
+                dim, keep = part.split(":")
+                stages.append(Stage(int(dim), int(keep)))
+            except ValueError:
+                raise ScheduleError(f"schedule stage {part.strip()!r} is not DIM:KEEP (e.g. 24:1000)") from None
+        return cls(tuple(stages))
+
+    @classmethod
+    def halving(cls, full_dim: int, k: int, shortlist: int, head_dim: int | None = None) -> "Schedule":
+        """Dims double from the head (default d/32, at least 8) to d; the shortlist halves each stage
+        down to ``k`` at the last."""
+        dims = stage_dims(full_dim, head_dim)
+        keeps = [max(k, shortlist >> i) for i in range(len(dims))]
+        keeps[-1] = k
+        return cls(tuple(Stage(d, n) for d, n in zip(dims, keeps)))
+
+    def __str__(self) -> str:
+        return ",".join(f"{s.dim}:{s.keep}" for s in self.stages)
+
+
+def default_head_dim(full_dim: int) -> int:
+    """d/32 from the Matryoshka literature, but at least 8 (and at most d)."""
+    return min(full_dim, max(MIN_HEAD_DIM, full_dim // 32))
+
+
+def stage_dims(full_dim: int, head_dim: int | None = None) -> list[int]:
+    """Head dim, then doubling, ending exactly at ``full_dim`` (any dims, not only powers of two)."""
+    dim = head_dim or default_head_dim(full_dim)
+    dims = []
+    while dim < full_dim:
+        dims.append(dim)
+        dim *= 2
+    return dims + [full_dim]
+
+
+class FunnelStore(Protocol):
+    """What the funnel needs from a store (local folder or Milvus)."""
+
+    full_dim: int
+    head_dim: int
+
+    def __len__(self) -> int: ...
+
+    def head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` rows by the prefix of ``queries.shape[1]`` dims (fast when that is the stored head)."""
+
+    def gather(self, rows: np.ndarray, dim: int) -> np.ndarray:
+        """The first ``dim`` stored coordinates of ``rows`` (nq x m) as a (nq, m, dim) float32 array."""
+
+    def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact full-dimension top ``k`` (scores, rows)."""
+
+
+@dataclass
+class SearchResult:
+    """Top-k rows and cosines per query, with the time and shortlist size of each stage."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    stage_dims: list[int] = field(default_factory=list)
+    stage_keeps: list[int] = field(default_factory=list)
+    stage_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(self.stage_seconds))
+
+
+def _top(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Column positions of the ``keep`` best scores per row, best first."""
+    if keep < scores.shape[1]:
+        part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
+    else:
+        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def rerank(candidates: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Cosines between each query's prefix and its candidates' prefixes, both re-normalised.
+
+    ``candidates``: (nq, m, dim) raw prefixes; ``queries``: (nq, dim). One batched product.
+    """
+    queries = normalize(queries)
+    dots = np.matmul(candidates, queries[:, :, None])[:, :, 0]
+    norms = np.sqrt(np.einsum("qmd,qmd->qm", candidates, candidates))
+    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+
+def funnel_search(
+    store: FunnelStore,
+    queries: np.ndarray,
+    schedule: Schedule,
+    k: int,
+    *,
+    head_queries: np.ndarray | None = None,
+) -> SearchResult:
+    """Answer a batch of full-dimension unit queries with the funnel.
+
+    ``head_queries`` lets the early stages use another space than the last (an adapter's
+    rotation); by default every stage uses prefixes of ``queries``.
+    """
+    queries = _as_batch(queries, store.full_dim)
+    early = queries if head_queries is None else _as_batch(head_queries, store.full_dim)
+    schedule.check(store.full_dim, k, len(store))
+    result = SearchResult(np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32))
+    started = time.perf_counter()
+    first = schedule.stages[0]
+    scores, rows = store.head_search(normalize(early[:, : first.dim]), min(first.keep, len(store)))
+    _record(result, first.dim, rows.shape[1], started)
+    for stage in schedule.stages[1:]:
+        started = time.perf_counter()
+        rows = np.sort(rows, axis=1)  # candidate order is free; sorted rows read storage forwards
+        source = queries if stage.dim == store.full_dim else early
+        scores = rerank(store.gather(rows, stage.dim), source[:, : stage.dim])
+        best = _top(scores, min(stage.keep, rows.shape[1]))
+        rows = np.take_along_axis(rows, best, axis=1)
+        scores = np.take_along_axis(scores, best, axis=1)
+        _record(result, stage.dim, rows.shape[1], started)
+    result.rows, result.scores = rows[:, :k], scores[:, :k].astype(np.float32)
+    return result
+
+
+def _record(result: SearchResult, dim: int, keep: int, started: float) -> None:
+    result.stage_dims.append(dim)
+    result.stage_keeps.append(keep)
+    result.stage_seconds.append(time.perf_counter() - started)
+
+
+def _as_batch(queries: np.ndarray, full_dim: int) -> np.ndarray:
+    queries = np.asarray(queries, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None, :]
+    if queries.ndim != 2 or queries.shape[1] != full_dim:
+        raise ValueError(f"queries must have shape (n, {full_dim}), got {queries.shape}")
+    if not np.isfinite(queries).all():
+        raise ValueError("queries contain NaN or infinite values")
+    return queries
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of the exact top-k rows that the funnel returned."""
+    k = truth.shape[1]
+    hits = [len(np.intersect1d(a[:k], b)) for a, b in zip(found, truth)]
+    return float(np.mean(hits) / k)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    schedule: Schedule
+    recall: float
+    cost: float
+    tried: tuple[tuple[str, float, float], ...]
+
+
+def schedule_cost(schedule: Schedule, corpus_size: int, gather_penalty: float = 4.0) -> float:
+    """Multiply-adds per query: the head scan plus each stage's re-rank (random row reads cost more)."""
+    cost = corpus_size * schedule.head_dim
+    previous = min(schedule.shortlist, corpus_size)
+    for stage in schedule.stages[1:]:
+        cost += gather_penalty * previous * stage.dim
+        previous = min(stage.keep, previous)
+    return float(cost)
+
+
+def autotune(
+    store: FunnelStore,
+    sample_queries: np.ndarray,
+    k: int = 10,
+    target_recall: float = 0.99,
+    *,
+    head_dims: Sequence[int] | None = None,
+    shortlists: Sequence[int] | None = None,
+    truth: np.ndarray | None = None,
+) -> TuneResult:
+    """The cheapest halving schedule whose recall@k against exact search on ``sample_queries``
+    reaches ``target_recall``; falls back to the most accurate one tried if none does.
+
+    Head dims other than the store's own are searched by a slow exact scan; to compare head dims
+    fairly, tune one store per head dim (as ``index.tune`` does)."""
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+    queries = _as_batch(sample_queries, store.full_dim)
+    n, full = len(store), store.full_dim
+    if truth is None:
+        _, truth = store.exact_search(queries, k)
+    head_dims = sorted(set(head_dims or [store.head_dim]))
+    shortlists = sorted({min(s, n) for s in (shortlists or _shortlist_candidates(k, n)) if s >= k})
+    tried, best, fallback = [], None, None
+    for head in head_dims:
+        for shortlist in shortlists:
+            schedule = Schedule.halving(full, k, shortlist, head)
+            recall = recall_at_k(funnel_search(store, queries, schedule, k).rows, truth)
+            cost = schedule_cost(schedule, n)
+            tried.append((str(schedule), recall, cost))
+            if fallback is None or recall > fallback.recall:
+                fallback = TuneResult(schedule, recall, cost, ())
+            if recall >= target_recall:
+                if best is None or cost < best.cost:
+                    best = TuneResult(schedule, recall, cost, ())
+                break  # longer shortlists at this head only cost more
+    chosen = best or fallback
+    return TuneResult(chosen.schedule, chosen.recall, chosen.cost, tuple(tried))
+
+
+def head_candidates(full_dim: int) -> list[int]:
+    """Head dims autotune tries: d/32, d/16, d/8 and d/4 (each at least 8)."""
+    return sorted({min(full_dim, max(MIN_HEAD_DIM, full_dim // f)) for f in (32, 16, 8, 4)})
+
+
+def _shortlist_candidates(k: int, n: int) -> list[int]:
+    sizes = [k * m for m in (2, 5, 10, 20, 50, 100, 200, 500)] + [n]
+    return sorted({s for s in sizes if s <= n})

@@ -1,0 +1,219 @@
+"""Build an index from texts (or precomputed vectors) and search it with the funnel or exactly.
+
+The model, prompts and dims are stored with the index; search loads the same encoder, so queries
+and documents are always encoded alike.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .funnel import Schedule, SearchResult, TuneResult, autotune, default_head_dim, funnel_search, head_candidates
+from .models import Encoder, load_model
+from .stores import IndexMeta, StoreError, check_ids, is_milvus_uri, open_store, validate_vectors
+from .stores.memory import MemoryStore
+
+ENCODE_CHUNK = 256
+AUTOTUNE_SAMPLE = 200
+
+
+def _batches(encoder: Encoder | None, texts: Sequence[str], vectors: np.ndarray | None) -> Iterator[np.ndarray]:
+    if vectors is not None:
+        for start in range(0, len(vectors), 8192):
+            yield vectors[start : start + 8192]
+        return
+    for start in range(0, len(texts), ENCODE_CHUNK):
+        yield encoder.encode(texts[start : start + ENCODE_CHUNK], kind="document", show_progress=False)
+
+
+def _builder(db: str | Path, collection: str | None):
+    if is_milvus_uri(str(db)):
+        from .stores.milvus import DEFAULT_COLLECTION, MilvusBuilder
+
+        return MilvusBuilder(str(db), collection or DEFAULT_COLLECTION)
+    from .stores.local import LocalBuilder
+
+    return LocalBuilder(db)
+
+
+def build_index(
+    db: str | Path,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    *,
+    encoder: Encoder | None = None,
+    vectors: np.ndarray | None = None,
+    head_dim: int | None = None,
+    head_index: str = "flat",
+    k: int = 10,
+    target_recall: float = 0.99,
+    tune_queries: np.ndarray | None = None,
+    collection: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> IndexMeta:
+    """Encode (or take) the corpus vectors, autotune the head dim and default schedule on a sample
+    of the corpus, and store everything. Without ``vectors`` the ``encoder`` encodes the texts;
+    with both, the vectors are taken as that model's and queries can later be given as text.
+
+    All or nothing: the new index becomes visible only once complete."""
+    if encoder is None and vectors is None:
+        raise ValueError("give a model to encode the texts, or precomputed vectors")
+    ids = check_ids(ids)
+    if len(texts) != len(ids):
+        raise StoreError(f"{len(texts)} texts for {len(ids)} ids")
+    if vectors is not None:
+        vectors = validate_vectors(vectors, count=len(ids), dim=encoder.full_dim if encoder else None, what="--vectors")
+    full_dim = vectors.shape[1] if vectors is not None else encoder.full_dim
+    if head_dim is not None and not 1 <= head_dim <= full_dim:
+        raise StoreError(f"head dim {head_dim} is outside 1..{full_dim}")
+    meta = IndexMeta(
+        model=encoder.name if encoder is not None else None,
+        full_dim=full_dim,
+        head_dim=head_dim or default_head_dim(full_dim),
+        count=len(ids),
+        query_prompt=getattr(encoder, "query_prompt", None),
+        document_prompt=getattr(encoder, "document_prompt", None),
+    )
+    builder = _builder(db, collection)
+    try:
+        full = builder.full_array(len(ids), full_dim)
+        written = 0
+        for batch in _batches(None if vectors is not None else encoder, list(texts), vectors):
+            full[written : written + len(batch)] = validate_vectors(batch, dim=full_dim, what="encoded vectors")
+            written += len(batch)
+            if progress:
+                progress(len(batch))
+        if tune_queries is not None:
+            queries, source = validate_vectors(tune_queries, dim=full_dim, what="tuning queries"), "given queries"
+        elif encoder is not None:
+            queries, source = pseudo_queries(list(texts), encoder), "word windows of corpus texts"
+        else:
+            queries, source = None, "corpus vectors"
+        tuned = tune(full, k=min(k, len(ids)), target_recall=target_recall,
+                     head_dims=[head_dim] if head_dim else None, sample_queries=queries)
+        meta.head_dim, meta.schedule, meta.autotune_recall = tuned.schedule.head_dim, str(tuned.schedule), tuned.recall
+        meta.extra["autotune"] = {"k": min(k, len(ids)), "target_recall": target_recall, "queries": source}
+        builder.commit(full, ids, list(texts), meta, head_index=head_index)
+    except BaseException:
+        builder.abort()
+        raise
+    finally:
+        builder.close()
+    return meta
+
+
+def pseudo_queries(texts: Sequence[str], encoder: Encoder, count: int = AUTOTUNE_SAMPLE, seed: int = 0) -> np.ndarray:
+    """Query-like samples for autotune: a random window of 4 to 12 words from random documents,
+    encoded as queries. Whole documents as queries would be found too easily (each is its own
+    nearest neighbour) and would pick a shortlist too short for real queries."""
+    rng = np.random.default_rng(seed)
+    windows = []
+    for row in rng.choice(len(texts), size=min(count, len(texts)), replace=False):
+        words = texts[row].split()
+        width = int(rng.integers(4, 13))
+        start = int(rng.integers(0, max(1, len(words) - width + 1)))
+        windows.append(" ".join(words[start : start + width]) or texts[row])
+    return encoder.encode(windows, kind="query", show_progress=False)
+
+
+def tune(full: np.ndarray, k: int, target_recall: float, head_dims: Sequence[int] | None = None,
+         sample_queries: np.ndarray | None = None) -> TuneResult:
+    """Autotune over head dims and shortlists; queries default to a sample of the corpus' own vectors."""
+    if sample_queries is None:
+        rng = np.random.default_rng(0)
+        rows = np.sort(rng.choice(len(full), size=min(AUTOTUNE_SAMPLE, len(full)), replace=False))
+        sample_queries = np.asarray(full[rows])
+    full_dim = full.shape[1]
+    candidates = sorted(set(head_dims or head_candidates(full_dim)))
+    truth = MemoryStore(full, candidates[0]).exact_search(sample_queries, k)[1]
+    results = [autotune(MemoryStore(full, head), sample_queries, k, target_recall, head_dims=[head], truth=truth)
+               for head in candidates]
+    passing = [r for r in results if r.recall >= target_recall]
+    return min(passing, key=lambda r: r.cost) if passing else max(results, key=lambda r: r.recall)
+
+
+@dataclass
+class Hits:
+    """One query's answer: ids, cosines, texts, and the funnel's stages."""
+
+    ids: list[str]
+    scores: list[float]
+    texts: list[str]
+
+
+class Index:
+    """An opened index plus the encoder it was built with."""
+
+    def __init__(self, db: str | Path, *, model: str | None = None, head_index: str | None = None,
+                 collection: str | None = None) -> None:
+        options = {"head_index": head_index} if head_index else {}
+        if collection:
+            options["collection"] = collection
+        self.store = open_store(db, **options)
+        self.meta: IndexMeta = self.store.meta
+        if model is not None and self.meta.model is not None and _canonical(model) != _canonical(self.meta.model):
+            raise StoreError(f"this index was built with model {self.meta.model!r}, not {model!r}; "
+                             "search must use the indexing model")
+        self._encoder: Encoder | None = None
+        self._model_name = model
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            if self.meta.model is None:
+                raise StoreError("this index was built from precomputed vectors: search it with query vectors "
+                                 "(--query-vectors), or re-index with --model")
+            self._encoder = load_model(self.meta.model, query_prompt=self.meta.query_prompt,
+                                       document_prompt=self.meta.document_prompt)
+        return self._encoder
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Index":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def schedule_for(self, k: int) -> Schedule:
+        """The autotuned schedule, its shortlist scaled up when more than the tuned k is asked for."""
+        tuned = Schedule.parse(self.meta.schedule) if self.meta.schedule else None
+        if tuned is None:
+            return Schedule.halving(self.meta.full_dim, k, max(100, 10 * k), self.meta.head_dim)
+        tuned_k = tuned.stages[-1].keep
+        shortlist = min(len(self.store), max(tuned.shortlist, -(-tuned.shortlist * k // tuned_k)))
+        return Schedule.halving(self.meta.full_dim, k, shortlist, tuned.head_dim)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode(list(texts), kind="query")
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10, *, schedule: Schedule | None = None,
+                       exact: bool = False) -> SearchResult:
+        queries = validate_vectors(np.atleast_2d(queries), dim=self.meta.full_dim, what="query vectors")
+        if exact:
+            if k > len(self.store):
+                raise StoreError(f"k={k} is larger than the corpus ({len(self.store)} documents)")
+            started = time.perf_counter()
+            scores, rows = self.store.exact_search(queries, k)
+            return SearchResult(rows, scores.astype(np.float32), [self.meta.full_dim], [k],
+                                [time.perf_counter() - started])
+        schedule = schedule or self.schedule_for(k)
+        return funnel_search(self.store, queries, schedule, k)
+
+    def hits(self, result: SearchResult) -> list[Hits]:
+        ids = self.store.ids_of(result.rows)
+        texts = self.store.texts_of(result.rows)
+        return [Hits(list(map(str, i)), [float(s) for s in sc], t) for i, sc, t in zip(ids, result.scores, texts)]
+
+
+def _canonical(name: str) -> str:
+    from .models import MODEL_ALIASES
+
+    alias = MODEL_ALIASES.get(name.lower())
+    return {"minilm": "all-MiniLM-L6-v2"}.get(alias, alias or name)

@@ -1,0 +1,113 @@
+"""Vectors in process: a contiguous head in RAM searched by FAISS, full vectors in an array
+(or a memory map, which is what the local store hands in)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..models import normalize
+from .base import IndexMeta, StoreError
+
+EXACT_BLOCK = 65_536
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+
+
+def make_head_index(head: np.ndarray, kind: str = "flat"):
+    """FAISS inner-product index over the head: exact (``flat``) or graph (``hnsw``)."""
+    import faiss
+
+    if kind == "flat":
+        index = faiss.IndexFlatIP(head.shape[1])
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(head.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+    else:
+        raise StoreError(f"unknown head index {kind!r}; choose flat or hnsw")
+    index.add(np.ascontiguousarray(head, dtype=np.float32))
+    return index
+
+
+class MemoryStore:
+    """The funnel protocol over arrays. ``full`` holds unit rows; the head is its re-normalised prefix."""
+
+    kind = "memory"
+
+    def __init__(
+        self,
+        full: np.ndarray,
+        head_dim: int,
+        *,
+        head: np.ndarray | None = None,
+        head_index: str | object = "flat",
+        ids: Sequence[str] | None = None,
+        texts: Sequence[str] | None = None,
+        meta: IndexMeta | None = None,
+    ) -> None:
+        self.full = full
+        self.full_dim = int(full.shape[1])
+        if not 1 <= head_dim <= self.full_dim:
+            raise StoreError(f"head dim {head_dim} is outside 1..{self.full_dim}")
+        self.head_dim = int(head_dim)
+        self.head = np.ascontiguousarray(head if head is not None else normalize(np.asarray(full[:, :head_dim])))
+        self.head_index_kind = head_index if isinstance(head_index, str) else "hnsw"
+        self._head_index = make_head_index(self.head, head_index) if isinstance(head_index, str) else head_index
+        self._ids = None if ids is None else np.asarray(list(ids), dtype=object)
+        self._texts = None if texts is None else list(texts)
+        self.meta = meta or IndexMeta(model=None, full_dim=self.full_dim, head_dim=self.head_dim, count=len(full))
+
+    def __len__(self) -> int:
+        return int(self.full.shape[0])
+
+    def head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` by the head index; a first stage of another dim falls back to an exact scan."""
+        if queries.shape[1] != self.head_dim:
+            return self.exact_search(queries, n, dim=queries.shape[1])
+        if self.head_index_kind == "hnsw":
+            self._head_index.hnsw.efSearch = max(n, 64)
+        scores, rows = self._head_index.search(np.ascontiguousarray(queries, dtype=np.float32), n)
+        return scores, rows.astype(np.int64)
+
+    def gather(self, rows: np.ndarray, dim: int) -> np.ndarray:
+        # column-slice first: numpy's mixed fancy+slice indexing is several times slower
+        return np.asarray(self.full[:, :dim][rows.ravel()], dtype=np.float32).reshape(*rows.shape, dim)
+
+    def exact_search(self, queries: np.ndarray, k: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Blocked exact search over the full vectors (the ground truth the funnel is judged by),
+        or over their re-normalised ``dim`` prefix."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        prefix = dim is not None and dim != self.full_dim
+        best_scores = np.zeros((len(queries), 0), np.float32)
+        best_rows = np.zeros((len(queries), 0), np.int64)
+        for start in range(0, len(self), EXACT_BLOCK):
+            rows = np.asarray(self.full[start : start + EXACT_BLOCK, :dim] if prefix else self.full[start : start + EXACT_BLOCK])
+            block = queries @ (normalize(rows) if prefix else rows).T
+            take = min(k, block.shape[1])
+            part = np.argpartition(-block, take - 1, axis=1)[:, :take]
+            best_scores = np.concatenate([best_scores, np.take_along_axis(block, part, axis=1)], axis=1)
+            best_rows = np.concatenate([best_rows, part + start], axis=1)
+            keep = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
+            best_scores = np.take_along_axis(best_scores, keep, axis=1)
+            best_rows = np.take_along_axis(best_rows, keep, axis=1)
+        return best_scores, best_rows
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        if self._ids is None:
+            return np.asarray(rows).astype(str).astype(object)
+        return self._ids[rows]
+
+    def texts_of(self, rows: np.ndarray) -> list[list[str]]:
+        rows = np.atleast_2d(rows)
+        if self._texts is None:
+            return [["" for _ in row] for row in rows]
+        return [[self._texts[r] for r in row] for row in rows]
+
+    def close(self) -> None:
+        """Nothing to release: memory maps close with the object."""
+
+    def memory_bytes(self) -> int:
+        """RAM the search needs beyond the memory-mapped full vectors: the head and its index."""
+        graph = len(self) * HNSW_M * 2 * 4 if self.head_index_kind == "hnsw" else 0
+        return int(2 * self.head.nbytes + graph)

@@ -1,0 +1,266 @@
+"""Milvus as the scale-out store: a Milvus Lite file (``*.db``) or a server/cluster URI.
+
+One index is a generation of two collections, because Milvus 2.3 allows one vector field per
+collection: ``<name>_<gen>_head`` (row id + head vector, searched by Milvus) and
+``<name>_<gen>_full`` (row id, document id, text, full vector; fetched by id for re-ranking).
+A small pointer collection ``<name>_meta`` holds the current generation and the IndexMeta. A
+build writes a new generation and then upserts the pointer, so a build that fails or is killed
+leaves the previous generation answering; old generations are dropped after the switch.
+Aliases and renames would be the natural tools, but Milvus Lite does not implement them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .base import IndexMeta, StoreError
+
+DEFAULT_COLLECTION = "matryoshka"
+INSERT_BATCH = 1000
+GET_BATCH = 2000
+MAX_TEXT_BYTES = 60_000
+MAX_TOPK = 16_384
+CONNECT_TIMEOUT_S = 10
+
+
+def connect(uri: str):
+    """A MilvusClient, or a StoreError that says whether the file or the server is the problem."""
+    from pymilvus import MilvusClient
+
+    if uri.endswith(".db"):
+        path = Path(uri)
+        if path.exists() and path.is_file() and path.stat().st_size > 0 and not _looks_like_lite(path):
+            raise StoreError(f"{uri} exists but is not a Milvus Lite file")
+        if not path.parent.exists():
+            raise StoreError(f"{uri}: folder {path.parent} does not exist")
+    try:
+        return MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S)
+    except Exception as exc:  # pymilvus raises several unrelated types here
+        what = "open the Milvus Lite file" if uri.endswith(".db") else "reach the Milvus server"
+        raise StoreError(f"could not {what} at {uri}: {exc}") from exc
+
+
+def disconnect(client, uri: str) -> None:
+    """Close the client and, for Milvus Lite, stop the file's server so another process may open it."""
+    client.close()
+    if uri.endswith(".db"):
+        from milvus_lite.server_manager import server_manager_instance
+
+        if str(Path(uri).absolute().resolve()) in server_manager_instance._servers:
+            server_manager_instance.release_server(uri)
+
+
+def _looks_like_lite(path: Path) -> bool:
+    """Milvus Lite keeps its data in a SQLite file."""
+    with open(path, "rb") as handle:
+        return handle.read(16) == b"SQLite format 3\x00"
+
+
+def _meta_name(collection: str) -> str:
+    return f"{collection}_meta"
+
+
+def _names(collection: str, generation: str) -> tuple[str, str]:
+    return f"{collection}_{generation}_head", f"{collection}_{generation}_full"
+
+
+def _read_pointer(client, collection: str) -> tuple[str, IndexMeta] | None:
+    name = _meta_name(collection)
+    if not client.has_collection(name):
+        return None
+    client.load_collection(name)
+    rows = client.get(name, ids=["current"], output_fields=["value"])
+    if not rows:
+        return None
+    value = json.loads(rows[0]["value"])
+    return value["generation"], IndexMeta.from_json(json.dumps(value["meta"]))
+
+
+def _write_pointer(client, collection: str, generation: str, meta: IndexMeta) -> None:
+    from pymilvus import DataType, MilvusClient
+
+    name = _meta_name(collection)
+    if not client.has_collection(name):
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("value", DataType.VARCHAR, max_length=65_535)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=2)  # Milvus 2.3 needs one vector field
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+        client.create_collection(name, schema=schema, index_params=index)
+    value = json.dumps({"generation": generation, "meta": json.loads(meta.to_json())})
+    client.upsert(name, [{"key": "current", "value": value, "vector": [0.0, 0.0]}])
+    client.flush(name)
+
+
+class MilvusStore:
+    """An index in Milvus opened for search; follows the funnel protocol."""
+
+    kind = "milvus"
+
+    def __init__(self, uri: str, *, collection: str = DEFAULT_COLLECTION, head_index: str | None = None) -> None:
+        self.uri, self.collection = uri, collection
+        self.client = connect(uri)
+        pointer = _read_pointer(self.client, collection)
+        if pointer is None:
+            raise StoreError(f"no matryoshka index {collection!r} at {uri}; run 'matryoshka index --db {uri}' first")
+        self.generation, self.meta = pointer
+        self.full_dim, self.head_dim = self.meta.full_dim, self.meta.head_dim
+        self.head_name, self.full_name = _names(collection, self.generation)
+        for name in (self.head_name, self.full_name):
+            self.client.load_collection(name)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.meta.count
+
+    def head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if n > MAX_TOPK:
+            raise StoreError(f"Milvus returns at most {MAX_TOPK} results per search; shortlist {n} is too long")
+        self._cache = {}
+        if queries.shape[1] != self.head_dim:
+            raise StoreError(f"this Milvus index searches a {self.head_dim}-dim head; the schedule's first stage "
+                             f"must use {self.head_dim} dims, not {queries.shape[1]}")
+        return self._search(self.head_name, queries, n)
+
+    def _search(self, name: str, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        answers = self.client.search(name, data=np.asarray(queries, np.float32).tolist(), limit=n,
+                                     output_fields=[], search_params={"metric_type": "IP"})
+        width = max((len(a) for a in answers), default=0)
+        scores = np.full((len(answers), width), -np.inf, np.float32)
+        rows = np.zeros((len(answers), width), np.int64)
+        for i, answer in enumerate(answers):
+            rows[i, : len(answer)] = [hit["id"] for hit in answer]
+            scores[i, : len(answer)] = [hit["distance"] for hit in answer]
+            rows[i, len(answer) :] = rows[i, 0] if len(answer) else 0
+        return scores, rows
+
+    def gather(self, rows: np.ndarray, dim: int) -> np.ndarray:
+        """Full vectors fetched by id in one call per 2,000 ids (only the vector field), cached for
+        the later stages of the same batch, which re-rank subsets of the same shortlist."""
+        missing = [int(r) for r in np.unique(rows) if int(r) not in self._cache]
+        for start in range(0, len(missing), GET_BATCH):
+            for hit in self.client.get(self.full_name, ids=missing[start : start + GET_BATCH], output_fields=["vector"]):
+                self._cache[int(hit["row"])] = np.asarray(hit["vector"], dtype=np.float32)
+        flat = np.stack([self._cache[int(r)][:dim] for r in rows.ravel()])
+        return flat.reshape(*rows.shape, dim)
+
+    def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._search(self.full_name, queries, k)
+
+    def _documents(self, rows: np.ndarray) -> dict[int, dict]:
+        wanted = [int(r) for r in np.unique(rows)]
+        found: dict[int, dict] = {}
+        for start in range(0, len(wanted), GET_BATCH):
+            for hit in self.client.get(self.full_name, ids=wanted[start : start + GET_BATCH], output_fields=["doc_id", "text"]):
+                found[int(hit["row"])] = hit
+        return found
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        documents = self._documents(rows)
+        return np.vectorize(lambda r: documents[int(r)]["doc_id"], otypes=[object])(rows)
+
+    def texts_of(self, rows: np.ndarray) -> list[list[str]]:
+        rows = np.atleast_2d(rows)
+        documents = self._documents(rows)
+        return [[documents[int(r)]["text"] for r in row] for row in rows]
+
+    def save_meta(self) -> None:
+        _write_pointer(self.client, self.collection, self.generation, self.meta)
+
+    def memory_bytes(self) -> int:
+        return 0  # held by the Milvus process, not ours
+
+    def close(self) -> None:
+        """Release the connection (a Milvus Lite file admits one process at a time)."""
+        disconnect(self.client, self.uri)
+
+
+class MilvusBuilder:
+    """Stages vectors in a temporary memory map, then writes a new generation and switches to it."""
+
+    def __init__(self, uri: str, collection: str = DEFAULT_COLLECTION) -> None:
+        self.uri, self.collection = uri, collection
+        self.client = connect(uri)
+        self.generation = "g" + time.strftime("%Y%m%d%H%M%S") + f"{int(time.time() * 1000) % 1000:03d}"
+        self.staging = Path(tempfile.mkdtemp(prefix="matryoshka-milvus-"))
+        self.created: list[str] = []
+
+    def full_array(self, count: int, dim: int) -> np.ndarray:
+        return np.lib.format.open_memmap(self.staging / "full.npy", mode="w+", dtype=np.float32, shape=(count, dim))
+
+    def commit(self, full: np.ndarray, ids: Sequence[str], texts: Sequence[str], meta: IndexMeta,
+               head_index: str = "flat", progress=None) -> str:
+        from pymilvus import DataType, MilvusClient
+
+        from ..models import normalize
+
+        head_name, full_name = _names(self.collection, self.generation)
+        head_schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        head_schema.add_field("row", DataType.INT64, is_primary=True)
+        head_schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta.head_dim)
+        full_schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        full_schema.add_field("row", DataType.INT64, is_primary=True)
+        full_schema.add_field("doc_id", DataType.VARCHAR, max_length=1024)
+        full_schema.add_field("text", DataType.VARCHAR, max_length=65_535)
+        full_schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta.full_dim)
+        for name, schema, kind in ((head_name, head_schema, head_index), (full_name, full_schema, "flat")):
+            index = self.client.prepare_index_params()
+            if kind == "hnsw" and not self.uri.endswith(".db"):
+                index.add_index(field_name="vector", index_type="HNSW", metric_type="IP", params={"M": 32, "efConstruction": 80})
+            else:
+                index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+            self.client.create_collection(name, schema=schema, index_params=index)
+            self.created.append(name)
+        for start in range(0, len(ids), INSERT_BATCH):
+            stop = min(start + INSERT_BATCH, len(ids))
+            block = np.asarray(full[start:stop])
+            head = normalize(block[:, : meta.head_dim])
+            self.client.insert(head_name, [{"row": r, "vector": head[r - start].tolist()} for r in range(start, stop)])
+            self.client.insert(full_name, [
+                {"row": r, "doc_id": str(ids[r])[:1024], "text": _clip(texts[r]), "vector": block[r - start].tolist()}
+                for r in range(start, stop)
+            ])
+            if progress:
+                progress(stop - start)
+        for name in (head_name, full_name):
+            self.client.flush(name)
+            self.client.load_collection(name)
+        meta.extra["head_index"] = head_index
+        meta.extra["collection"] = self.collection
+        meta.created = time.strftime("%Y-%m-%dT%H:%M:%S")
+        _write_pointer(self.client, self.collection, self.generation, meta)
+        self.created = []
+        self._drop_other_generations(keep=self.generation)
+        shutil.rmtree(self.staging, ignore_errors=True)
+        return self.generation
+
+    def _drop_other_generations(self, keep: str) -> None:
+        prefix = f"{self.collection}_g"
+        for name in self.client.list_collections():
+            if name.startswith(prefix) and not name.startswith(f"{self.collection}_{keep}_"):
+                self.client.drop_collection(name)
+
+    def close(self) -> None:
+        disconnect(self.client, self.uri)
+
+    def abort(self) -> None:
+        for name in self.created:
+            try:
+                self.client.drop_collection(name)
+            except Exception:
+                pass
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _clip(text: str) -> str:
+    """Milvus VARCHAR holds at most 65,535 bytes; keep whole characters under that."""
+    data = text.encode("utf-8")
+    return text if len(data) <= MAX_TEXT_BYTES else data[:MAX_TEXT_BYTES].decode("utf-8", "ignore")

@@ -1,0 +1,224 @@
+"""Index and search on every store: the local folder, a Milvus Lite file, a real Milvus server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli, write_jsonl
+from matryoshka.funnel import Schedule, recall_at_k
+from matryoshka.index import Index, build_index
+from matryoshka.stores import StoreError
+
+
+@pytest.fixture(params=["local", "lite", "server"])
+def db(request, tmp_path):
+    """A fresh --db value for each store."""
+    if request.param == "local":
+        return str(tmp_path / "index")
+    if request.param == "lite":
+        return str(tmp_path / "index.db")
+    return request.getfixturevalue("milvus_server")
+
+
+def _collection(db: str) -> str | None:
+    return f"t{uuid.uuid4().hex[:10]}" if db.startswith("http") else None
+
+
+@pytest.fixture(scope="module")
+def squad_vectors(wordllama, squad_sample):
+    return (wordllama.encode(squad_sample.corpus.texts, kind="document"),
+            wordllama.encode(squad_sample.query_texts, kind="query"))
+
+
+def test_funnel_matches_exact_on_every_store(db, wordllama, squad_sample, squad_vectors):
+    documents, queries = squad_vectors
+    collection = _collection(db)
+    meta = build_index(db, squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=wordllama, vectors=documents,
+                       collection=collection)
+    assert meta.model == "wordllama" and meta.full_dim == 256 and meta.count == len(squad_sample.corpus)
+    assert meta.autotune_recall >= 0.99 and Schedule.parse(meta.schedule).full_dim == 256
+    index = Index(db, collection=collection)
+    n = len(index.store)
+    wide = Schedule.parse(f"{meta.head_dim}:{n},256:10")
+    exact = index.search_vectors(queries[:60], 10, exact=True)
+    funnel = index.search_vectors(queries[:60], 10, schedule=wide)
+    np.testing.assert_array_equal(funnel.rows, exact.rows)
+    np.testing.assert_allclose(funnel.scores, exact.scores, atol=1e-4)
+    tuned = index.search_vectors(queries, 10)
+    full_exact = index.search_vectors(queries, 10, exact=True)
+    assert recall_at_k(tuned.rows, full_exact.rows) >= 0.98
+    hits = index.hits(index.search_vectors(index.encode_queries(["Which NFL team won Super Bowl 50?"]), 3))
+    assert hits[0].ids[0].startswith("Super_Bowl_50") and "Super Bowl" in hits[0].texts[0]
+
+
+def test_search_uses_the_indexing_model(tmp_path, wordllama, squad_sample, squad_vectors):
+    db = tmp_path / "index"
+    build_index(db, squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=wordllama, vectors=squad_vectors[0])
+    with pytest.raises(StoreError, match="built with model 'wordllama', not 'default'"):
+        Index(db, model="default")
+    assert Index(db, model="wordllama").encoder.name == "wordllama"
+
+
+def test_bring_your_own_vectors(tmp_path, squad_sample, squad_vectors):
+    documents, queries = squad_vectors
+    corpus = write_jsonl(tmp_path / "corpus.jsonl",
+                         [{"id": i, "text": t} for i, t in zip(squad_sample.corpus.ids, squad_sample.corpus.texts)])
+    np.save(tmp_path / "docs.npy", documents.astype(np.float64) * 3.0)  # any float dtype and scale
+    np.save(tmp_path / "queries.npy", queries[:5])
+    result = run_cli("index", "--corpus", str(corpus), "--vectors", str(tmp_path / "docs.npy"), "--db", str(tmp_path / "db"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "hits.json"
+    result = run_cli("search", "--db", str(tmp_path / "db"), "--query-vectors", str(tmp_path / "queries.npy"),
+                     "--exact", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["results"]
+    top = np.argsort(-(queries[:5] @ documents.T), axis=1)[:, :10]
+    assert [r["ids"] for r in rows] == [[squad_sample.corpus.ids[j] for j in row] for row in top]
+    result = run_cli("search", "--db", str(tmp_path / "db"), "--query", "text needs a model")
+    assert result.returncode == 2 and "precomputed vectors" in result.stderr
+    # the Python API takes arrays directly, and checks them
+    with pytest.raises(StoreError, match="2 rows but there are 3"):
+        build_index(tmp_path / "x", ["a", "b", "c"], ["a", "b", "c"], vectors=np.ones((2, 8)))
+    with pytest.raises(StoreError, match="floating point"):
+        build_index(tmp_path / "x", ["a"], ["a"], vectors=np.ones((1, 8), dtype=np.int64))
+    with pytest.raises(StoreError, match="row 1 contains NaN"):
+        build_index(tmp_path / "x", ["a", "b"], ["a", "b"], vectors=np.array([[1.0, 0.0], [np.nan, 1.0]]))
+    with pytest.raises(StoreError, match="row 0 is all zeros"):
+        build_index(tmp_path / "x", ["a", "b"], ["a", "b"], vectors=np.array([[0.0, 0.0], [1.0, 1.0]]))
+    with pytest.raises(StoreError, match="2-D"):
+        build_index(tmp_path / "x", ["a"], ["a"], vectors=np.ones(8))
+    assert not (tmp_path / "x" / "current").exists()
+
+
+def test_cli_index_and_search_with_the_default_model(tmp_path, squad_sample):
+    """The real default model end to end through the command line: index, funnel, exact, JSON."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [
+        {"id": i, "text": t} for i, t in list(zip(squad_sample.corpus.ids, squad_sample.corpus.texts))[:120]])
+    db = tmp_path / "db"
+    result = run_cli("index", "--corpus", str(corpus), "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert "Default schedule" in result.stdout
+    meta = json.loads((db / "current" / "meta.json").read_text())
+    assert meta["model"] == "all-MiniLM-L6-v2" and meta["full_dim"] == 384 and meta["count"] == 120
+    questions = tmp_path / "questions.txt"
+    questions.write_text("Who won Super Bowl 50?\nWhat is the capital of Poland?\n")
+    for extra in ([], ["--exact"], ["--schedule", "12:120,24:60,48:30,96:20,192:15,384:10"]):
+        out = tmp_path / f"out{len(extra)}.json"
+        result = run_cli("search", "--db", str(db), "--queries", str(questions), "--k", "10", "--json", str(out), *extra)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(out.read_text())
+        assert len(report["results"]) == 2
+        first = report["results"][0]
+        assert len(first["ids"]) == 10 and first["scores"] == sorted(first["scores"], reverse=True)
+        assert all({"dim", "keep", "ms"} <= set(stage) for stage in first["stages"])
+        assert first["ids"][0].startswith("Super_Bowl_50")
+    assert report["schedule"].startswith("12:120") and len(first["stages"]) == 6
+
+
+def _start_index(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "matryoshka", "index", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+
+
+@pytest.mark.parametrize("kind", ["local", "lite"])
+def test_kill_mid_ingest_leaves_previous_index_answering(kind, tmp_path, squad_sample):
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=(300, 64)).astype(np.float32)
+    big = rng.normal(size=(150_000, 64)).astype(np.float32)
+    np.save(tmp_path / "small.npy", small)
+    np.save(tmp_path / "big.npy", big)
+    (tmp_path / "small.txt").write_text("".join(f"document {i}\n" for i in range(300)))
+    (tmp_path / "big.txt").write_text("".join(f"document {i}\n" for i in range(150_000)))
+    db = str(tmp_path / ("index" if kind == "local" else "index.db"))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    env = {**os.environ, "TMPDIR": str(staging)}
+    result = run_cli("index", "--corpus", str(tmp_path / "small.txt"), "--vectors", str(tmp_path / "small.npy"), "--db", db)
+    assert result.returncode == 0, result.stderr
+    with Index(db) as index:
+        expected = index.search_vectors(small[:5], 5, exact=True).rows
+
+    process = _start_index(["--corpus", str(tmp_path / "big.txt"), "--vectors", str(tmp_path / "big.npy"), "--db", db], env)
+    partial = (lambda: list((Path(db) / "builds").glob("*.partial/full.npy"))) if kind == "local" else \
+        (lambda: list(staging.glob("matryoshka-milvus-*/full.npy")))
+    deadline = time.time() + 120
+    while not partial():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.time() < deadline, "the build never started writing"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+    with Index(db) as index:
+        assert len(index.store) == 300  # the half-written build is not visible
+        np.testing.assert_array_equal(index.search_vectors(small[:5], 5, exact=True).rows, expected)
+        np.testing.assert_array_equal(index.search_vectors(small[:5], 5).rows, expected)
+    if kind == "local":
+        # a later build cleans up what the killed one left behind
+        result = run_cli("index", "--corpus", str(tmp_path / "small.txt"), "--vectors", str(tmp_path / "small.npy"), "--db", db)
+        assert result.returncode == 0, result.stderr
+        assert not list((Path(db) / "builds").glob("*.partial")) and len(list((Path(db) / "builds").iterdir())) == 1
+
+
+def test_bad_inputs_get_clear_errors_and_leave_nothing(tmp_path, milvus_server):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "alpha"}, {"id": "b", "text": "beta"}])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    dup = write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
+    noid = write_jsonl(tmp_path / "noid.jsonl", [{"id": "a", "text": "x"}, {"id": "", "text": "y"}])
+    vectors = tmp_path / "v.npy"
+    np.save(vectors, np.array([[1.0, 0.0, 0.0, 0.0], [np.nan, 1.0, 0.0, 0.0]], dtype=np.float32))
+    zeros = tmp_path / "z.npy"
+    np.save(zeros, np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32))
+    good = tmp_path / "g.npy"
+    np.save(good, np.eye(2, 4, dtype=np.float32))
+    not_lite = tmp_path / "notes.db"
+    not_lite.write_text("this is not a database\n")
+    db = str(tmp_path / "idx")
+    cases = [
+        (["index", "--corpus", str(empty), "--vectors", str(good), "--db", db], f"{empty}: contains no records"),
+        (["index", "--corpus", str(dup), "--vectors", str(good), "--db", db], "duplicate id 'a'"),
+        (["index", "--corpus", str(noid), "--vectors", str(good), "--db", db], f"{noid}:2: empty id"),
+        (["index", "--corpus", str(corpus), "--vectors", str(vectors), "--db", db], "row 1 contains NaN"),
+        (["index", "--corpus", str(corpus), "--vectors", str(zeros), "--db", db], "row 1 is all zeros"),
+        (["index", "--corpus", str(corpus), "--vectors", str(good), "--db", str(not_lite)], "is not a Milvus Lite file"),
+        (["index", "--corpus", str(corpus), "--vectors", str(good), "--db", "http://127.0.0.1:9"], "could not reach the Milvus server"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (message, result.stderr)
+    assert not Path(db).exists() or not (Path(db) / "current").exists()
+    assert not_lite.read_text() == "this is not a database\n"
+
+    assert run_cli("index", "--corpus", str(corpus), "--vectors", str(good), "--db", db).returncode == 0
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"text": "fine"}\n{"text": broken\n')
+    np.save(tmp_path / "q.npy", np.eye(1, 4, dtype=np.float32))
+    search_cases = [
+        (["--queries", str(queries)], f"{queries}:2: invalid JSON"),
+        (["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "1:2,2:1", "--k", "1"], "must end at the full dimension 4"),
+        (["--query-vectors", str(tmp_path / "q.npy"), "--k", "5"], "k=5 is larger than the corpus (2 documents)"),
+        (["--query-vectors", str(tmp_path / "q.npy"), "--k", "5", "--exact"], "k=5 is larger than the corpus"),
+        (["--query-vectors", str(vectors)], "row 1 contains NaN"),
+        (["--query-vectors", str(tmp_path / "missing.npy")], "no such file"),
+    ]
+    for args, message in search_cases:
+        result = run_cli("search", "--db", db, *args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (message, result.stderr)
+    result = run_cli("search", "--db", str(tmp_path / "nowhere"), "--query", "x")
+    assert result.returncode == 2 and "is not a matryoshka index folder" in result.stderr
+    result = run_cli("search", "--db", milvus_server, "--collection", "never_built", "--query", "x")
+    assert result.returncode == 2 and "no matryoshka index 'never_built'" in result.stderr
