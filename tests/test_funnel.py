@@ -113,3 +113,39 @@ def test_autotune_reaches_target_on_held_out_queries(wordllama, squad_sample):
     # and it picked the cheapest passing schedule among those it tried at this head
     passing = [cost for _, recall, cost in tuned.tried if recall >= 0.95]
     assert tuned.cost == min(passing)
+
+
+def test_large_batches_run_in_bounded_chunks(scifact_vectors, monkeypatch):
+    import matryoshka.funnel as funnel
+
+    documents, queries = scifact_vectors
+    store = MemoryStore(documents, 12)
+    schedule = Schedule.halving(384, 10, 200, 12)
+    whole = funnel_search(store, queries, schedule, 10)
+    monkeypatch.setattr(funnel, "GATHER_BUDGET", 200 * 24 * 3)  # three queries' candidates at a time
+    chunked = funnel_search(store, queries, schedule, 10)
+    np.testing.assert_array_equal(chunked.rows, whole.rows)
+    np.testing.assert_allclose(chunked.scores, whole.scores, atol=1e-6)
+    assert len(chunked.stage_seconds) == len(schedule.stages)
+
+
+def test_shortlist_selection_is_exact_including_ties_and_fallback():
+    from matryoshka.stores.memory import select_shortlist
+
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=(40, 30_000)).astype(np.float32)
+    scores[::3] = np.round(scores[::3], 1)  # heavy ties on some rows
+    scores[1, :] = 0.5  # a constant row
+    scores[2, :100] = 50.0  # a few outliers far above the rest
+    # a row whose sampled columns are exactly its best ones: the estimated threshold keeps too few,
+    # so that row takes the argpartition fallback
+    from matryoshka.stores.memory import _SAMPLE_SEED, SAMPLE_COLUMNS
+
+    sampled = np.random.default_rng(_SAMPLE_SEED).choice(30_000, size=SAMPLE_COLUMNS, replace=False)
+    scores[3, sampled] += 100.0
+    for n in (1, 37, 500, 14_000, 30_000):
+        picked = select_shortlist(scores, n)
+        assert picked.shape == (40, n)
+        for i in range(40):
+            assert len(set(picked[i])) == n
+            np.testing.assert_array_equal(np.sort(scores[i, picked[i]]), np.sort(scores[i])[-n:])

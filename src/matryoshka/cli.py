@@ -222,8 +222,12 @@ def index(
             if encoder is None:
                 raise ValueError("--tune-queries needs --model to encode them")
             tune = encoder.encode(_read_corpus(tune_queries).texts, kind="query")
+        from .stores import is_milvus_uri
+
+        milvus = is_milvus_uri(db)
+        work = ("Storing" if array is not None else "Encoding") + (", then writing to Milvus" if milvus else "")
         with _progress() as progress:
-            step = progress.add_task("Encoding and storing" if array is None else "Storing", total=len(documents))
+            step = progress.add_task(work, total=len(documents) * (2 if milvus else 1))
             meta = build_index(db, documents.ids, documents.texts, encoder=encoder, vectors=array, head_dim=head_dim,
                                head_index=head_index, k=k, target_recall=target_recall, tune_queries=tune,
                                collection=collection, progress=lambda n: progress.advance(step, n))

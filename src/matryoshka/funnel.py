@@ -18,6 +18,7 @@ import numpy as np
 from .models import normalize
 
 MIN_HEAD_DIM = 8
+GATHER_BUDGET = 64 * 2**20  # candidate floats gathered at once per stage (256 MiB)
 
 
 class ScheduleError(ValueError):
@@ -184,6 +185,18 @@ def funnel_search(
     queries = _as_batch(queries, store.full_dim)
     early = queries if head_queries is None else _as_batch(head_queries, store.full_dim)
     schedule.check(store.full_dim, k, len(store))
+    chunk = max(1, GATHER_BUDGET // max(s.keep * t.dim for s, t in zip(schedule.stages, schedule.stages[1:] or schedule.stages)))
+    if len(queries) <= chunk:
+        return _funnel_chunk(store, queries, early, schedule, k)
+    # bound the candidates gathered at once (queries x shortlist x dim) by running the batch in chunks
+    parts = [_funnel_chunk(store, queries[s : s + chunk], early[s : s + chunk], schedule, k)
+             for s in range(0, len(queries), chunk)]
+    return SearchResult(np.concatenate([p.rows for p in parts]), np.concatenate([p.scores for p in parts]),
+                        parts[0].stage_dims, parts[0].stage_keeps,
+                        [sum(p.stage_seconds[i] for p in parts) for i in range(len(parts[0].stage_seconds))])
+
+
+def _funnel_chunk(store: FunnelStore, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int) -> SearchResult:
     result = SearchResult(np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32))
     started = time.perf_counter()
     first = schedule.stages[0]
@@ -198,6 +211,9 @@ def funnel_search(
         rows = np.take_along_axis(rows, best, axis=1)
         scores = np.take_along_axis(scores, best, axis=1)
         _record(result, stage.dim, rows.shape[1], started)
+    if len(schedule.stages) == 1:
+        best = _top(scores, min(k, scores.shape[1]))
+        rows, scores = np.take_along_axis(rows, best, axis=1), np.take_along_axis(scores, best, axis=1)
     result.rows, result.scores = rows[:, :k], scores[:, :k].astype(np.float32)
     return result
 
@@ -290,5 +306,6 @@ def head_candidates(full_dim: int) -> list[int]:
 
 
 def _shortlist_candidates(k: int, n: int) -> list[int]:
-    sizes = [k * m for m in (2, 5, 10, 20, 50, 100, 200, 500)] + [n]
+    """From 2k up to 2,000k, and the whole corpus when that is small enough to re-rank."""
+    sizes = [k * m for m in (2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)] + ([n] if n <= 50_000 else [])
     return sorted({s for s in sizes if s <= n})

@@ -60,7 +60,8 @@ def build_index(
     of the corpus, and store everything. Without ``vectors`` the ``encoder`` encodes the texts;
     with both, the vectors are taken as that model's and queries can later be given as text.
 
-    All or nothing: the new index becomes visible only once complete."""
+    All or nothing: the new index becomes visible only once complete. ``progress`` is called with
+    the number of documents encoded (and, for Milvus, written) since the last call."""
     if encoder is None and vectors is None:
         raise ValueError("give a model to encode the texts, or precomputed vectors")
     ids = check_ids(ids)
@@ -98,7 +99,7 @@ def build_index(
                      head_dims=[head_dim] if head_dim else None, sample_queries=queries)
         meta.head_dim, meta.schedule, meta.autotune_recall = tuned.schedule.head_dim, str(tuned.schedule), tuned.recall
         meta.extra["autotune"] = {"k": min(k, len(ids)), "target_recall": target_recall, "queries": source}
-        builder.commit(full, ids, list(texts), meta, head_index=head_index)
+        builder.commit(full, ids, list(texts), meta, head_index=head_index, progress=progress)
     except BaseException:
         builder.abort()
         raise

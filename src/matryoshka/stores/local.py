@@ -91,7 +91,7 @@ class LocalBuilder:
         return np.lib.format.open_memmap(self.partial / "full.npy", mode="w+", dtype=np.float32, shape=(count, dim))
 
     def commit(self, full: np.ndarray, ids: Sequence[str], texts: Sequence[str], meta: IndexMeta,
-               head_index: str = "flat") -> Path:
+               head_index: str = "flat", progress=None) -> Path:
         head = normalize(np.asarray(full[:, : meta.head_dim]))
         if isinstance(full, np.memmap):
             full.flush()

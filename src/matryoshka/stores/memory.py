@@ -11,6 +11,7 @@ from ..models import normalize
 from .base import IndexMeta, StoreError
 
 EXACT_BLOCK = 65_536
+SCORE_BLOCK_ELEMENTS = 32 * 2**20  # query-block x corpus scores held at once (128 MiB of float32)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 
@@ -28,6 +29,54 @@ def make_head_index(head: np.ndarray, kind: str = "flat"):
         raise StoreError(f"unknown head index {kind!r}; choose flat or hnsw")
     index.add(np.ascontiguousarray(head, dtype=np.float32))
     return index
+
+
+SAMPLE_COLUMNS = 8192
+_SAMPLE_SEED = 1234
+
+
+def select_shortlist(scores: np.ndarray, n: int) -> np.ndarray:
+    """Column indices of the ``n`` largest scores per row, in no particular order.
+
+    ``argpartition`` over a million scores per query dominates a batched head stage (introselect
+    on real score distributions ran at ~35 ns per element here). Instead: estimate each row's
+    n-th score from a fixed sample of columns, keep the columns above a slightly lower threshold
+    with one vectorised comparison, and select exactly ``n`` among those few. Rows whose
+    threshold kept fewer than ``n`` fall back to ``argpartition``. The result is exact either way.
+    """
+    rows, columns = scores.shape
+    if n >= columns:
+        return np.broadcast_to(np.arange(columns), scores.shape).copy()
+    sample_size = min(columns, SAMPLE_COLUMNS)
+    rank = int(np.ceil(1.25 * n * sample_size / columns)) + 8  # rank from the top within the sample
+    if rank >= sample_size // 2:
+        return np.argpartition(scores, columns - n, axis=1)[:, columns - n :]
+    sample_columns = np.random.default_rng(_SAMPLE_SEED).choice(columns, size=sample_size, replace=False)
+    sample = scores[:, sample_columns]
+    threshold = np.partition(sample, sample_size - rank, axis=1)[:, sample_size - rank]
+    keep = scores >= threshold[:, None]
+    counts = np.count_nonzero(keep, axis=1)
+    out = np.empty((rows, n), dtype=np.int64)
+    short = counts < n
+    if short.any():
+        out[short] = np.argpartition(scores[short], columns - n, axis=1)[:, columns - n :]
+    ok = np.flatnonzero(~short)
+    if len(ok):
+        kept = keep if len(ok) == rows else keep[ok]  # the usual case copies nothing
+        counts_ok = counts[ok]
+        flat = np.flatnonzero(kept)  # row-major, so grouped by row; ~7x faster than nonzero()
+        row_ids = np.repeat(np.arange(len(ok)), counts_ok)
+        width = int(counts_ok.max())
+        slot = np.arange(len(flat)) - np.repeat(np.cumsum(counts_ok) - counts_ok, counts_ok)
+        candidates = np.zeros((len(ok), width), dtype=np.int64)
+        cand_scores = np.full((len(ok), width), -np.inf, dtype=scores.dtype)
+        candidates[row_ids, slot] = flat % columns
+        source = scores if len(ok) == rows else scores[ok]
+        cand_scores[row_ids, slot] = source.ravel()[flat]
+        best = np.argpartition(cand_scores, width - n, axis=1)[:, width - n :] if width > n else \
+            np.broadcast_to(np.arange(n), (len(ok), n))
+        out[ok] = np.take_along_axis(candidates, best, axis=1)
+    return out
 
 
 class MemoryStore:
@@ -51,9 +100,11 @@ class MemoryStore:
         if not 1 <= head_dim <= self.full_dim:
             raise StoreError(f"head dim {head_dim} is outside 1..{self.full_dim}")
         self.head_dim = int(head_dim)
-        self.head = np.ascontiguousarray(head if head is not None else normalize(np.asarray(full[:, :head_dim])))
+        if head is None:
+            head = normalize(np.asarray(full[:, :head_dim]))
         self.head_index_kind = head_index if isinstance(head_index, str) else "hnsw"
-        self._head_index = make_head_index(self.head, head_index) if isinstance(head_index, str) else head_index
+        # the FAISS index keeps its own copy of the head; ours is not kept
+        self._head_index = make_head_index(head, head_index) if isinstance(head_index, str) else head_index
         self._ids = None if ids is None else np.asarray(list(ids), dtype=object)
         self._texts = None if texts is None else list(texts)
         self.meta = meta or IndexMeta(model=None, full_dim=self.full_dim, head_dim=self.head_dim, count=len(full))
@@ -62,13 +113,35 @@ class MemoryStore:
         return int(self.full.shape[0])
 
     def head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` by the head index; a first stage of another dim falls back to an exact scan."""
+        """Top ``n`` rows by the head; a first stage of another dim falls back to an exact scan.
+
+        A flat head is scanned with one BLAS product per block of queries and the shortlist is
+        chosen by introselect (``argpartition``, linear in the corpus). FAISS's flat search keeps
+        a heap of ``n`` per query, which costs 5-10x more once shortlists reach thousands.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.shape[1] != self.head_dim:
             return self.exact_search(queries, n, dim=queries.shape[1])
         if self.head_index_kind == "hnsw":
             self._head_index.hnsw.efSearch = max(n, 64)
-        scores, rows = self._head_index.search(np.ascontiguousarray(queries, dtype=np.float32), n)
-        return scores, rows.astype(np.int64)
+            scores, rows = self._head_index.search(queries, n)
+            return scores, rows.astype(np.int64)
+        head = self._head_matrix()
+        n = min(n, len(self))
+        block = max(1, SCORE_BLOCK_ELEMENTS // len(self))
+        all_scores, all_rows = [], []
+        for start in range(0, len(queries), block):
+            scores = queries[start : start + block] @ head.T
+            rows = select_shortlist(scores, n)
+            all_rows.append(rows)
+            all_scores.append(np.take_along_axis(scores, rows, axis=1))
+        return np.concatenate(all_scores), np.concatenate(all_rows).astype(np.int64)
+
+    def _head_matrix(self) -> np.ndarray:
+        """The flat index's own contiguous copy of the head, viewed as a numpy array (no copy)."""
+        import faiss
+
+        return faiss.rev_swig_ptr(self._head_index.get_xb(), len(self) * self.head_dim).reshape(len(self), self.head_dim)
 
     def gather(self, rows: np.ndarray, dim: int) -> np.ndarray:
         # column-slice first: numpy's mixed fancy+slice indexing is several times slower
@@ -110,4 +183,4 @@ class MemoryStore:
     def memory_bytes(self) -> int:
         """RAM the search needs beyond the memory-mapped full vectors: the head and its index."""
         graph = len(self) * HNSW_M * 2 * 4 if self.head_index_kind == "hnsw" else 0
-        return int(2 * self.head.nbytes + graph)
+        return int(len(self) * self.head_dim * 4 + graph)
