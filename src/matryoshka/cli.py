@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .data import DataError
+from .data import DataError, read_texts
 from .models import DEFAULT_MODEL, ModelError
 from .stores import StoreError
 
@@ -143,8 +143,6 @@ def encode(
     """
     import numpy as np
 
-    from .data import read_texts
-
     with user_errors():
         if kind not in ("document", "query", "plain"):
             raise ValueError(f"--kind must be document, query or plain, got {kind!r}")
@@ -164,12 +162,6 @@ def encode(
 DbOption = typer.Option(..., "--db", help="Where the index lives: a folder (the embedded local store), a Milvus Lite "
                         "file ending in .db, or a Milvus server URI such as http://127.0.0.1:19530.")
 CollectionOption = typer.Option(None, help="Milvus only: the index's collection name prefix (default 'matryoshka').")
-
-
-def _read_corpus(corpus: Path):
-    from .data import read_texts
-
-    return read_texts(corpus)
 
 
 def _load_vectors(path: Path, what: str):
@@ -214,14 +206,14 @@ def index(
     from .index import build_index
 
     with user_errors():
-        documents = _read_corpus(corpus)
+        documents = read_texts(corpus)
         encoder = _load(model or DEFAULT_MODEL, None, None) if (model or vectors is None) else None
         array = _load_vectors(vectors, "corpus vectors") if vectors else None
         tune = None
         if tune_queries is not None:
             if encoder is None:
                 raise ValueError("--tune-queries needs --model to encode them")
-            tune = encoder.encode(_read_corpus(tune_queries).texts, kind="query")
+            tune = encoder.encode(read_texts(tune_queries).texts, kind="query")
         from .stores import is_milvus_uri
 
         milvus = is_milvus_uri(db)
@@ -274,7 +266,7 @@ def search(
             vectors = _load_vectors(query_vectors, "query vectors")
             labels = [str(i) for i in range(len(vectors))]
         else:
-            texts = [query] if query is not None else _read_corpus(queries).texts
+            texts = [query] if query is not None else read_texts(queries).texts
             labels = texts
             with console.status(f"Encoding {len(texts)} queries…"):
                 vectors = opened.encode_queries(texts)

@@ -15,6 +15,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from .metrics import top_k
 from .models import normalize
 
 MIN_HEAD_DIM = 8
@@ -148,16 +149,6 @@ class SearchResult:
         return float(sum(self.stage_seconds))
 
 
-def _top(scores: np.ndarray, keep: int) -> np.ndarray:
-    """Column positions of the ``keep`` best scores per row, best first."""
-    if keep < scores.shape[1]:
-        part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
-    else:
-        part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
-
-
 def rerank(candidates: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """Cosines between each query's prefix and its candidates' prefixes, both re-normalised.
 
@@ -207,12 +198,12 @@ def _funnel_chunk(store: FunnelStore, queries: np.ndarray, early: np.ndarray, sc
         rows = np.sort(rows, axis=1)  # candidate order is free; sorted rows read storage forwards
         source = queries if stage.dim == store.full_dim else early
         scores = rerank(store.gather(rows, stage.dim), source[:, : stage.dim])
-        best = _top(scores, min(stage.keep, rows.shape[1]))
+        best = top_k(scores, min(stage.keep, rows.shape[1]))
         rows = np.take_along_axis(rows, best, axis=1)
         scores = np.take_along_axis(scores, best, axis=1)
         _record(result, stage.dim, rows.shape[1], started)
     if len(schedule.stages) == 1:
-        best = _top(scores, min(k, scores.shape[1]))
+        best = top_k(scores, min(k, scores.shape[1]))
         rows, scores = np.take_along_axis(rows, best, axis=1), np.take_along_axis(scores, best, axis=1)
     result.rows, result.scores = rows[:, :k], scores[:, :k].astype(np.float32)
     return result
