@@ -85,7 +85,9 @@ def build_index(
         full = builder.full_array(len(ids), full_dim)
         written = 0
         for batch in _batches(None if vectors is not None else encoder, list(texts), vectors):
-            full[written : written + len(batch)] = validate_vectors(batch, dim=full_dim, what="encoded vectors")
+            if vectors is None:  # precomputed vectors were validated (and normalised) as a whole above
+                batch = validate_vectors(batch, dim=full_dim, what="encoded vectors")
+            full[written : written + len(batch)] = batch
             written += len(batch)
             if progress:
                 progress(len(batch))
@@ -131,16 +133,16 @@ def tune(full: np.ndarray, k: int, target_recall: float, head_dims: Sequence[int
         sample_queries = np.asarray(full[rows])
     full_dim = full.shape[1]
     candidates = sorted(set(head_dims or head_candidates(full_dim)))
-    truth = MemoryStore(full, candidates[0]).exact_search(sample_queries, k)[1]
-    results = [autotune(MemoryStore(full, head), sample_queries, k, target_recall, head_dims=[head], truth=truth)
-               for head in candidates]
+    stores = [MemoryStore(full, head) for head in candidates]
+    truth = stores[0].exact_search(sample_queries, k)[1]
+    results = [autotune(store, sample_queries, k, target_recall, truth=truth) for store in stores]
     passing = [r for r in results if r.recall >= target_recall]
     return min(passing, key=lambda r: r.cost) if passing else max(results, key=lambda r: r.recall)
 
 
 @dataclass
 class Hits:
-    """One query's answer: ids, cosines, texts, and the funnel's stages."""
+    """One query's answer: ids, cosines and texts, best first."""
 
     ids: list[str]
     scores: list[float]
@@ -161,7 +163,6 @@ class Index:
             raise StoreError(f"this index was built with model {self.meta.model!r}, not {model!r}; "
                              "search must use the indexing model")
         self._encoder: Encoder | None = None
-        self._model_name = model
 
     @property
     def encoder(self) -> Encoder:

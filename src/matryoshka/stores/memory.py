@@ -116,8 +116,8 @@ class MemoryStore:
         """Top ``n`` rows by the head; a first stage of another dim falls back to an exact scan.
 
         A flat head is scanned with one BLAS product per block of queries and the shortlist is
-        chosen by introselect (``argpartition``, linear in the corpus). FAISS's flat search keeps
-        a heap of ``n`` per query, which costs 5-10x more once shortlists reach thousands.
+        chosen by :func:`select_shortlist`. FAISS's flat search keeps a heap of ``n`` per query,
+        which costs 5-10x more once shortlists reach thousands.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.shape[1] != self.head_dim:
