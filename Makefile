@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo test clean
+.PHONY: install demo serve test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,22 @@ $(MILVUS_SERVER_VENV)/.installed:
 	$(MILVUS_SERVER_VENV)/bin/python -m pip install --quiet 'milvus==2.3.5' 'setuptools<81'
 	touch $@
 
+# Debian's Chromium for the web page's browser test (Playwright drives it; no browser download).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "install Chromium at $(CHROMIUM) (the browser test needs it)"; exit 1; }
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	$$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 || { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
 install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/matryoshka demo
 
-test: install $(MILVUS_SERVER_VENV)/.installed
+serve: install
+	$(BIN)/matryoshka demo --serve
+
+test: install $(MILVUS_SERVER_VENV)/.installed $(CHROMIUM)
 	MATRYOSHKA_MILVUS_SERVER_PYTHON=$(MILVUS_SERVER_VENV)/bin/python $(BIN)/python -m pytest -q
 
 clean:

@@ -20,7 +20,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from common import machine  # noqa: E402
 from matryoshka.funnel import Schedule, funnel_search, recall_at_k  # noqa: E402
 from matryoshka.index import tune  # noqa: E402
 from matryoshka.models import load_model, normalize  # noqa: E402
@@ -41,12 +41,6 @@ from matryoshka.stores.memory import MemoryStore, select_shortlist  # noqa: E402
 
 K = 10
 WORDNET = ROOT.parent / "shared" / "data" / "wordnet" / "synsets.jsonl.gz"
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {memory_gb:.0f} GiB RAM, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
 def load_wordnet() -> tuple[list[str], list[str]]:

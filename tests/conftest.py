@@ -96,14 +96,11 @@ def wordllama():
 def milvus_server(tmp_path_factory):
     """A real Milvus 2.3.5 standalone server on loopback, started from its own environment."""
     import signal
-    import socket
     import time
 
     python = os.environ.get("MATRYOSHKA_MILVUS_SERVER_PYTHON", str(REPO / ".venv-milvus-server" / "bin" / "python"))
     assert Path(python).exists(), f"{python} not found: 'make test' creates it (target .venv-milvus-server/.installed)"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     data = tmp_path_factory.mktemp("milvus-server")
     log = open(data / "server.log", "w")
     process = subprocess.Popen([python, str(REPO / "tests" / "milvus_server.py"), str(data), str(port)],
@@ -117,3 +114,87 @@ def milvus_server(tmp_path_factory):
     os.killpg(process.pid, signal.SIGKILL)  # SIGTERM can hang in embedded Milvus
     process.wait(timeout=30)
     log.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class RunningServer:
+    """A ``matryoshka`` command running in its own process group until the fixture ends."""
+
+    def __init__(self, args: list[str], log_path: Path, url: str, cwd: Path | None = None) -> None:
+        self.url, self.log_path = url, log_path
+        self._log = open(log_path, "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "matryoshka", *args], stdout=self._log,
+                                        stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
+                                        env={**os.environ, "COLUMNS": "160"})
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_healthy(self, timeout: float = 300) -> None:
+        import time
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while True:
+            assert self.process.poll() is None, f"server exited early:\n{self.log[-3000:]}"
+            assert time.time() < deadline, f"server not healthy in {timeout} s:\n{self.log[-3000:]}"
+            try:
+                with urllib.request.urlopen(self.url + "healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=20)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def lite_server(minilm, squad_sample, tmp_path_factory):
+    """``matryoshka serve`` on loopback over a Milvus Lite index of 150 real SQuAD paragraphs,
+    with small limits so that each limit can be tested cheaply."""
+    from matryoshka.index import build_index
+
+    folder = tmp_path_factory.mktemp("lite-server")
+    db = folder / "squad.db"
+    build_index(db, squad_sample.corpus.ids[:150], squad_sample.corpus.texts[:150], encoder=minilm)
+    port = free_port()
+    server = RunningServer(["serve", "--db", str(db), "--port", str(port), "--max-k", "20", "--max-texts", "8",
+                            "--max-text-chars", "500"], folder / "server.log", f"http://127.0.0.1:{port}/")
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """``matryoshka demo --serve``: the whole demo, then its local index served on loopback."""
+    folder = tmp_path_factory.mktemp("demo")
+    port = free_port()
+    server = RunningServer(["demo", "--output-dir", str(folder / "demo"), "--serve", "--port", str(port)],
+                           folder / "demo.log", f"http://127.0.0.1:{port}/", cwd=folder)
+    server.output_dir = folder / "demo"
+    try:
+        server.wait_healthy(timeout=600)
+        yield server
+    finally:
+        server.stop()

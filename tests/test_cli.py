@@ -9,23 +9,25 @@ import numpy as np
 from conftest import run_cli, write_jsonl
 
 
-def test_demo_runs_offline_end_to_end(tmp_path):
-    result = run_cli("demo", "--output-dir", str(tmp_path / "demo"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "SQuAD" in result.stdout and "ndcg@10" in result.stdout
-    report = json.loads((tmp_path / "demo" / "evaluation.json").read_text())
+def test_demo_runs_offline_end_to_end_and_serves(demo_server):
+    """``demo --serve``: the report, the plot, the funnel table, then the server on the demo index."""
+    output = demo_server.log
+    demo = demo_server.output_dir
+    assert "SQuAD" in output and "ndcg@10" in output
+    assert f"Serving 414 documents" in output and demo_server.url.replace("127.0.0.1", "localhost") in output
+    report = json.loads((demo / "evaluation.json").read_text())
     full = next(r for r in report["results"] if r["method"] == "truncate" and r["dim"] == 384)
     smallest = {r["method"]: r["ndcg@10"] for r in report["results"] if r["dim"] == 12}
     assert full["ndcg@10"] > 0.8  # questions find their own paragraph
     assert smallest["pca"] > smallest["truncate"]  # MiniLM is not Matryoshka-trained: PCA prefixes win
-    assert (tmp_path / "demo" / "evaluation.png").stat().st_size > 20_000
+    assert (demo / "evaluation.png").stat().st_size > 20_000
     # the funnel part: a local index of the sample, searched by the funnel and exactly
-    assert "Funnel vs exact search" in result.stdout
-    funnel = json.loads((tmp_path / "demo" / "funnel.json").read_text())
+    assert "Funnel vs exact search" in output
+    funnel = json.loads((demo / "funnel.json").read_text())
     assert funnel["recall_vs_exact"] >= 0.95 and funnel["documents"] == 414 and funnel["queries"] == 827
     assert abs(funnel["funnel_ndcg"] - funnel["exact_ndcg"]) < 0.02
     assert abs(funnel["exact_ndcg"] - full["ndcg@10"]) < 1e-6  # exact search is the full-dim evaluation
-    assert (tmp_path / "demo" / "index" / "current" / "meta.json").exists()
+    assert (demo / "index" / "current" / "meta.json").exists()
 
 
 def test_encode_writes_unit_vectors_and_ids(tmp_path):

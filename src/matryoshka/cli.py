@@ -238,6 +238,7 @@ def search(
     k: int = typer.Option(10, min=1, help="How many results per query."),
     schedule: Optional[str] = typer.Option(None, help="Funnel stages DIM:KEEP, e.g. 12:2000,24:1000,48:500,96:250,192:100,384:10. Default: the index's autotuned one."),
     exact: bool = typer.Option(False, "--exact", help="Exact full-dimension search instead of the funnel (for comparison)."),
+    dim: Optional[int] = typer.Option(None, help="Search only the first DIM dimensions (exact scan of the re-normalised prefixes): what a DIM-dim index would return."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Must match the indexing model (checked); default: the index's own."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write one row per query (ids, scores, per-stage time) here."),
     show: int = typer.Option(3, help="How many queries to print as tables."),
@@ -270,7 +271,7 @@ def search(
             labels = texts
             with console.status(f"Encoding {len(texts)} queries…"):
                 vectors = opened.encode_queries(texts)
-        result = opened.search_vectors(vectors, k, schedule=plan, exact=exact)
+        result = opened.search_vectors(vectors, k, schedule=plan, exact=exact, dim=dim)
         hits = opened.hits(result)
         stages = [{"dim": d, "keep": n, "ms": 1000 * s} for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)]
         for label, hit in list(zip(labels, hits))[:show]:
@@ -282,17 +283,62 @@ def search(
             for rank, (doc_id, score, text) in enumerate(zip(hit.ids, hit.scores, hit.texts), start=1):
                 table.add_row(str(rank), f"{score:.4f}", doc_id, text)
             console.print(table)
-        mode = "exact" if exact else str(plan or opened.schedule_for(k))
+        mode = f"{dim}-dim prefix" if dim else "exact" if exact else str(plan or opened.schedule_for(k))
         per_stage = "  ".join(f"{s['dim']}d→{s['keep']}: {s['ms']:.1f} ms" for s in stages)
         console.print(f"{len(hits)} queries, {mode}: {1000 * result.seconds / len(hits):.2f} ms/query  [dim]({per_stage}, whole batch)[/dim]")
         if json_path:
             amortised = [{**stage, "ms": stage["ms"] / len(hits)} for stage in stages]
             rows = [{"query": label, "ids": hit.ids, "scores": hit.scores, "stages": amortised}
                     for label, hit in zip(labels, hits)]
-            json_path.write_text(json.dumps({"db": db, "k": k, "mode": "exact" if exact else "funnel", "schedule": mode,
+            json_path.write_text(json.dumps({"db": db, "k": k, "mode": "prefix" if dim else "exact" if exact else "funnel", "schedule": mode,
                                              "batch_size": len(hits), "batch_stages": stages, "results": rows},
                                             indent=2) + "\n")
             console.print(f"JSON written to [bold]{json_path}[/bold]")
+
+
+HostOption = typer.Option("127.0.0.1", help="Address to bind. The default, loopback, is reachable from this machine only; "
+                          "use 0.0.0.0 to expose it (behind your own proxy and auth).")
+PortOption = typer.Option(8000, min=1, max=65535, help="TCP port.")
+
+
+def _serve(opened, host: str, port: int, limits) -> None:
+    from .server import serve as run_server
+
+    url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
+    console.print(f"Serving [bold]{opened.meta.count}[/bold] documents ({opened.meta.model or 'vectors'}) at "
+                  f"[bold link={url}]{url}[/bold link]   API docs: {url}docs   Ctrl-C stops.")
+    run_server(opened, host=host, port=port, limits=limits)
+
+
+@app.command()
+def serve(
+    db: str = DbOption,
+    host: str = HostOption,
+    port: int = PortOption,
+    collection: Optional[str] = CollectionOption,
+    max_k: int = typer.Option(100, min=1, help="Largest k a /search may ask for."),
+    max_texts: int = typer.Option(64, min=1, help="Most texts per /embed or /similarity request."),
+    max_text_chars: int = typer.Option(2000, min=1, help="Longest text (characters) any request may send."),
+) -> None:
+    """Serve an index over HTTP: a JSON API (/search, /embed, /similarity, /info, /healthz; docs at
+    /docs) and a web page at / where a dimension slider shows how results change with the prefix length.
+
+    [bold]Examples[/bold]
+
+      matryoshka serve --db ./my-index
+
+      matryoshka serve --db scifact.db --port 9000
+
+      curl -s localhost:8000/search -H 'content-type: application/json' -d '{"query": "what causes tides?", "k": 5}'
+    """
+    from .index import Index
+    from .server import Limits
+
+    with user_errors():
+        opened = Index(db, collection=collection)
+        with console.status("Loading the model…"):
+            _ = opened.encoder
+        _serve(opened, host, port, Limits(max_k=max_k, max_texts=max_texts, max_text_chars=max_text_chars))
 
 
 @app.command()
@@ -300,6 +346,9 @@ def demo(
     model: str = ModelOption,
     output_dir: Path = typer.Option(Path("matryoshka-demo"), help="Where the plot, JSON and demo index go."),
     dims: Optional[str] = typer.Option(None, help="Comma-separated prefix dims. Default: d, d/2, … d/32."),
+    serve_after: bool = typer.Option(False, "--serve", help="End by serving the demo index: the API and the slider page."),
+    host: str = HostOption,
+    port: int = PortOption,
 ) -> None:
     """Show what the project does, offline, on a bundled SQuAD sample: per-dimension retrieval
     quality of the model's own prefixes against PCA prefixes (table and plot), then funnel search
@@ -308,6 +357,8 @@ def demo(
     [bold]Example[/bold]
 
       matryoshka demo
+
+      matryoshka demo --serve     (then open the printed URL)
     """
     import json
     from dataclasses import asdict
@@ -343,6 +394,12 @@ def demo(
         plot = plot_per_dimension(report, output_dir / "evaluation.png")
         console.print(f"Plot: [bold]{plot}[/bold]   JSON: [bold]{output_dir / 'evaluation.json'}[/bold], "
                       f"[bold]{output_dir / 'funnel.json'}[/bold]   Index: [bold]{output_dir / 'index'}[/bold]")
+        if serve_after:
+            from .index import Index
+            from .server import Limits
+
+            opened = Index(output_dir / "index", encoder=encoder)
+            _serve(opened, host, port, Limits())
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from .funnel import Schedule, SearchResult, TuneResult, autotune, default_head_dim, funnel_search, head_candidates
-from .models import Encoder, load_model
+from .models import Encoder, check_dim, load_model, normalize
 from .stores import IndexMeta, StoreError, check_ids, is_milvus_uri, open_store, validate_vectors
 from .stores.memory import MemoryStore
 
@@ -153,16 +153,18 @@ class Index:
     """An opened index plus the encoder it was built with."""
 
     def __init__(self, db: str | Path, *, model: str | None = None, head_index: str | None = None,
-                 collection: str | None = None) -> None:
+                 collection: str | None = None, encoder: Encoder | None = None) -> None:
+        """``encoder``: an already loaded model to reuse (checked against the index's, like ``model``)."""
         options = {"head_index": head_index} if head_index else {}
         if collection:
             options["collection"] = collection
         self.store = open_store(db, **options)
         self.meta: IndexMeta = self.store.meta
+        model = encoder.name if encoder is not None and model is None else model
         if model is not None and self.meta.model is not None and _canonical(model) != _canonical(self.meta.model):
             raise StoreError(f"this index was built with model {self.meta.model!r}, not {model!r}; "
                              "search must use the indexing model")
-        self._encoder: Encoder | None = None
+        self._encoder: Encoder | None = encoder
 
     @property
     def encoder(self) -> Encoder:
@@ -196,15 +198,24 @@ class Index:
         return self.encoder.encode(list(texts), kind="query")
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, *, schedule: Schedule | None = None,
-                       exact: bool = False) -> SearchResult:
+                       exact: bool = False, dim: int | None = None) -> SearchResult:
+        """Funnel search by default; ``exact`` scans the full vectors; ``dim`` scans only the
+        re-normalised ``dim`` prefixes, i.e. what an index of ``dim``-dim embeddings would return."""
         queries = validate_vectors(np.atleast_2d(queries), dim=self.meta.full_dim, what="query vectors")
-        if exact:
+        if dim is not None:
+            check_dim(dim, self.meta.full_dim)
+            if schedule is not None:
+                raise StoreError("give a dim or a schedule, not both")
+        if exact or (dim is not None and dim != self.meta.full_dim):
             if k > len(self.store):
                 raise StoreError(f"k={k} is larger than the corpus ({len(self.store)} documents)")
+            dim = dim or self.meta.full_dim
             started = time.perf_counter()
-            scores, rows = self.store.exact_search(queries, k)
-            return SearchResult(rows, scores.astype(np.float32), [self.meta.full_dim], [k],
-                                [time.perf_counter() - started])
+            if dim == self.meta.full_dim:
+                scores, rows = self.store.exact_search(queries, k)
+            else:
+                scores, rows = self.store.exact_search(normalize(queries[:, :dim]), k, dim=dim)
+            return SearchResult(rows, scores.astype(np.float32), [dim], [k], [time.perf_counter() - started])
         schedule = schedule or self.schedule_for(k)
         return funnel_search(self.store, queries, schedule, k)
 

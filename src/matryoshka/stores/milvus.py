@@ -20,6 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..metrics import top_k
+from ..models import normalize
 from .base import IndexMeta, StoreError
 
 DEFAULT_COLLECTION = "matryoshka"
@@ -152,8 +154,26 @@ class MilvusStore:
         flat = np.stack([self._cache[int(r)][:dim] for r in rows.ravel()])
         return flat.reshape(*rows.shape, dim)
 
-    def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self._search(self.full_name, queries, k)
+    def exact_search(self, queries: np.ndarray, k: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search by Milvus over the full vectors, or over re-normalised ``dim`` prefixes.
+
+        Milvus cannot re-normalise a prefix, so a prefix search reads every vector (in blocks of
+        ``GET_BATCH`` ids) and scores it here: O(corpus), meant for looking at one dimension's
+        results (the web page's slider), not for serving large corpora.
+        """
+        if dim is None or dim == self.full_dim:
+            return self._search(self.full_name, queries, k)
+        queries = np.asarray(queries, np.float32)
+        scores = np.empty((len(queries), len(self)), np.float32)
+        for start in range(0, len(self), GET_BATCH):
+            ids = list(range(start, min(start + GET_BATCH, len(self))))
+            hits = self.client.get(self.full_name, ids=ids, output_fields=["vector"])
+            block = np.zeros((len(ids), dim), np.float32)
+            for hit in hits:
+                block[int(hit["row"]) - start] = np.asarray(hit["vector"][:dim], np.float32)
+            scores[:, start : start + len(ids)] = queries @ normalize(block).T
+        rows = top_k(scores, k)
+        return np.take_along_axis(scores, rows, axis=1), rows
 
     def _documents(self, rows: np.ndarray) -> dict[int, dict]:
         wanted = [int(r) for r in np.unique(rows)]

@@ -1,0 +1,339 @@
+"""The HTTP API and the web page: FastAPI over one opened :class:`~matryoshka.index.Index`.
+
+Requests carry texts and numbers only, never paths: the server reads nothing but the index it
+was started with and the web page shipped in the package. Every limit is checked before any
+work is done and answered with a 4xx whose message names the field and the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from contextlib import asynccontextmanager
+from typing import Literal, Sequence
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from .batching import MicroBatcher
+from .funnel import Schedule, ScheduleError, stage_dims
+from .index import Index
+from .models import ModelError, truncate
+from .stores import StoreError
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; anything beyond is refused with a 4xx before work starts."""
+
+    max_text_chars: int = 2_000
+    max_texts: int = 64
+    max_k: int = 100
+    max_dims: int = 64
+    max_shortlist: int = 10_000
+    max_body_bytes: int = 1_000_000
+    max_batch: int = 64  # concurrent /search requests answered by one encode and one funnel call
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbedRequest(_Body):
+    texts: list[str] = Field(description="Texts to embed.")
+    dim: int | None = Field(None, description="Prefix dimension (1..full dim); default the full dimension.")
+    kind: Literal["query", "document"] = Field("document", description="Encode with the query or the document prompt.")
+
+
+class SearchRequest(_Body):
+    query: str
+    k: int = Field(10, description="How many hits to return.")
+    dim: int | None = Field(None, description="Search only the first `dim` dimensions (an exact scan of the prefixes).")
+    schedule: list[tuple[int, int]] | None = Field(
+        None, description="Funnel stages as [[dim, keep], ...]; default: the index's autotuned schedule.")
+    exact: bool = Field(False, description="Exact full-dimension search instead of the funnel.")
+
+
+class SimilarityRequest(_Body):
+    query: str
+    texts: list[str]
+    dims: list[int] | None = Field(None, description="Prefix dimensions; default d/32 … d.")
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A checked /search request. Plans with the same ``key`` are searched as one batch."""
+
+    query: str
+    k: int
+    mode: Literal["funnel", "exact", "prefix"]
+    dim: int | None
+    schedule: Schedule | None
+
+    @property
+    def key(self) -> tuple:
+        return (self.k, self.mode, self.dim, self.schedule)
+
+
+class LimitError(Exception):
+    """A request asked for more than the server's limits allow."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SearchService:
+    """The work behind the endpoints, on one index. Encoding and store access each hold a lock:
+    tokenizers and the Milvus store's per-batch cache are not safe to share between threads."""
+
+    def __init__(self, index: Index, limits: Limits = Limits()) -> None:
+        self.index, self.limits = index, limits
+        self.meta = index.meta
+        self.full_dim = index.meta.full_dim
+        self._encode_lock = threading.Lock()
+        self._store_lock = threading.Lock()
+
+    # checks -------------------------------------------------------------------------------------
+    def check_texts(self, texts: list[str], field: str) -> None:
+        if not texts:
+            raise LimitError(f"{field}: give at least one text")
+        if len(texts) > self.limits.max_texts:
+            raise LimitError(f"{field}: {len(texts)} texts is more than the limit of {self.limits.max_texts} per request", 413)
+        for position, text in enumerate(texts):
+            self.check_text(text, f"{field}[{position}]")
+
+    def check_text(self, text: str, field: str) -> None:
+        if not text.strip():
+            raise LimitError(f"{field}: the text is empty")
+        if len(text) > self.limits.max_text_chars:
+            raise LimitError(f"{field}: {len(text)} characters is more than the limit of {self.limits.max_text_chars}", 413)
+
+    def check_dim(self, dim: int, field: str) -> int:
+        if not 1 <= dim <= self.full_dim:
+            raise LimitError(f"{field}: dimension {dim} is outside 1..{self.full_dim} (the model's full dimension)")
+        return dim
+
+    def check_k(self, k: int) -> int:
+        if not 1 <= k <= min(self.limits.max_k, len(self.index.store)):
+            raise LimitError(f"k: {k} is outside 1..{min(self.limits.max_k, len(self.index.store))} "
+                             f"(limit {self.limits.max_k}, corpus {len(self.index.store)} documents)")
+        return k
+
+    # work ---------------------------------------------------------------------------------------
+    def encode(self, texts: list[str], kind: str = "query") -> np.ndarray:
+        with self._encode_lock:
+            return self.index.encoder.encode(texts, kind=kind)
+
+    def info(self) -> dict:
+        default = self.index.schedule_for(10)
+        return {
+            "model": self.meta.model,
+            "adapter": self.meta.adapter,
+            "full_dim": self.full_dim,
+            "head_dim": self.meta.head_dim,
+            "corpus_size": len(self.index.store),
+            "store": getattr(self.index.store, "kind", "unknown"),
+            "default_schedule": [[s.dim, s.keep] for s in default.stages],
+            "default_schedule_text": str(default),
+            "autotune_recall": self.meta.autotune_recall,
+            "marks": stage_dims(self.full_dim, max(1, self.full_dim // 32)),
+            "limits": asdict(self.limits),
+        }
+
+    def embed(self, request: EmbedRequest) -> dict:
+        self.check_texts(request.texts, "texts")
+        dim = self.check_dim(request.dim, "dim") if request.dim is not None else self.full_dim
+        vectors = truncate(self.encode(request.texts, request.kind), dim)
+        return {"model": self.meta.model, "dim": dim, "kind": request.kind, "vectors": vectors.tolist()}
+
+    def prepare(self, request: SearchRequest) -> "SearchPlan":
+        """Check a /search request against the limits before any work; the plan is what runs."""
+        self.check_text(request.query, "query")
+        k = self.check_k(request.k)
+        schedule = None
+        if request.dim is not None:
+            self.check_dim(request.dim, "dim")
+            if request.schedule is not None or request.exact:
+                raise LimitError("dim: give one of dim, schedule or exact")
+        if request.schedule is not None:
+            if request.exact:
+                raise LimitError("schedule: give a schedule or exact, not both")
+            schedule = self._schedule(request.schedule, k)
+        dim = request.dim if request.dim not in (None, self.full_dim) else None
+        mode = "prefix" if dim else "exact" if request.exact or request.dim else "funnel"
+        return SearchPlan(request.query, k, mode, dim, schedule)
+
+    def search(self, request: SearchRequest) -> dict:
+        answer = self.search_many([self.prepare(request)])[0]
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def search_many(self, plans: Sequence["SearchPlan"]) -> list[dict | BaseException]:
+        """All queries encoded in one call; one vectorised search per group of plans that ask for the same thing."""
+        started = time.perf_counter()
+        queries = self.encode([plan.query for plan in plans])
+        encode_ms = round(1000 * (time.perf_counter() - started), 3)
+        groups: dict[tuple, list[int]] = {}
+        for position, plan in enumerate(plans):
+            groups.setdefault(plan.key, []).append(position)
+        answers: list[dict | BaseException] = [None] * len(plans)  # type: ignore[list-item]
+        for positions in groups.values():
+            plan = plans[positions[0]]
+            searched = time.perf_counter()
+            try:
+                with self._store_lock:
+                    result = self.index.search_vectors(queries[positions], plan.k, schedule=plan.schedule,
+                                                       exact=plan.mode == "exact", dim=plan.dim)
+                    hits = self.index.hits(result)
+            except (StoreError, ModelError, ScheduleError) as exc:
+                for position in positions:
+                    answers[position] = exc
+                continue
+            search_ms = round(1000 * (time.perf_counter() - searched), 3)
+            stages = [{"dim": d, "keep": n, "ms": round(1000 * s, 3)}
+                      for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)]
+            for position, found in zip(positions, hits):
+                answers[position] = {
+                    "query": plans[position].query,
+                    "k": plan.k,
+                    "mode": plan.mode,
+                    "dim": plan.dim or self.full_dim,
+                    "hits": [{"rank": rank + 1, "id": i, "score": s, "text": t}
+                             for rank, (i, s, t) in enumerate(zip(found.ids, found.scores, found.texts))],
+                    "stages": stages,
+                    "encode_ms": encode_ms,
+                    "search_ms": search_ms,
+                    "batch_size": len(positions),
+                }
+        return answers
+
+    def _schedule(self, stages: list[tuple[int, int]], k: int) -> Schedule:
+        for position, (dim, keep) in enumerate(stages):
+            self.check_dim(dim, f"schedule[{position}]")
+            if keep > self.limits.max_shortlist:
+                raise LimitError(f"schedule[{position}]: keep {keep} is more than the limit of {self.limits.max_shortlist}")
+        try:
+            schedule = Schedule(tuple(stages))
+            schedule.check(self.full_dim, k, len(self.index.store))
+        except ScheduleError as exc:
+            raise LimitError(f"schedule: {exc}") from None
+        return schedule
+
+    def similarity(self, request: SimilarityRequest) -> dict:
+        self.check_text(request.query, "query")
+        self.check_texts(request.texts, "texts")
+        dims = request.dims or stage_dims(self.full_dim, max(1, self.full_dim // 32))
+        if len(dims) > self.limits.max_dims:
+            raise LimitError(f"dims: {len(dims)} dims is more than the limit of {self.limits.max_dims}", 413)
+        for position, dim in enumerate(dims):
+            self.check_dim(dim, f"dims[{position}]")
+        query = self.encode([request.query], "query")
+        texts = self.encode(request.texts, "document")
+        table = np.stack([truncate(texts, d) @ truncate(query, d)[0] for d in dims], axis=1)
+        return {"query": request.query, "dims": dims, "texts": request.texts,
+                "similarities": table.astype(np.float64).round(6).tolist()}
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """One line per problem, naming the field: pydantic's own words, or the JSON parser's."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+        if error.get("type") == "json_invalid":
+            lines.append(f"malformed JSON: {error.get('ctx', {}).get('error', error.get('msg'))} "
+                         f"(at character {error.get('loc', ('', '?'))[-1]})")
+        else:
+            lines.append(f"{where}: {error.get('msg')}")
+    return "; ".join(lines)
+
+
+def create_app(index: Index, limits: Limits = Limits()) -> FastAPI:
+    """The FastAPI application: the JSON API, its OpenAPI docs at ``/docs``, and the page at ``/``."""
+    service = SearchService(index, limits)
+    batcher: MicroBatcher[SearchPlan, dict] = MicroBatcher(service.search_many, max_batch=limits.max_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+
+    app = FastAPI(title="matryoshka", summary="Matryoshka embeddings: funnel search and per-dimension similarity.",
+                  version="0.1.0", lifespan=lifespan)
+    app.state.service, app.state.batcher = service, batcher
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
+            return JSONResponse({"error": f"request body is {length} bytes; the limit is {limits.max_body_bytes}"},
+                                status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": _validation_message(exc), "detail": jsonable_encoder(exc.errors())},
+                            status_code=422)
+
+    @app.exception_handler(LimitError)
+    async def over_limit(request: Request, exc: LimitError):
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(StoreError)
+    @app.exception_handler(ModelError)
+    async def bad_value(request: Request, exc: Exception):
+        return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.get("/healthz", summary="Liveness: the index is open and answers.")
+    def healthz() -> dict:
+        return {"status": "ok", "documents": len(service.index.store)}
+
+    @app.get("/info", summary="Model, dimensions, corpus size, default funnel schedule and limits.")
+    def info() -> dict:
+        return service.info()
+
+    @app.post("/embed", summary="Embed texts, truncated to `dim` and re-normalised.")
+    def embed(request: EmbedRequest) -> dict:
+        return service.embed(request)
+
+    @app.post("/search", summary="Funnel search (default), exact search, or search at one prefix dimension.")
+    async def search(request: SearchRequest) -> dict:
+        # checked here, answered by the batcher together with whatever else is waiting
+        return await asyncio.wrap_future(batcher.submit(service.prepare(request)))
+
+    @app.post("/similarity", summary="The query's cosine to each text at each prefix dimension.")
+    def similarity(request: SimilarityRequest) -> dict:
+        return service.similarity(request)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    return app
+
+
+def serve(index: Index, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
+          log_level: str = "warning") -> None:
+    """Run the app with uvicorn until interrupted; the index is closed on the way out."""
+    import uvicorn
+
+    try:
+        uvicorn.run(create_app(index, limits), host=host, port=port, log_level=log_level)
+    finally:
+        index.close()
+
