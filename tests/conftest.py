@@ -198,3 +198,29 @@ def demo_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A sentence-transformers folder around a random 2-layer, 32-dim BERT with MiniLM's
+    tokenizer: trains in seconds, so the training paths can be tested end to end."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from matryoshka.models import bundled_minilm_path
+
+    folder = tmp_path_factory.mktemp("tiny")
+    backbone = folder / "backbone"
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(backbone))
+    tokenizer.save_pretrained(str(backbone))
+    word = Transformer(str(backbone), max_seq_length=64)
+    model = SentenceTransformer(modules=[word, Pooling(32, "mean"), Normalize()], device="cpu")
+    model.save(str(folder / "model"))
+    return folder / "model"

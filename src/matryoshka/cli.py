@@ -21,8 +21,8 @@ from .stores import StoreError
 
 app = typer.Typer(
     name="matryoshka",
-    help="Matryoshka embeddings end to end: evaluate every prefix dimension, encode, and (soon) "
-    "index, search and serve with funnel search.\n\nStart with [bold]matryoshka demo[/bold].",
+    help="Matryoshka embeddings end to end: train or adapt a model so its prefixes work, evaluate "
+    "every prefix dimension, index and search with funnel search, and serve it.\n\nStart with [bold]matryoshka demo[/bold].",
     rich_markup_mode="rich",
     no_args_is_help=True,
     add_completion=False,
@@ -50,11 +50,33 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(code=2) from None
 
 
-def _load(model: str, query_prompt: str | None, document_prompt: str | None):
+def _numbers(text: str | None, cast, option: str) -> list | None:
+    """``"384,96,24"`` -> [384, 96, 24], or an error that names the option and the bad item."""
+    if not text:
+        return None
+    try:
+        return [cast(part) for part in text.split(",")]
+    except ValueError:
+        bad = next(p for p in text.split(",") if not _castable(p, cast))
+        raise ValueError(f"{option}: {bad.strip()!r} is not a {'whole ' if cast is int else ''}number") from None
+
+
+def _castable(text: str, cast) -> bool:
+    try:
+        cast(text)
+        return True
+    except ValueError:
+        return False
+
+
+AdapterOption = typer.Option(None, "--adapter", help="An adapter file from 'matryoshka adapt': prefixes of f(x) instead of x.")
+
+
+def _load(model: str, query_prompt: str | None, document_prompt: str | None, adapter: Path | None = None):
     from .models import load_model
 
     with console.status(f"Loading model [bold]{model}[/bold]…"):
-        return load_model(model, query_prompt=query_prompt, document_prompt=document_prompt)
+        return load_model(model, query_prompt=query_prompt, document_prompt=document_prompt, adapter=adapter)
 
 
 def report_table(report) -> Table:
@@ -84,8 +106,9 @@ def evaluate(
     data: Path = typer.Option(..., "--data", "-d", help="A BEIR folder (retrieval), an STS Benchmark folder, or a JSONL/CSV/TSV of scored pairs (sts)."),
     split: str = typer.Option("test", help="Which split: qrels/<split>.tsv for BEIR, sts-<split>.csv for STS."),
     dims: Optional[str] = typer.Option(None, help="Comma-separated prefix dims, e.g. 384,96,24. Default: d, d/2, … d/32."),
-    methods: str = typer.Option("truncate,pca", help="Comma-separated: truncate (plain prefix), pca (prefix after a PCA rotation)."),
+    methods: str = typer.Option("truncate,pca", help="Comma-separated: truncate (plain prefix), pca (prefix after a PCA rotation), adapter (prefix of f(x), with --adapter; added when --adapter is given)."),
     model: str = ModelOption,
+    adapter: Optional[Path] = AdapterOption,
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the per-dimension results as JSON here."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a two-panel PNG (score, and % of full) here."),
     query_prompt: Optional[str] = QueryPromptOption,
@@ -99,12 +122,18 @@ def evaluate(
       matryoshka evaluate --task retrieval --data ../shared/data/scifact --split test --dims 384,192,96,48,24,12 --json out.json
 
       matryoshka evaluate --task sts --data ../shared/data/stsb --dims 384,48,12 --plot sts.png
+
+      matryoshka evaluate --task retrieval --data ../shared/data/scifact --adapter scifact-adapter.npz
     """
+    from .adapt import load_adapter
     from .evaluate import parse_dims, parse_methods, planned_steps, run_evaluation
     from .plots import plot_per_dimension
 
     with user_errors():
         method_list = parse_methods(methods)
+        fitted = load_adapter(adapter) if adapter else None
+        if fitted is not None and "adapter" not in method_list:
+            method_list.append("adapter")
         if not data.exists():
             raise DataError(data, "no such file or folder")
         encoder = _load(model, query_prompt, document_prompt)
@@ -112,7 +141,7 @@ def evaluate(
         with _progress() as progress:
             step = progress.add_task("Scoring dimensions", total=planned_steps(dim_list, method_list, encoder.full_dim))
             report = run_evaluation(encoder, task, data, split, dim_list, method_list, batch_size=batch_size,
-                                    progress=lambda n: progress.advance(step, n))
+                                    progress=lambda n: progress.advance(step, n), adapter=fitted)
         console.print(report_table(report))
         for note in report.notes:
             console.print(f"[dim]· {note}[/dim]")
@@ -131,15 +160,18 @@ def encode(
     dim: Optional[int] = typer.Option(None, help="Keep the first DIM dimensions (re-normalised). Default: full."),
     kind: str = typer.Option("document", help="'document', 'query' or 'plain': which of the model's prompts to apply."),
     model: str = ModelOption,
+    adapter: Optional[Path] = AdapterOption,
     query_prompt: Optional[str] = QueryPromptOption,
     document_prompt: Optional[str] = DocumentPromptOption,
     batch_size: Optional[int] = BatchOption,
 ) -> None:
     """Encode texts to a float32 .npy of unit vectors.
 
-    [bold]Example[/bold]
+    [bold]Examples[/bold]
 
       matryoshka encode --input docs.jsonl --output docs.npy --dim 128
+
+      matryoshka encode --input docs.jsonl --output docs-48.npy --dim 48 --adapter minilm-adapter.npz
     """
     import numpy as np
 
@@ -147,7 +179,7 @@ def encode(
         if kind not in ("document", "query", "plain"):
             raise ValueError(f"--kind must be document, query or plain, got {kind!r}")
         corpus = read_texts(input)
-        encoder = _load(model, query_prompt, document_prompt)
+        encoder = _load(model, query_prompt, document_prompt, adapter)
         vectors = encoder.encode(corpus.texts, dim, kind=None if kind == "plain" else kind, batch_size=batch_size,
                                  show_progress=True)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +216,7 @@ def index(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model that encodes the corpus (default: 'default'). "
                                         "With --vectors: the model those vectors came from, so text queries work."),
     vectors: Optional[Path] = typer.Option(None, help="Precomputed corpus vectors (.npy, one row per document, in corpus order)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="An adapter file from 'matryoshka adapt': the head searches prefixes of f(x); the last stage the model's own full vectors."),
     head_dim: Optional[int] = typer.Option(None, help="Dims of the head searched first. Default: autotuned among d/32, d/16, d/8, d/4."),
     head_index: str = typer.Option("flat", help="Head search: 'flat' (exact, FAISS) or 'hnsw' (graph; for large corpora)."),
     k: int = typer.Option(10, min=1, help="The k that autotune tunes the default schedule for."),
@@ -202,18 +235,22 @@ def index(
       matryoshka index --model wordllama --corpus ../shared/data/scifact --db scifact.db
 
       matryoshka index --corpus docs.jsonl --vectors docs.npy --db ./byo-index
+
+      matryoshka index --corpus ../shared/data/scifact --adapter minilm-adapter.npz --db ./adapted-index
     """
     from .index import build_index
 
     with user_errors():
         documents = read_texts(corpus)
-        encoder = _load(model or DEFAULT_MODEL, None, None) if (model or vectors is None) else None
+        if adapter is not None and model is None and vectors is not None:
+            raise ValueError("--adapter with --vectors needs --model: the adapter belongs to the model the vectors came from")
+        encoder = _load(model or DEFAULT_MODEL, None, None, adapter) if (model or vectors is None) else None
         array = _load_vectors(vectors, "corpus vectors") if vectors else None
         tune = None
         if tune_queries is not None:
             if encoder is None:
                 raise ValueError("--tune-queries needs --model to encode them")
-            tune = encoder.encode(read_texts(tune_queries).texts, kind="query")
+            tune = getattr(encoder, "base", encoder).encode(read_texts(tune_queries).texts, kind="query")
         from .stores import is_milvus_uri
 
         milvus = is_milvus_uri(db)
@@ -294,6 +331,115 @@ def search(
                                              "batch_size": len(hits), "batch_stages": stages, "results": rows},
                                             indent=2) + "\n")
             console.print(f"JSON written to [bold]{json_path}[/bold]")
+
+
+@app.command()
+def adapt(
+    corpus: Path = typer.Option(..., "--corpus", "-c", help="The documents the adapter is fitted to: JSONL/CSV/TSV with 'text', TXT, or a BEIR folder."),
+    output: Path = typer.Option(..., "--output", "-o", help="Where to write the adapter (.npz, a few hundred KB)."),
+    model: str = ModelOption,
+    kind: str = typer.Option("learned", help="pca (rotation onto the corpus' principal axes), orthogonal (PCA refined, cosines unchanged) or learned (free linear map, optional residual MLP)."),
+    pairs: Optional[Path] = typer.Option(None, help="(query, relevant document) pairs for the supervised loss: JSONL/CSV/TSV pairs, or a BEIR folder (its train qrels)."),
+    steps: int = typer.Option(300, min=1, help="Optimiser steps (orthogonal, learned)."),
+    lr: float = typer.Option(2e-3, min=0.0, help="Adam learning rate."),
+    hidden: int = typer.Option(0, min=0, help="learned only: units of the residual MLP (0: a linear map)."),
+    query_samples: int = typer.Option(5000, min=10, help="Query-like word windows of the corpus used as anchors."),
+) -> None:
+    """Fit a post-hoc adapter f so that the prefixes of f(x) keep what a model's full vectors know,
+    for a model that was not trained with Matryoshka loss (MiniLM, an API model's vectors).
+
+    Use the file with --adapter on encode, evaluate and index; an index built with it searches
+    prefixes of f(x) first and returns exactly the model's own full-dimension top-k.
+
+    [bold]Examples[/bold]
+
+      matryoshka adapt --corpus ../shared/data/scifact --output scifact-adapter.npz
+
+      matryoshka adapt --corpus ../shared/data/scifact --pairs ../shared/data/scifact --kind learned --output sup.npz
+
+      matryoshka evaluate --task retrieval --data ../shared/data/scifact --adapter scifact-adapter.npz
+    """
+    import time
+
+    from .adapt import FitSettings, fit_on_texts, make_adapter
+    from .data import is_beir_folder, read_pairs
+
+    with user_errors():
+        make_adapter(kind)  # an unknown kind fails before any encoding
+        documents = read_texts(corpus)
+        pair_queries = pair_documents = None
+        if pairs is not None:
+            if is_beir_folder(pairs):
+                from .train import read_training_data
+
+                rows = read_training_data(pairs).columns
+                pair_queries, pair_documents = rows["anchor"], rows["positive"]
+            else:
+                read = read_pairs(pairs)
+                pair_queries, pair_documents = read.first, read.second
+        encoder = _load(model, None, None)
+        with _progress() as progress:
+            task = progress.add_task(f"Fitting {kind} adapter", total=steps)
+            settings = FitSettings(steps=steps, lr=lr, progress=lambda step, loss: progress.update(task, completed=step))
+            started = time.perf_counter()
+            fitted = fit_on_texts(encoder, documents.texts, kind, pair_queries=pair_queries, pair_documents=pair_documents,
+                                  settings=settings, query_samples=query_samples, hidden=hidden)
+        path = fitted.save(output)
+        losses = getattr(fitted, "loss_history_", None)
+        trained = f", loss {losses[0]:.4f} → {losses[-1]:.4f}" if losses else ""
+        console.print(f"{kind} adapter for {encoder.name} fitted on {len(documents)} documents"
+                      f"{f' and {len(pair_queries)} pairs' if pair_queries else ''} in {time.perf_counter() - started:.0f} s"
+                      f"{trained}: [bold]{path}[/bold]")
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", "-d", help="Training rows: JSONL/CSV/TSV pairs (anchor, positive[, negative]) or scored pairs (sentence1, sentence2, score), an STS Benchmark folder, or a BEIR folder (train qrels)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the trained model (and checkpoints/)."),
+    model: str = ModelOption,
+    dims: Optional[str] = typer.Option(None, help="Matryoshka dims, e.g. 384,192,96,48,24,12. Default: d, d/2, … d/32 (at least 8)."),
+    weights: Optional[str] = typer.Option(None, help="One loss weight per dim, e.g. 1,1,1,1,1,1. Default: all 1."),
+    epochs: float = typer.Option(1.0, min=0.0, help="Passes over the data."),
+    batch_size: int = typer.Option(16, min=2, help="Rows per step (in-batch negatives for contrastive data)."),
+    lr: float = typer.Option(2e-5, min=0.0, help="Peak learning rate (linear warm-up and decay)."),
+    loss: str = typer.Option("auto", help="auto (cosent for scored pairs; mnrl, or cached-mnrl from batch 128, for contrastive rows), mnrl, cached-mnrl or cosent."),
+    eval_data: Optional[Path] = typer.Option(None, help="Per-dimension evaluation during training: an STS folder, a BEIR folder or scored pairs."),
+    eval_steps: Optional[int] = typer.Option(None, min=1, help="Evaluate every N steps (default: once per epoch)."),
+    save_steps: int = typer.Option(500, min=1, help="Checkpoint every N steps (under OUTPUT/checkpoints)."),
+    max_steps: int = typer.Option(-1, help="Stop after N steps (overrides --epochs)."),
+    plain: bool = typer.Option(False, "--no-matryoshka", help="Train the base loss alone, without MatryoshkaLoss (a baseline)."),
+    seed: int = typer.Option(12, help="Random seed (data order, initialisation of new layers)."),
+) -> None:
+    """Fine-tune a sentence-transformers model with MatryoshkaLoss so that every prefix of its
+    vectors works as an embedding. Ctrl-C stops and saves the weights reached so far.
+
+    [bold]Examples[/bold]
+
+      matryoshka train --data ../shared/data/stsb --eval-data ../shared/data/stsb --output minilm-sts-matryoshka
+
+      matryoshka train --data pairs.jsonl --dims 384,128,32 --epochs 2 --batch-size 64 --output my-model
+    """
+    from .train import TrainSettings, read_eval_data, read_training_data
+    from .train import train as run_training
+
+    with user_errors():
+        dim_list = _numbers(dims, int, "--dims")
+        weight_list = _numbers(weights, float, "--weights")
+        rows = read_training_data(data)
+        evaluation = read_eval_data(eval_data) if eval_data else None
+        settings = TrainSettings(dims=dim_list, weights=weight_list, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 loss=loss, matryoshka=not plain, max_steps=max_steps, eval_steps=eval_steps,
+                                 save_steps=save_steps, seed=seed)
+        console.print(f"Training [bold]{model}[/bold] on {len(rows)} {rows.kind} rows from {rows.source}")
+        result = run_training(model, rows, output, settings, eval_data=evaluation)
+        if result.final is not None:
+            console.print(report_table(result.final))
+        state = "[yellow]interrupted[/yellow] after" if result.interrupted else "trained for"
+        console.print(f"{state} {result.steps} steps in {result.seconds:.0f} s ({result.loss}"
+                      f"{', MatryoshkaLoss at ' + ','.join(map(str, result.dims)) if not plain else ''}): "
+                      f"[bold]{output}[/bold] (loads with load_model or SentenceTransformer)")
+        if result.interrupted:
+            raise typer.Exit(code=130)
 
 
 HostOption = typer.Option("127.0.0.1", help="Address to bind. The default, loopback, is reachable from this machine only; "

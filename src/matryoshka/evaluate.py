@@ -20,7 +20,7 @@ from .adapt import PCAAdapter
 from .data import DataError, Pairs, RetrievalData, is_beir_folder, is_sts_folder, read_beir, read_pairs, read_sts
 from .models import Encoder, check_dim, truncate
 
-METHODS = ("truncate", "pca")
+METHODS = ("truncate", "pca", "adapter")
 RETRIEVAL_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
 PRIMARY_METRIC = {"retrieval": "ndcg@10", "sts": "spearman"}
 QUERY_BLOCK = 1024
@@ -103,13 +103,17 @@ Transform = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[int], None]
 
 
-def _transforms(methods: Sequence[str], fit_vectors: np.ndarray) -> dict[str, Transform]:
+def _transforms(methods: Sequence[str], fit_vectors: np.ndarray, adapter=None) -> dict[str, Transform]:
     out: dict[str, Transform] = {}
     for method in methods:
         if method == "truncate":
             out[method] = lambda x: x
         elif method == "pca":
             out[method] = PCAAdapter().fit(fit_vectors).transform
+        elif method == "adapter":
+            if adapter is None:
+                raise ValueError("method 'adapter' needs an adapter file (--adapter PATH, made by 'matryoshka adapt')")
+            out[method] = adapter.transform
     return out
 
 
@@ -152,12 +156,13 @@ def evaluate_retrieval(
     split: str = "test",
     batch_size: int | None = None,
     progress: Progress | None = None,
+    adapter=None,
 ) -> EvaluationReport:
     """Encode queries and corpus once, then score every (method, dim)."""
     query_vectors = encoder.encode(data.query_texts, kind="query", batch_size=batch_size)
     doc_vectors = encoder.encode(data.corpus.texts, kind="document", batch_size=batch_size)
     return evaluate_retrieval_vectors(query_vectors, doc_vectors, data, dims, methods, model=encoder.name,
-                                      data_name=data_name, split=split, progress=progress)
+                                      data_name=data_name, split=split, progress=progress, adapter=adapter)
 
 
 def evaluate_retrieval_vectors(
@@ -171,14 +176,16 @@ def evaluate_retrieval_vectors(
     data_name: str = "",
     split: str = "test",
     progress: Progress | None = None,
+    adapter=None,
 ) -> EvaluationReport:
-    """Score every (method, dim) from full-dimension vectors already encoded."""
+    """Score every (method, dim) from full-dimension vectors already encoded; ``adapter`` is the
+    fitted adapter behind the ``adapter`` method."""
     full_dim = doc_vectors.shape[1]
     report = EvaluationReport(model, "retrieval", data_name, split, full_dim)
     report.notes.append(f"{len(data.query_ids)} queries, {len(data.corpus)} documents")
     if "pca" in methods:
         report.notes.append("pca fitted on the corpus vectors")
-    for method, transform in _transforms(methods, doc_vectors).items():
+    for method, transform in _transforms(methods, doc_vectors, adapter).items():
         q_rot, d_rot = transform(query_vectors), transform(doc_vectors)
         for dim in _with_full_dim(dims, full_dim):
             scores = score_retrieval(truncate(q_rot, dim), truncate(d_rot, dim), data)
@@ -199,6 +206,7 @@ def evaluate_sts(
     split: str = "test",
     batch_size: int | None = None,
     progress: Progress | None = None,
+    adapter=None,
 ) -> EvaluationReport:
     """Cosine Spearman against gold scores at each (method, dim); each unique sentence encoded once.
 
@@ -221,7 +229,7 @@ def evaluate_sts(
             report.notes.append(f"pca fitted on {len(fit_vectors)} training sentences")
         else:
             report.notes.append("pca fitted on the evaluated sentences (no training split given)")
-    for method, transform in _transforms(methods, fit_vectors).items():
+    for method, transform in _transforms(methods, fit_vectors, adapter).items():
         rotated = transform(vectors)
         for dim in _with_full_dim(dims, encoder.full_dim):
             prefix = truncate(rotated, dim)
@@ -242,6 +250,7 @@ def run_evaluation(
     *,
     batch_size: int | None = None,
     progress: Progress | None = None,
+    adapter=None,
 ) -> EvaluationReport:
     """Read ``data_path`` for ``task`` and evaluate: the one entry point the CLI and demo share."""
     data_path = Path(data_path)
@@ -250,7 +259,7 @@ def run_evaluation(
             raise DataError(data_path, "retrieval evaluation needs a BEIR folder (corpus.jsonl[.gz], queries.jsonl[.gz], qrels/)")
         data = read_beir(data_path, split)
         return evaluate_retrieval(encoder, data, dims, methods, data_name=str(data_path), split=split,
-                                  batch_size=batch_size, progress=progress)
+                                  batch_size=batch_size, progress=progress, adapter=adapter)
     if task == "sts":
         fit_texts = None
         if is_sts_folder(data_path):
@@ -267,7 +276,7 @@ def run_evaluation(
             if pairs.scores is None:
                 raise DataError(data_path, "STS evaluation needs a 'score' column")
         return evaluate_sts(encoder, pairs, dims, methods, fit_texts=fit_texts, data_name=str(data_path),
-                            split=split, batch_size=batch_size, progress=progress)
+                            split=split, batch_size=batch_size, progress=progress, adapter=adapter)
     raise ValueError(f"unknown task {task!r}; choose 'retrieval' or 'sts'")
 
 

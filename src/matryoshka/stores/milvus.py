@@ -217,7 +217,8 @@ class MilvusBuilder:
         return np.lib.format.open_memmap(self.staging / "full.npy", mode="w+", dtype=np.float32, shape=(count, dim))
 
     def commit(self, full: np.ndarray, ids: Sequence[str], texts: Sequence[str], meta: IndexMeta,
-               head_index: str = "flat", progress=None) -> str:
+               head_index: str = "flat", progress=None, head_source: np.ndarray | None = None) -> str:
+        """``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
         from pymilvus import DataType, MilvusClient
 
         from ..models import normalize
@@ -242,7 +243,7 @@ class MilvusBuilder:
         for start in range(0, len(ids), INSERT_BATCH):
             stop = min(start + INSERT_BATCH, len(ids))
             block = np.asarray(full[start:stop])
-            head = normalize(block[:, : meta.head_dim])
+            head = normalize(np.asarray((full if head_source is None else head_source)[start:stop, : meta.head_dim]))
             self.client.insert(head_name, [{"row": r, "vector": head[r - start].tolist()} for r in range(start, stop)])
             self.client.insert(full_name, [
                 {"row": r, "doc_id": str(ids[r])[:1024], "text": _clip(texts[r]), "vector": block[r - start].tolist()}

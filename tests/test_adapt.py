@@ -1,0 +1,145 @@
+"""Post-hoc adapters: their algebra, their files, and indexes built with them (real MiniLM vectors)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from matryoshka.adapt import (AdapterError, FitSettings, LearnedAdapter, OrthogonalAdapter, load_adapter,
+                              make_adapter)
+from matryoshka.metrics import top_k
+from matryoshka.models import load_model, normalize, truncate
+
+QUICK = FitSettings(steps=25, batch_size=64, neighbours=16, sampled=16)
+
+
+@pytest.fixture(scope="module")
+def sample_vectors(minilm, squad_sample):
+    documents = minilm.encode(squad_sample.corpus.texts, kind="document")
+    queries = minilm.encode(squad_sample.query_texts[:200], kind="query")
+    return documents, queries
+
+
+def test_orthogonal_adapter_is_orthogonal_and_keeps_full_dim_cosines(sample_vectors):
+    documents, queries = sample_vectors
+    adapter = OrthogonalAdapter(QUICK).fit(documents, queries=queries)
+    rotation = adapter.components_.astype(np.float64)
+    np.testing.assert_allclose(rotation.T @ rotation, np.eye(rotation.shape[0]), atol=1e-5)
+    before = queries @ documents.T
+    after = adapter.transform(queries) @ adapter.transform(documents).T
+    np.testing.assert_allclose(after, before, atol=1e-5)
+    assert adapter.loss_history_[-1] < adapter.loss_history_[0]  # it did learn something
+
+
+def test_refined_adapters_start_from_pca_and_move(sample_vectors):
+    documents, queries = sample_vectors
+    pca = make_adapter("pca").fit(documents)
+    untrained = LearnedAdapter(FitSettings(steps=0)).fit(documents, queries=queries)
+    np.testing.assert_allclose(untrained.transform(queries), pca.transform(queries), atol=1e-5)
+    trained = LearnedAdapter(QUICK).fit(documents, queries=queries)
+    assert np.abs(trained.transform(queries) - pca.transform(queries)).max() > 1e-3
+
+
+@pytest.mark.parametrize("kind,options", [("pca", {}), ("orthogonal", {}), ("learned", {}), ("learned", {"hidden": 32})])
+def test_each_adapter_kind_round_trips_through_its_file(tmp_path, sample_vectors, kind, options):
+    documents, queries = sample_vectors
+    rows = np.arange(20)
+    adapter = make_adapter(kind, QUICK, **options).fit(documents, queries=queries, pairs=(queries[:20], rows))
+    path = adapter.save(tmp_path / kind)
+    assert path.suffix == ".npz" and path.stat().st_size < 2_000_000
+    loaded = load_adapter(path)
+    assert type(loaded) is type(adapter)
+    np.testing.assert_allclose(loaded.transform(queries), adapter.transform(queries), atol=1e-6)
+
+
+def test_bad_adapter_files_are_refused_clearly(tmp_path):
+    with pytest.raises(AdapterError, match="no such adapter file"):
+        load_adapter(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(AdapterError, match="not an adapter file"):
+        load_adapter(tmp_path / "junk.npz")
+    np.savez(tmp_path / "odd.npz", kind=np.asarray("zca"), weight_=np.eye(3))
+    with pytest.raises(AdapterError, match="unknown adapter kind 'zca'"):
+        load_adapter(tmp_path / "odd.npz")
+    with pytest.raises(AdapterError, match="unknown adapter kind"):
+        make_adapter("zca")
+
+
+def test_load_model_with_an_adapter_encodes_prefixes_of_f(tmp_path, minilm, sample_vectors):
+    documents, _ = sample_vectors
+    path = make_adapter("pca").fit(documents).save(tmp_path / "pca")
+    adapted = load_model("default", adapter=path)
+    texts = ["the giant panda", "steam engines"]
+    expected = truncate(load_adapter(path).transform(minilm.encode(texts, kind="query")), 24)
+    np.testing.assert_allclose(adapted.encode(texts, 24, kind="query"), expected, atol=1e-5)
+    wordllama_sized = make_adapter("pca").fit(np.random.default_rng(0).normal(size=(50, 256))).save(tmp_path / "w")
+    with pytest.raises(ValueError, match="maps 256-dim vectors"):
+        load_model("default", adapter=wordllama_sized)
+
+
+@pytest.mark.parametrize("kind", ["pca", "orthogonal", "learned"])
+@pytest.mark.parametrize("store", ["local", "lite"])
+def test_an_index_with_any_adapter_returns_the_models_own_full_dim_top_k(tmp_path, squad_sample, sample_vectors,
+                                                                          kind, store):
+    from matryoshka.funnel import two_stage_schedule
+    from matryoshka.index import Index, build_index
+
+    documents, queries = sample_vectors
+    path = make_adapter(kind, QUICK).fit(documents, queries=queries).save(tmp_path / kind)
+    encoder = load_model("default", adapter=path)
+    db = tmp_path / ("index" if store == "local" else "index.db")
+    meta = build_index(db, squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=encoder, vectors=documents)
+    assert meta.adapter == str(path.resolve()) and meta.model == "all-MiniLM-L6-v2"
+    truth = top_k(queries @ documents.T, 10)
+    with Index(db) as index:
+        assert index.adapter is not None
+        exact = index.search_vectors(queries, 10, exact=True)
+        np.testing.assert_array_equal(exact.rows, truth)
+        whole = two_stage_schedule(384, 10, len(documents), meta.head_dim)  # shortlist = the whole corpus
+        np.testing.assert_array_equal(index.search_vectors(queries, 10, schedule=whole).rows, truth)
+        funnel = index.search_vectors(queries, 10)
+        assert len(funnel.stage_dims) == 2 and funnel.stage_dims[-1] == 384
+        # scores are the model's own full-dimension cosines, whatever f is
+        expected = np.take_along_axis(queries @ documents.T, funnel.rows, axis=1)
+        np.testing.assert_allclose(funnel.scores, expected, atol=1e-5)
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(funnel.rows, truth)])
+        assert overlap >= 0.97
+
+
+def test_adapt_cli_on_real_scifact_then_evaluate_index_and_search(tmp_path, scifact_slice):
+    adapter = tmp_path / "scifact.npz"
+    result = run_cli("adapt", "--corpus", str(scifact_slice), "--kind", "orthogonal", "--steps", "30",
+                     "--query-samples", "300", "--output", str(adapter))
+    assert result.returncode == 0, result.stderr
+    assert "orthogonal adapter for all-MiniLM-L6-v2 fitted on" in result.stdout and adapter.exists()
+    report_path = tmp_path / "eval.json"
+    result = run_cli("evaluate", "--task", "retrieval", "--data", str(scifact_slice), "--dims", "384,48,12",
+                     "--adapter", str(adapter), "--json", str(report_path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    by_method = {(r["method"], r["dim"]): r["ndcg@10"] for r in report["results"]}
+    assert by_method[("adapter", 384)] == pytest.approx(by_method[("truncate", 384)], abs=1e-6)  # orthogonal
+    assert by_method[("adapter", 12)] > by_method[("truncate", 12)]  # MiniLM's own 12-dim prefix is poor
+    db = tmp_path / "index"
+    result = run_cli("index", "--corpus", str(scifact_slice), "--adapter", str(adapter), "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "hits.json"
+    result = run_cli("search", "--db", str(db), "--query", "vitamin D and bone density", "--k", "5", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    exact = tmp_path / "exact.json"
+    run_cli("search", "--db", str(db), "--query", "vitamin D and bone density", "--k", "5", "--exact", "--json", str(exact))
+    assert json.loads(out.read_text())["results"][0]["ids"] == json.loads(exact.read_text())["results"][0]["ids"]
+
+
+def test_adapt_cli_refuses_bad_input(tmp_path, scifact_slice):
+    result = run_cli("adapt", "--corpus", str(scifact_slice), "--kind", "zca", "--output", str(tmp_path / "a.npz"))
+    assert result.returncode == 2 and "unknown adapter kind 'zca'" in result.stderr
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"query": "q", "document": "d"}\n{"query": "q2"}\n')
+    result = run_cli("adapt", "--corpus", str(scifact_slice), "--pairs", str(bad), "--output", str(tmp_path / "a.npz"))
+    assert result.returncode == 2 and "pairs.jsonl:2" in result.stderr
+    result = run_cli("evaluate", "--task", "retrieval", "--data", str(scifact_slice), "--adapter", str(tmp_path / "none.npz"))
+    assert result.returncode == 2 and "no such adapter file" in result.stderr
