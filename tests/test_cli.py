@@ -51,7 +51,7 @@ def test_encode_bad_input_fails_cleanly(tmp_path):
 
 
 def test_help_teaches_with_examples():
-    for command in ("evaluate", "encode", "demo", "index", "search"):
+    for command in ("evaluate", "encode", "demo", "index", "search", "serve", "train", "adapt"):
         result = run_cli(command, "--help")
         assert result.returncode == 0
         assert "Example" in result.stdout and f"matryoshka {command}" in result.stdout

@@ -91,10 +91,10 @@ class FitSettings:
     dims: Sequence[int] | None = None  # prefix dims the loss looks at; default d/32 … d/2
     steps: int = 300
     batch_size: int = 128
-    neighbours: int = 48  # full-vector top neighbours of each anchor whose order is taught
-    sampled: int = 48  # random other documents per anchor, so the far end is taught too
-    lr: float = 2e-3
-    temperature: float = 0.05
+    neighbours: int = 100  # full-vector top neighbours of each anchor whose order is taught
+    sampled: int = 100  # random other documents per anchor, so the far end is taught too
+    lr: float = 5e-4
+    temperature: float = 0.02
     supervised_weight: float = 1.0
     max_anchors: int = 20_000
     seed: int = 0

@@ -341,7 +341,7 @@ def adapt(
     kind: str = typer.Option("learned", help="pca (rotation onto the corpus' principal axes), orthogonal (PCA refined, cosines unchanged) or learned (free linear map, optional residual MLP)."),
     pairs: Optional[Path] = typer.Option(None, help="(query, relevant document) pairs for the supervised loss: JSONL/CSV/TSV pairs, or a BEIR folder (its train qrels)."),
     steps: int = typer.Option(300, min=1, help="Optimiser steps (orthogonal, learned)."),
-    lr: float = typer.Option(2e-3, min=0.0, help="Adam learning rate."),
+    lr: float = typer.Option(5e-4, min=0.0, help="Adam learning rate."),
     hidden: int = typer.Option(0, min=0, help="learned only: units of the residual MLP (0: a linear map)."),
     query_samples: int = typer.Option(5000, min=10, help="Query-like word windows of the corpus used as anchors."),
 ) -> None:
