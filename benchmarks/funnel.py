@@ -118,8 +118,6 @@ def row(method, n, dim, batch, recall, seconds, queries, ram_mb, build_s, **extr
 
 
 def bench_size(corpus, queries, tune_queries, args, results):
-    import faiss
-
     n, dim = corpus.shape
     single = queries[: args.single]
     print(f"\n== n={n:,} x {dim} ==", flush=True)

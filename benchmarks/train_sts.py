@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="MatryoshkaLoss weights for 384,192,96,48,24,12")
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--skip-plain", action="store_true", help="train only the Matryoshka model (for tuning runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_sts.json")
     args = parser.parse_args()
     data = read_training_data(STSB)
@@ -79,21 +80,24 @@ def main() -> None:
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     rows = [{"name": "all-MiniLM-L6-v2 (no fine-tuning)", "spearman": {str(d): s for d, s in score("default", test).items()}}]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, matryoshka in (("CoSENT", False), ("MatryoshkaLoss(CoSENT)", True)):
+        variants = [("CoSENT", False), ("MatryoshkaLoss(CoSENT)", True)][1 if args.skip_plain else 0 :]
+        for name, matryoshka in variants:
             settings = TrainSettings(dims=DIMS, weights=weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                      matryoshka=matryoshka, max_steps=args.max_steps, seed=args.seed, save_steps=10**9)
             result = train("default", data, Path(tmp) / name, settings, show_progress=True)
             scores = score(str(Path(tmp) / name), test)
             rows.append({"name": name, "steps": result.steps, "seconds": round(result.seconds, 1),
                          "seconds_per_step": result.seconds / result.steps, "spearman": {str(d): s for d, s in scores.items()}})
-    plain, nested = rows[1], rows[2]
-    cost = nested["seconds_per_step"] / plain["seconds_per_step"]
+    trained = {row["name"]: row for row in rows[1:]}
+    cost = (trained["MatryoshkaLoss(CoSENT)"]["seconds_per_step"] / trained["CoSENT"]["seconds_per_step"]
+            if "CoSENT" in trained else None)
     print(f"\n{'model':<36}" + "".join(f"{d:>9}" for d in DIMS) + f"{'s/step':>9}")
     for row in rows:
         scores = [row["spearman"][str(d)] for d in DIMS]
         print(f"{row['name']:<36}" + "".join(f"{s:>9.4f}" for s in scores) + f"{row.get('seconds_per_step', float('nan')):>9.3f}")
         print(f"{'  % of own 384':<36}" + "".join(f"{100 * s / scores[0]:>8.1f}%" for s in scores))
-    print(f"MatryoshkaLoss step cost: {cost:.2f}x the plain CoSENT step")
+    if cost is not None:
+        print(f"MatryoshkaLoss step cost: {cost:.2f}x the plain CoSENT step")
     payload = {"machine": machine(), "settings": vars(args) | {"out": str(args.out)}, "dims": DIMS, "rows": rows,
                "matryoshka_step_cost": cost}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from conftest import run_cli
 from matryoshka.adapt import (AdapterError, FitSettings, LearnedAdapter, OrthogonalAdapter, load_adapter,
                               make_adapter)
 from matryoshka.metrics import top_k
-from matryoshka.models import load_model, normalize, truncate
+from matryoshka.models import load_model, truncate
 
 QUICK = FitSettings(steps=25, batch_size=64, neighbours=16, sampled=16)
 

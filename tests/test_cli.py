@@ -14,7 +14,7 @@ def test_demo_runs_offline_end_to_end_and_serves(demo_server):
     output = demo_server.log
     demo = demo_server.output_dir
     assert "SQuAD" in output and "ndcg@10" in output
-    assert f"Serving 414 documents" in output and demo_server.url.replace("127.0.0.1", "localhost") in output
+    assert "Serving 414 documents" in output and demo_server.url.replace("127.0.0.1", "localhost") in output
     report = json.loads((demo / "evaluation.json").read_text())
     full = next(r for r in report["results"] if r["method"] == "truncate" and r["dim"] == 384)
     smallest = {r["method"]: r["ndcg@10"] for r in report["results"] if r["dim"] == 12}
