@@ -35,7 +35,8 @@ from common import machine  # noqa: E402
 from matryoshka import metrics  # noqa: E402
 from matryoshka.adapt import FitSettings, make_adapter  # noqa: E402
 from matryoshka.data import read_beir, read_sts  # noqa: E402
-from matryoshka.evaluate import ranking_metrics  # noqa: E402
+from matryoshka.evaluate import default_dims, ranking_metrics  # noqa: E402
+from matryoshka.funnel import recall_at_k  # noqa: E402
 from matryoshka.index import pseudo_queries  # noqa: E402
 from matryoshka.models import load_model, truncate  # noqa: E402
 
@@ -43,14 +44,6 @@ DATA = ROOT.parent / "shared" / "data"
 SHORTLISTS = (100, 200, 500)
 VARIANTS = [("truncate", None, False), ("pca", "pca", False), ("orthogonal", "orthogonal", False),
             ("learned", "learned", False), ("orthogonal+pairs", "orthogonal", True), ("learned+pairs", "learned", True)]
-
-
-def dims_for(full_dim: int) -> list[int]:
-    dims, dim = [], full_dim
-    while dim >= max(8, full_dim // 32):
-        dims.append(dim)
-        dim //= 2
-    return dims
 
 
 def head_recall(queries, documents, transform, head_dim: int, truth) -> dict[str, float]:
@@ -61,7 +54,7 @@ def head_recall(queries, documents, transform, head_dim: int, truth) -> dict[str
         shortlist = metrics.top_k(head, n)
         rescored = np.einsum("qd,qnd->qn", queries, documents[shortlist])
         best = np.take_along_axis(shortlist, metrics.top_k(rescored, 10), axis=1)
-        out[f"recall@10_shortlist_{n}"] = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(best, truth)]))
+        out[f"recall@10_shortlist_{n}"] = recall_at_k(best, truth)
     return out
 
 
@@ -80,7 +73,7 @@ def scifact(model_name: str, args, results: list[dict]) -> None:
                 pair_queries.append(train_vectors[position])
                 pair_rows.append(row_of[doc_id])
     pairs = (np.asarray(pair_queries), np.asarray(pair_rows))
-    dims = dims_for(encoder.full_dim)
+    dims = default_dims(encoder.full_dim)
     truth = metrics.top_k(queries @ documents.T, 10)
     full_ndcg = ranking_metrics(truth, test)["ndcg@10"]
     for name, kind, supervised in VARIANTS:
@@ -113,7 +106,7 @@ def sts(model_name: str, args, results: list[dict]) -> None:
     position = {t: i for i, t in enumerate(unique)}
     left = np.array([position[t] for t in test.first])
     right = np.array([position[t] for t in test.second])
-    dims = dims_for(encoder.full_dim)
+    dims = default_dims(encoder.full_dim)
     for name, kind, supervised in VARIANTS:
         if supervised:
             continue  # STS has no (query, relevant document) pairs

@@ -54,19 +54,13 @@ def _numbers(text: str | None, cast, option: str) -> list | None:
     """``"384,96,24"`` -> [384, 96, 24], or an error that names the option and the bad item."""
     if not text:
         return None
-    try:
-        return [cast(part) for part in text.split(",")]
-    except ValueError:
-        bad = next(p for p in text.split(",") if not _castable(p, cast))
-        raise ValueError(f"{option}: {bad.strip()!r} is not a {'whole ' if cast is int else ''}number") from None
-
-
-def _castable(text: str, cast) -> bool:
-    try:
-        cast(text)
-        return True
-    except ValueError:
-        return False
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(cast(part))
+        except ValueError:
+            raise ValueError(f"{option}: {part.strip()!r} is not a {'whole ' if cast is int else ''}number") from None
+    return values
 
 
 AdapterOption = typer.Option(None, "--adapter", help="An adapter file from 'matryoshka adapt': prefixes of f(x) instead of x.")

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .batching import MicroBatcher
 from .funnel import Schedule, ScheduleError, stage_dims
 from .index import Index
-from .models import ModelError, truncate
+from .models import ModelError, check_dim, truncate
 from .stores import StoreError
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -101,6 +101,7 @@ class SearchService:
         self.index, self.limits = index, limits
         self.meta = index.meta
         self.full_dim = index.meta.full_dim
+        self.marks = stage_dims(self.full_dim, max(1, self.full_dim // 32))  # d/32 … d: slider marks, default dims
         self._encode_lock = threading.Lock()
         self._store_lock = threading.Lock()
 
@@ -120,9 +121,10 @@ class SearchService:
             raise LimitError(f"{field}: {len(text)} characters is more than the limit of {self.limits.max_text_chars}", 413)
 
     def check_dim(self, dim: int, field: str) -> int:
-        if not 1 <= dim <= self.full_dim:
-            raise LimitError(f"{field}: dimension {dim} is outside 1..{self.full_dim} (the model's full dimension)")
-        return dim
+        try:
+            return check_dim(dim, self.full_dim)
+        except ModelError as exc:
+            raise LimitError(f"{field}: {exc}") from None
 
     def check_k(self, k: int) -> int:
         if not 1 <= k <= min(self.limits.max_k, len(self.index.store)):
@@ -147,7 +149,7 @@ class SearchService:
             "default_schedule": [[s.dim, s.keep] for s in default.stages],
             "default_schedule_text": str(default),
             "autotune_recall": self.meta.autotune_recall,
-            "marks": stage_dims(self.full_dim, max(1, self.full_dim // 32)),
+            "marks": self.marks,
             "limits": asdict(self.limits),
         }
 
@@ -234,7 +236,7 @@ class SearchService:
     def similarity(self, request: SimilarityRequest) -> dict:
         self.check_text(request.query, "query")
         self.check_texts(request.texts, "texts")
-        dims = request.dims or stage_dims(self.full_dim, max(1, self.full_dim // 32))
+        dims = request.dims or self.marks
         if len(dims) > self.limits.max_dims:
             raise LimitError(f"dims: {len(dims)} dims is more than the limit of {self.limits.max_dims}", 413)
         for position, dim in enumerate(dims):

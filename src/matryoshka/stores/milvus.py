@@ -148,9 +148,8 @@ class MilvusStore:
         """Full vectors fetched by id in one call per 2,000 ids (only the vector field), cached for
         the later stages of the same batch, which re-rank subsets of the same shortlist."""
         missing = [int(r) for r in np.unique(rows) if int(r) not in self._cache]
-        for start in range(0, len(missing), GET_BATCH):
-            for hit in self.client.get(self.full_name, ids=missing[start : start + GET_BATCH], output_fields=["vector"]):
-                self._cache[int(hit["row"])] = np.asarray(hit["vector"], dtype=np.float32)
+        for row, hit in self._fetch(missing, ["vector"]).items():
+            self._cache[row] = np.asarray(hit["vector"], dtype=np.float32)
         flat = np.stack([self._cache[int(r)][:dim] for r in rows.ravel()])
         return flat.reshape(*rows.shape, dim)
 
@@ -166,22 +165,25 @@ class MilvusStore:
         queries = np.asarray(queries, np.float32)
         scores = np.empty((len(queries), len(self)), np.float32)
         for start in range(0, len(self), GET_BATCH):
-            ids = list(range(start, min(start + GET_BATCH, len(self))))
-            hits = self.client.get(self.full_name, ids=ids, output_fields=["vector"])
-            block = np.zeros((len(ids), dim), np.float32)
-            for hit in hits:
-                block[int(hit["row"]) - start] = np.asarray(hit["vector"][:dim], np.float32)
-            scores[:, start : start + len(ids)] = queries @ normalize(block).T
+            stop = min(start + GET_BATCH, len(self))
+            block = np.zeros((stop - start, dim), np.float32)
+            for row, hit in self._fetch(range(start, stop), ["vector"]).items():
+                block[row - start] = np.asarray(hit["vector"][:dim], np.float32)
+            scores[:, start:stop] = queries @ normalize(block).T
         rows = top_k(scores, k)
         return np.take_along_axis(scores, rows, axis=1), rows
 
-    def _documents(self, rows: np.ndarray) -> dict[int, dict]:
-        wanted = [int(r) for r in np.unique(rows)]
+    def _fetch(self, rows, fields: list[str]) -> dict[int, dict]:
+        """Rows of the full collection by id, one ``get`` per ``GET_BATCH`` ids, only ``fields``."""
+        wanted = [int(r) for r in rows]
         found: dict[int, dict] = {}
         for start in range(0, len(wanted), GET_BATCH):
-            for hit in self.client.get(self.full_name, ids=wanted[start : start + GET_BATCH], output_fields=["doc_id", "text"]):
+            for hit in self.client.get(self.full_name, ids=wanted[start : start + GET_BATCH], output_fields=fields):
                 found[int(hit["row"])] = hit
         return found
+
+    def _documents(self, rows: np.ndarray) -> dict[int, dict]:
+        return self._fetch(np.unique(rows), ["doc_id", "text"])
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         documents = self._documents(rows)
@@ -243,7 +245,7 @@ class MilvusBuilder:
         for start in range(0, len(ids), INSERT_BATCH):
             stop = min(start + INSERT_BATCH, len(ids))
             block = np.asarray(full[start:stop])
-            head = normalize(np.asarray((full if head_source is None else head_source)[start:stop, : meta.head_dim]))
+            head = normalize(block[:, : meta.head_dim] if head_source is None else np.asarray(head_source[start:stop, : meta.head_dim]))
             self.client.insert(head_name, [{"row": r, "vector": head[r - start].tolist()} for r in range(start, stop)])
             self.client.insert(full_name, [
                 {"row": r, "doc_id": str(ids[r])[:1024], "text": _clip(texts[r]), "vector": block[r - start].tolist()}
