@@ -1,7 +1,7 @@
 """Post-hoc adapters against plain truncation and PCA, judged on held-out queries.
 
 SciFact (../shared/data/scifact, BEIR): every adapter is fitted on the corpus' vectors (with
-query-like word windows of the corpus as anchors); the supervised variants also see the 809
+query-like sentences of the corpus as anchors); the supervised variants also see the 809
 train queries' relevant documents. Scored on the 300 test queries, which no adapter sees:
 nDCG@10 per dimension, and, as a funnel head, recall@10 of the exact full-dimension top-10
 when a d/8 head's shortlist of 100/200/500 is re-ranked by the model's own full vectors.
@@ -63,7 +63,7 @@ def scifact(model_name: str, args, results: list[dict]) -> None:
     test, train = read_beir(DATA / "scifact", "test"), read_beir(DATA / "scifact", "train")
     documents = encoder.encode(test.corpus.texts, kind="document", show_progress=True)
     queries = encoder.encode(test.query_texts, kind="query")
-    anchors = pseudo_queries(test.corpus.texts, encoder, count=args.anchors)
+    anchors = pseudo_queries(test.corpus.texts, encoder, count=args.anchors, unit="sentence")
     row_of = {doc_id: row for row, doc_id in enumerate(test.corpus.ids)}
     pair_queries, pair_rows = [], []
     train_vectors = encoder.encode(train.query_texts, kind="query")
@@ -160,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="minilm,wordllama")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--anchors", type=int, default=5000, help="query-like word windows of the corpus")
+    parser.add_argument("--anchors", type=int, default=5000, help="query-like sentences of the corpus")
     parser.add_argument("--skip-sts", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapter.json")
     args = parser.parse_args()

@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="MatryoshkaLoss weights for 384,192,96,48,24,12")
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--rotation", default="none", choices=["none", "pca", "orthogonal"],
+                        help="start both models from an adapter's rotation fitted on the train sentences")
     parser.add_argument("--skip-plain", action="store_true", help="train only the Matryoshka model (for tuning runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_sts.json")
     args = parser.parse_args()
@@ -83,7 +85,8 @@ def main() -> None:
         variants = [("CoSENT", False), ("MatryoshkaLoss(CoSENT)", True)][1 if args.skip_plain else 0 :]
         for name, matryoshka in variants:
             settings = TrainSettings(dims=DIMS, weights=weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                     matryoshka=matryoshka, max_steps=args.max_steps, seed=args.seed, save_steps=10**9)
+                                     matryoshka=matryoshka, max_steps=args.max_steps, seed=args.seed, save_steps=10**9,
+                                     rotation=args.rotation)
             result = train("default", data, Path(tmp) / name, settings, show_progress=True)
             scores = score(str(Path(tmp) / name), test)
             rows.append({"name": name, "steps": result.steps, "seconds": round(result.seconds, 1),

@@ -143,3 +143,19 @@ def test_adapt_cli_refuses_bad_input(tmp_path, scifact_slice):
     assert result.returncode == 2 and "pairs.jsonl:2" in result.stderr
     result = run_cli("evaluate", "--task", "retrieval", "--data", str(scifact_slice), "--adapter", str(tmp_path / "none.npz"))
     assert result.returncode == 2 and "no such adapter file" in result.stderr
+
+
+def test_adapter_anchors_are_corpus_sentences_or_windows_when_there_are_none():
+    from matryoshka.index import query_like_texts
+
+    corpus = ["Tides are caused by the moon. The sun matters less for them! Short one.",
+              "Protein folding is hard to predict from sequence alone. It took decades of work to get there?"]
+    sentences = query_like_texts(corpus, count=10, unit="sentence")
+    assert sorted(sentences) == sorted(["Tides are caused by the moon.", "The sun matters less for them!",
+                                        "Protein folding is hard to predict from sequence alone.",
+                                        "It took decades of work to get there?"])
+    assert len(query_like_texts(corpus * 20, count=5, unit="sentence")) == 5
+    titles = ["tide tables", "protein folding", "moon phases and tides"] * 4
+    windows = query_like_texts(titles, count=6, unit="sentence")  # no sentences of 5+ words: word windows
+    assert len(windows) == 6 and all(w in titles or w in " ".join(titles) for w in windows)
+    assert query_like_texts(corpus, count=2, seed=3) == query_like_texts(corpus, count=2, seed=3)

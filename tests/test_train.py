@@ -127,3 +127,38 @@ def test_ctrl_c_leaves_a_usable_model(tmp_path, tiny_model, contrastive_file):
     assert model.encode(["river bank"]).shape == (1, 32)
     checkpoint = sorted((output / "checkpoints").glob("checkpoint-*"))[-1]
     assert SentenceTransformer(str(checkpoint), device="cpu").encode(["river"]).shape == (1, 32)
+
+
+def test_rotation_start_keeps_full_cosines_and_saves_as_a_plain_model(tmp_path, tiny_model, scored_file):
+    """--rotation orthogonal adds a fitted rotation before Normalize: full-dimension cosines are
+    unchanged (to 1e-5), prefixes differ, and the trained folder loads with SentenceTransformer."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    from matryoshka.metrics import cosine_rows
+    from matryoshka.models import load_model, normalize
+    from matryoshka.train import add_rotation
+
+    data = read_training_data(scored_file)
+    texts = ["river bank loan", "green tree leaf", "stock market price", "bread in the oven"]
+    encoder = load_model(str(tiny_model))
+    before = encoder.encode(texts)
+    add_rotation(encoder, data, "orthogonal")
+    after = encoder.encode(texts)
+    assert isinstance(list(encoder.model)[-2], Dense)
+    np.testing.assert_allclose(after @ after.T, before @ before.T, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(after, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(normalize(after[:, :8]), normalize(before[:, :8]), atol=1e-3)  # the prefixes were re-ordered
+    assert cosine_rows(after[:1], after[1:2])[0] == pytest.approx(cosine_rows(before[:1], before[1:2])[0], abs=1e-5)
+
+    result = run_cli("train", "--model", str(tiny_model), "--data", str(scored_file), "--rotation", "orthogonal",
+                     "--max-steps", "2", "--batch-size", "8", "--output", str(tmp_path / "rotated"))
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "rotated" / "config_sentence_transformers.json").read_text())
+    assert config["matryoshka_training"]["settings"]["rotation"] == "orthogonal"
+    plain = SentenceTransformer(str(tmp_path / "rotated"), device="cpu")
+    assert any(isinstance(module, Dense) for module in plain)
+    np.testing.assert_allclose(plain.encode(texts), load_model(str(tmp_path / "rotated")).encode(texts), atol=1e-5)
+    result = run_cli("train", "--model", str(tiny_model), "--data", str(scored_file), "--rotation", "spin",
+                     "--output", str(tmp_path / "bad"))
+    assert result.returncode == 2 and "unknown rotation 'spin'" in result.stderr

@@ -337,7 +337,7 @@ def adapt(
     steps: int = typer.Option(300, min=1, help="Optimiser steps (orthogonal, learned)."),
     lr: float = typer.Option(5e-4, min=0.0, help="Adam learning rate."),
     hidden: int = typer.Option(0, min=0, help="learned only: units of the residual MLP (0: a linear map)."),
-    query_samples: int = typer.Option(5000, min=10, help="Query-like word windows of the corpus used as anchors."),
+    query_samples: int = typer.Option(5000, min=10, help="Query-like sentences of the corpus used as anchors (word windows where it has none)."),
 ) -> None:
     """Fit a post-hoc adapter f so that the prefixes of f(x) keep what a model's full vectors know,
     for a model that was not trained with Matryoshka loss (MiniLM, an API model's vectors).
@@ -403,6 +403,8 @@ def train(
     max_steps: int = typer.Option(-1, help="Stop after N steps (overrides --epochs)."),
     plain: bool = typer.Option(False, "--no-matryoshka", help="Train the base loss alone, without MatryoshkaLoss (a baseline)."),
     seed: int = typer.Option(12, help="Random seed (data order, initialisation of new layers)."),
+    rotation: str = typer.Option("none", help="Start from an adapter's rotation fitted on the training texts: orthogonal "
+                                 "(prefixes start better than truncation; full-dim cosines unchanged), pca, or none."),
 ) -> None:
     """Fine-tune a sentence-transformers model with MatryoshkaLoss so that every prefix of its
     vectors works as an embedding. Ctrl-C stops and saves the weights reached so far.
@@ -423,7 +425,7 @@ def train(
         evaluation = read_eval_data(eval_data) if eval_data else None
         settings = TrainSettings(dims=dim_list, weights=weight_list, epochs=epochs, batch_size=batch_size, lr=lr,
                                  loss=loss, matryoshka=not plain, max_steps=max_steps, eval_steps=eval_steps,
-                                 save_steps=save_steps, seed=seed)
+                                 save_steps=save_steps, seed=seed, rotation=rotation)
         console.print(f"Training [bold]{model}[/bold] on {len(rows)} {rows.kind} rows from {rows.source}")
         result = run_training(model, rows, output, settings, eval_data=evaluation)
         if result.final is not None:

@@ -6,6 +6,8 @@ and documents are always encoded alike.
 
 from __future__ import annotations
 
+import re
+
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,18 +118,43 @@ def build_index(
     return meta
 
 
-def pseudo_queries(texts: Sequence[str], encoder: Encoder, count: int = AUTOTUNE_SAMPLE, seed: int = 0) -> np.ndarray:
-    """Query-like samples for autotune: a random window of 4 to 12 words from random documents,
-    encoded as queries. Whole documents as queries would be found too easily (each is its own
-    nearest neighbour) and would pick a shortlist too short for real queries."""
+def pseudo_queries(texts: Sequence[str], encoder: Encoder, count: int = AUTOTUNE_SAMPLE, seed: int = 0,
+                   unit: str = "window") -> np.ndarray:
+    """Query-like samples drawn from the corpus itself (``query_like_texts``), encoded as queries."""
+    return encoder.encode(query_like_texts(texts, count, seed, unit), kind="query", show_progress=False)
+
+
+def query_like_texts(texts: Sequence[str], count: int = AUTOTUNE_SAMPLE, seed: int = 0, unit: str = "window") -> list[str]:
+    """``unit="window"`` (autotune): a random window of 4 to 12 words from random documents. Whole
+    documents as queries would be found too easily (each is its own nearest neighbour) and would
+    pick a shortlist too short for real queries. ``unit="sentence"`` (adapter fitting): whole
+    sentences of 5 to 40 words, which read like the claims and questions users type; a corpus
+    with too few such sentences (titles, keywords) gets windows instead."""
     rng = np.random.default_rng(seed)
+    samples = _sentences(texts, rng, count) if unit == "sentence" else []
+    if len(samples) < min(count, len(texts)) // 4:
+        samples = _windows(texts, rng, count)
+    return samples
+
+
+def _windows(texts: Sequence[str], rng: np.random.Generator, count: int) -> list[str]:
     windows = []
     for row in rng.choice(len(texts), size=min(count, len(texts)), replace=False):
         words = texts[row].split()
         width = int(rng.integers(4, 13))
         start = int(rng.integers(0, max(1, len(words) - width + 1)))
         windows.append(" ".join(words[start : start + width]) or texts[row])
-    return encoder.encode(windows, kind="query", show_progress=False)
+    return windows
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _sentences(texts: Sequence[str], rng: np.random.Generator, count: int) -> list[str]:
+    found = [s for text in texts for s in SENTENCE_END.split(text) if 5 <= len(s.split()) <= 40]
+    if len(found) <= count:
+        return found
+    return [found[i] for i in rng.choice(len(found), size=count, replace=False)]
 
 
 def tune(full: np.ndarray, k: int, target_recall: float, head_dims: Sequence[int] | None = None,

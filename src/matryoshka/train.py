@@ -25,6 +25,8 @@ from .evaluate import EvaluationReport, default_dims, evaluate_retrieval, evalua
 from .models import ModelError, SentenceTransformerEncoder, load_model
 
 LOSSES = ("auto", "mnrl", "cached-mnrl", "cosent")
+ROTATIONS = ("none", "pca", "orthogonal")
+ROTATION_TEMPERATURE = 0.02  # the listwise temperature of the rotation start, as benchmarks/train_sts.py measured it
 CACHED_FROM_BATCH = 128  # from this batch size on, MNRL is replaced by its gradient-cached variant
 MATRYOSHKA_CONFIG_KEY = "matryoshka_dims"
 
@@ -47,6 +49,7 @@ class TrainSettings:
     eval_steps: int | None = None  # default: once per epoch
     save_steps: int = 500
     seed: int = 12
+    rotation: str = "none"  # start from an adapter's rotation: "pca" or "orthogonal" (see add_rotation)
 
 
 @dataclass
@@ -224,8 +227,12 @@ def train(
     encoder = load_model(model_name)
     if not isinstance(encoder, SentenceTransformerEncoder):
         raise ModelError(f"{model_name!r} is not a sentence-transformers model; only those can be fine-tuned")
-    model = encoder.model
     dims, weights = check_dims(settings.dims, settings.weights, encoder.full_dim)
+    if settings.rotation not in ROTATIONS:
+        raise TrainingError(f"unknown rotation {settings.rotation!r}; choose one of {', '.join(ROTATIONS)}")
+    if settings.rotation != "none":
+        add_rotation(encoder, data, settings.rotation, seed=settings.seed, show_progress=show_progress)
+    model = encoder.model
     loss_name = choose_loss(data.kind, settings.loss, settings.batch_size)
     loss = build_loss(model, loss_name, dims, weights, settings.matryoshka)
     evaluator = PerDimensionEvaluator(eval_data, dims) if eval_data is not None else None
@@ -274,6 +281,45 @@ def train(
         result.final = evaluator.evaluate(model, model_name=str(output))
     save_model(model, output, result, settings, data)
     return result
+
+
+def training_texts(data: TrainingData, limit: int = 20_000) -> list[str]:
+    """The distinct texts of the training rows (every text column), at most ``limit``."""
+    texts = [text for name, column in data.columns.items() if name != "score" for text in column]
+    return list(dict.fromkeys(texts))[:limit]
+
+
+def add_rotation(encoder: SentenceTransformerEncoder, data: TrainingData, kind: str, seed: int = 12,
+                 show_progress: bool = False) -> None:
+    """Put a trainable orthogonal rotation, fitted by ``matryoshka.adapt`` on the training texts,
+    in front of the model's output (before its Normalize, if any).
+
+    A rotation changes no full-dimension cosine, so the model starts exactly where it was; but its
+    prefixes start as the adapter's, which already carry more than plain truncation does, so
+    MatryoshkaLoss starts the short dims from there instead of from scratch. The layer is a plain
+    sentence-transformers ``Dense``, so the saved model still loads with ``SentenceTransformer``."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize
+
+    from tqdm.auto import tqdm
+
+    from .adapt import FitSettings, make_adapter
+    from .models import normalize
+
+    vectors = normalize(encoder.encode(training_texts(data), kind="document", show_progress=show_progress))
+    settings = FitSettings(seed=seed, temperature=ROTATION_TEMPERATURE)
+    with tqdm(total=settings.steps, desc=f"fitting the {kind} start", disable=not show_progress or kind == "pca") as bar:
+        settings.progress = lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}"))
+        adapter = make_adapter(kind, settings).fit(vectors)
+    rotation = torch.from_numpy(adapter.components_.T.copy())  # Linear computes x Wᵀ, the adapter x R
+    modules = list(encoder.model)
+    at = next((i for i, module in enumerate(modules) if isinstance(module, Normalize)), len(modules))
+    dense = Dense(encoder.full_dim, encoder.full_dim, bias=False, activation_function=torch.nn.Identity(), init_weight=rotation)
+    modules.insert(at, dense)
+    model = SentenceTransformer(modules=modules, device=str(encoder.model.device))
+    model.prompts, model.default_prompt_name = encoder.model.prompts, encoder.model.default_prompt_name
+    encoder.model = model
 
 
 def _has_gpu() -> bool:
