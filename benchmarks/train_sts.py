@@ -73,7 +73,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--rotation", default="none", choices=["none", "pca", "orthogonal"],
-                        help="start both models from an adapter's rotation fitted on the train sentences")
+                        help="start both models from an adapter's rotation fitted on the train sentences "
+                        "(the product's default is orthogonal; none reproduces the blog's experiment)")
     parser.add_argument("--skip-plain", action="store_true", help="train only the Matryoshka model (for tuning runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_sts.json")
     args = parser.parse_args()

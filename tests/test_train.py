@@ -69,9 +69,13 @@ def test_tiny_model_trains_with_each_base_loss_and_saves_its_dims(tmp_path, tiny
 
 
 def test_plain_training_records_no_matryoshka_dims(tmp_path, tiny_model, scored_file):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense
+
     result = train(str(tiny_model), read_training_data(scored_file), tmp_path / "plain",
-                   TrainSettings(max_steps=2, batch_size=8, matryoshka=False), show_progress=False)
+                   TrainSettings(max_steps=2, batch_size=8, matryoshka=False, rotation="none"), show_progress=False)
     assert result.steps == 2 and matryoshka_dims(tmp_path / "plain") is None
+    assert not any(isinstance(module, Dense) for module in SentenceTransformer(str(tmp_path / "plain"), device="cpu"))
 
 
 def test_training_data_is_read_from_sts_and_beir_folders(shared_data):
@@ -151,7 +155,7 @@ def test_rotation_start_keeps_full_cosines_and_saves_as_a_plain_model(tmp_path, 
     assert not np.allclose(normalize(after[:, :8]), normalize(before[:, :8]), atol=1e-3)  # the prefixes were re-ordered
     assert cosine_rows(after[:1], after[1:2])[0] == pytest.approx(cosine_rows(before[:1], before[1:2])[0], abs=1e-5)
 
-    result = run_cli("train", "--model", str(tiny_model), "--data", str(scored_file), "--rotation", "orthogonal",
+    result = run_cli("train", "--model", str(tiny_model), "--data", str(scored_file),  # orthogonal is the default
                      "--max-steps", "2", "--batch-size", "8", "--output", str(tmp_path / "rotated"))
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "rotated" / "config_sentence_transformers.json").read_text())

@@ -403,8 +403,9 @@ def train(
     max_steps: int = typer.Option(-1, help="Stop after N steps (overrides --epochs)."),
     plain: bool = typer.Option(False, "--no-matryoshka", help="Train the base loss alone, without MatryoshkaLoss (a baseline)."),
     seed: int = typer.Option(12, help="Random seed (data order, initialisation of new layers)."),
-    rotation: str = typer.Option("none", help="Start from an adapter's rotation fitted on the training texts: orthogonal "
-                                 "(prefixes start better than truncation; full-dim cosines unchanged), pca, or none."),
+    rotation: str = typer.Option("orthogonal", help="Start from an adapter's rotation fitted on the training texts: orthogonal "
+                                 "(the default: prefixes start better than truncation, full-dim cosines unchanged), pca, "
+                                 "or none (the model as it is)."),
 ) -> None:
     """Fine-tune a sentence-transformers model with MatryoshkaLoss so that every prefix of its
     vectors works as an embedding. Ctrl-C stops and saves the weights reached so far.

@@ -49,7 +49,7 @@ class TrainSettings:
     eval_steps: int | None = None  # default: once per epoch
     save_steps: int = 500
     seed: int = 12
-    rotation: str = "none"  # start from an adapter's rotation: "pca" or "orthogonal" (see add_rotation)
+    rotation: str = "orthogonal"  # start from an adapter's rotation fitted on the training texts, or "none" (add_rotation)
 
 
 @dataclass
