@@ -7,7 +7,6 @@ and documents are always encoded alike.
 from __future__ import annotations
 
 import re
-
 import time
 from dataclasses import dataclass
 from pathlib import Path

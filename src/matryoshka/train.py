@@ -301,7 +301,6 @@ def add_rotation(encoder: SentenceTransformerEncoder, data: TrainingData, kind: 
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
-
     from tqdm.auto import tqdm
 
     from .adapt import FitSettings, make_adapter
