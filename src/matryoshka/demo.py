@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-
 from .data import read_beir
 from .evaluate import EvaluationReport, evaluate_retrieval_vectors, ranking_metrics
 from .funnel import recall_at_k

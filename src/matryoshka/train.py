@@ -224,12 +224,12 @@ def train(
     from transformers import TrainerCallback
 
     output = Path(output)
+    if settings.rotation not in ROTATIONS:
+        raise TrainingError(f"unknown rotation {settings.rotation!r}; choose one of {', '.join(ROTATIONS)}")
     encoder = load_model(model_name)
     if not isinstance(encoder, SentenceTransformerEncoder):
         raise ModelError(f"{model_name!r} is not a sentence-transformers model; only those can be fine-tuned")
     dims, weights = check_dims(settings.dims, settings.weights, encoder.full_dim)
-    if settings.rotation not in ROTATIONS:
-        raise TrainingError(f"unknown rotation {settings.rotation!r}; choose one of {', '.join(ROTATIONS)}")
     if settings.rotation != "none":
         add_rotation(encoder, data, settings.rotation, seed=settings.seed, show_progress=show_progress)
     model = encoder.model
