@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from common import machine  # noqa: E402
-from matryoshka.funnel import Schedule, funnel_search, recall_at_k  # noqa: E402
+from matryoshka.funnel import funnel_search, recall_at_k, rerank  # noqa: E402
 from matryoshka.index import tune  # noqa: E402
 from matryoshka.models import load_model, normalize  # noqa: E402
-from matryoshka.stores.memory import MemoryStore, select_shortlist  # noqa: E402
+from matryoshka.stores.memory import MemoryStore, scan_shortlist, select_shortlist  # noqa: E402
 
 K = 10
 WORDNET = ROOT.parent / "shared" / "data" / "wordnet" / "synsets.jsonl.gz"
@@ -133,7 +133,7 @@ def bench_size(corpus, queries, tune_queries, args, results):
     results.append(row("exact FAISS IndexFlatIP", n, dim, len(queries), recall_at_k(found, truth), seconds, len(queries), full_mb, build))
     seconds, _ = timed(lambda: [flat.search(q[None], K) for q in single])
     results.append(row("exact FAISS IndexFlatIP", n, dim, 1, 1.0, seconds, len(single), full_mb, build))
-    del flat
+    flat = None  # free the index before the next one is built
 
     if not args.skip_hnsw:
         build, hnsw = timed(lambda: _hnsw(corpus))
@@ -144,7 +144,7 @@ def bench_size(corpus, queries, tune_queries, args, results):
             results.append(row("FAISS HNSW full-dim", n, dim, len(queries), recall_at_k(found, truth), seconds, len(queries), graph_mb, build, ef_search=ef))
             seconds, found1 = timed(lambda: np.concatenate([hnsw.search(q[None], K)[1] for q in single]))
             results.append(row("FAISS HNSW full-dim", n, dim, 1, recall_at_k(found1, truth[: len(single)]), seconds, len(single), graph_mb, build, ef_search=ef))
-        del hnsw
+        hnsw = None
 
     notebook_queries = queries[: args.notebook_queries]
     seconds, found = timed(lambda: np.stack([notebook_funnel(corpus, q, dim) for q in notebook_queries]))
@@ -155,20 +155,22 @@ def bench_size(corpus, queries, tune_queries, args, results):
     head = tuned.schedule.head_dim
     for kind in ("flat", "hnsw"):
         build, store = timed(lambda: MemoryStore(corpus, head, head_index=kind))
-        ram = store.memory_bytes() / 2**20
         schedules = {str(tuned.schedule): tuned.schedule}
-        for factor in ((0.25, 0.5, 2.0) if kind == "flat" else (0.5,)):
-            s = Schedule.halving(dim, K, max(K, int(tuned.schedule.shortlist * factor)), head)
+        for factor in ((0.5, 1.4, 2.0) if kind == "flat" else (0.5,)):
+            s = tuned.schedule.scaled(factor, K, n)
             schedules[str(s)] = s
         for label, schedule in schedules.items():
             seconds, result = timed(lambda: funnel_search(store, queries, schedule, K), repeats=2)
+            ram = store.memory_bytes() / 2**20  # with the prefix norms the stages computed
             stage_ms = [round(1000 * s, 1) for s in result.stage_seconds]
             results.append(row(f"funnel local ({kind} head)", n, dim, len(queries), recall_at_k(result.rows, truth), seconds,
                                len(queries), ram, build + tune_s, schedule=label, tuned=label == str(tuned.schedule), stage_ms=stage_ms))
             seconds, rows = timed(lambda: np.concatenate([funnel_search(store, q[None], schedule, K).rows for q in single]))
             results.append(row(f"funnel local ({kind} head)", n, dim, 1, recall_at_k(rows, truth[: len(single)]), seconds,
                                len(single), ram, build + tune_s, schedule=label, tuned=label == str(tuned.schedule)))
-        del store
+        if kind == "flat":
+            rerank_anatomy(store, queries, tuned.schedule, results)
+        store = None
 
     anatomy(corpus, queries, tuned.schedule, results)
     if n <= args.milvus_max:
@@ -185,16 +187,36 @@ def anatomy(corpus, queries, schedule, results):
     gemm, scores = timed(lambda: q @ head.T)
     select, _ = timed(lambda: np.argpartition(-scores, schedule.shortlist - 1, axis=1)[:, : schedule.shortlist])
     sampled, _ = timed(lambda: select_shortlist(scores, schedule.shortlist))
+    scores = None  # free the whole score matrix before the tiled scan
+    tiled, _ = timed(lambda: scan_shortlist(q, head, schedule.shortlist))
     index = faiss.IndexFlatIP(head.shape[1])
     index.add(head)
     fused, _ = timed(lambda: index.search(q, schedule.shortlist))
     results.append({"method": "anatomy of the head stage", "n": len(corpus), "dim": schedule.head_dim, "batch": len(queries),
                     "numpy_product_ms": round(1000 * gemm, 1), "numpy_argpartition_ms": round(1000 * select, 1),
-                    "sampled_threshold_select_ms": round(1000 * sampled, 1),
+                    "sampled_threshold_select_ms": round(1000 * sampled, 1), "tiled_scan_ms": round(1000 * tiled, 1),
                     "faiss_flat_search_ms": round(1000 * fused, 1), "shortlist": schedule.shortlist})
     print(f"head stage, batch {len(queries)}, shortlist {schedule.shortlist}: numpy product {1000 * gemm:.0f} ms; "
           f"selection by argpartition {1000 * select:.0f} ms, by sampled threshold (ours) {1000 * sampled:.0f} ms; "
-          f"FAISS IndexFlatIP search (product + heap) {1000 * fused:.0f} ms", flush=True)
+          f"product and selection in cache-sized tiles (ours, what the store runs) {1000 * tiled:.0f} ms; FAISS IndexFlatIP search (product + heap) {1000 * fused:.0f} ms", flush=True)
+
+
+def rerank_anatomy(store, queries, schedule, results):
+    """The second stage's re-rank: gathering candidate prefixes then multiplying (numpy), against
+    scoring them in place with stored prefix norms (FAISS by-index kernels; what the store runs)."""
+    if len(schedule.stages) < 2:
+        return
+    dim, n = schedule.stages[1].dim, schedule.shortlist
+    _, rows = store.head_search(normalize(queries[:, : schedule.head_dim]), n)
+    rows = np.sort(rows, axis=1)
+    q = queries[:, :dim]
+    gathered, _ = timed(lambda: rerank(store.gather(rows, dim), q))
+    in_place, _ = timed(lambda: store.rescore(rows, q))
+    results.append({"method": "anatomy of a re-rank stage", "n": len(store), "dim": dim, "batch": len(queries),
+                    "candidates": n, "numpy_gather_and_product_ms": round(1000 * gathered, 1),
+                    "faiss_in_place_ms": round(1000 * in_place, 1)})
+    print(f"re-rank of {n} candidates at {dim} dims, batch {len(queries)}: numpy gather + product {1000 * gathered:.0f} ms; "
+          f"FAISS in place (ours) {1000 * in_place:.0f} ms", flush=True)
 
 
 def milvus(corpus, queries, single, truth, schedule, results):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_jsonl
-from matryoshka.funnel import Schedule, recall_at_k
+from matryoshka.funnel import Schedule, recall_at_k, stage_dims
 from matryoshka.index import Index, build_index
 from matryoshka.stores import StoreError
 
@@ -54,11 +54,39 @@ def test_funnel_matches_exact_on_every_store(db, wordllama, squad_sample, squad_
     funnel = index.search_vectors(queries[:60], 10, schedule=wide)
     np.testing.assert_array_equal(funnel.rows, exact.rows)
     np.testing.assert_allclose(funnel.scores, exact.scores, atol=1e-4)
+    # through every intermediate stage too
+    dims = stage_dims(256, meta.head_dim)
+    every = Schedule.parse(",".join(f"{d}:{n}" for d in dims[:-1]) + ",256:10")
+    np.testing.assert_array_equal(index.search_vectors(queries[:60], 10, schedule=every).rows, exact.rows)
     tuned = index.search_vectors(queries, 10)
     full_exact = index.search_vectors(queries, 10, exact=True)
     assert recall_at_k(tuned.rows, full_exact.rows) >= 0.98
+    # asking for more than the tuned k widens every stage of the tuned schedule, keeping its shape
+    tuned_schedule = Schedule.parse(meta.schedule)
+    assert index.schedule_for(tuned_schedule.stages[-1].keep) == tuned_schedule
+    wider = index.schedule_for(30)
+    assert [s.dim for s in wider.stages] == [s.dim for s in tuned_schedule.stages] and wider.stages[-1].keep == 30
+    assert all(w.keep >= t.keep for w, t in zip(wider.stages, tuned_schedule.stages))
     hits = index.hits(index.search_vectors(index.encode_queries(["Which NFL team won Super Bowl 50?"]), 3))
     assert hits[0].ids[0].startswith("Super_Bowl_50") and "Super Bowl" in hits[0].texts[0]
+
+
+def test_local_store_scores_candidates_in_place_as_gathering_would(tmp_path, wordllama, squad_sample, squad_vectors,
+                                                                   monkeypatch):
+    import matryoshka.stores.memory as memory
+    from matryoshka.stores.local import norm_dims
+
+    documents, queries = squad_vectors
+    meta = build_index(tmp_path / "index", squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=wordllama,
+                       vectors=documents)
+    assert meta.extra["prefix_norm_dims"] == norm_dims(256) == [8, 16, 32, 64, 128]
+    index = Index(tmp_path / "index")
+    schedule = Schedule.halving(256, 10, 300, 16, first_cut=4)  # cuts at every stage, so each stage's order matters
+    in_place = index.search_vectors(queries, 10, schedule=schedule)
+    monkeypatch.setattr(memory, "prefix_cosines", lambda *args, **kwargs: None)  # the gathering path
+    gathered = index.search_vectors(queries, 10, schedule=schedule)
+    np.testing.assert_array_equal(in_place.rows, gathered.rows)
+    np.testing.assert_allclose(in_place.scores, gathered.scores, atol=1e-5)
 
 
 def test_search_uses_the_indexing_model(tmp_path, wordllama, squad_sample, squad_vectors):

@@ -14,8 +14,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .funnel import (Schedule, SearchResult, TuneResult, autotune, default_head_dim, funnel_search, head_candidates,
-                     two_stage_schedule)
+from .funnel import (Schedule, SearchResult, TuneResult, autotune, default_head_dim, funnel_search,
+                     head_candidates)
 from .models import Encoder, check_dim, load_model, normalize
 from .stores import IndexMeta, StoreError, check_ids, is_milvus_uri, open_store, validate_vectors
 from .stores.memory import MemoryStore
@@ -107,7 +107,8 @@ def build_index(
         tuned = tune(full, k=min(k, len(ids)), target_recall=target_recall,
                      head_dims=[head_dim] if head_dim else None, sample_queries=queries, adapter=adapter, adapted=adapted)
         meta.head_dim, meta.schedule, meta.autotune_recall = tuned.schedule.head_dim, str(tuned.schedule), tuned.recall
-        meta.extra["autotune"] = {"k": min(k, len(ids)), "target_recall": target_recall, "queries": source}
+        meta.extra["autotune"] = {"k": min(k, len(ids)), "target_recall": target_recall, "queries": source,
+                                  "reached_with_95pct_confidence": tuned.passed}
         builder.commit(full, ids, list(texts), meta, head_index=head_index, progress=progress, head_source=adapted)
     except BaseException:
         builder.abort()
@@ -176,7 +177,7 @@ def tune(full: np.ndarray, k: int, target_recall: float, head_dims: Sequence[int
     truth = stores[0].exact_search(sample_queries, k)[1]
     results = [autotune(store, sample_queries, k, target_recall, truth=truth, head_queries=head_queries,
                         two_stage=adapter is not None) for store in stores]
-    passing = [r for r in results if r.recall >= target_recall]
+    passing = [r for r in results if r.passed]
     return min(passing, key=lambda r: r.cost) if passing else max(results, key=lambda r: r.recall)
 
 
@@ -238,15 +239,11 @@ class Index:
         self.close()
 
     def schedule_for(self, k: int) -> Schedule:
-        """The autotuned schedule, its shortlist scaled up when more than the tuned k is asked for."""
+        """The autotuned schedule, its keeps scaled up when more than the tuned k is asked for."""
         tuned = Schedule.parse(self.meta.schedule) if self.meta.schedule else None
         if tuned is None:
             return Schedule.halving(self.meta.full_dim, k, max(100, 10 * k), self.meta.head_dim)
-        tuned_k = tuned.stages[-1].keep
-        shortlist = min(len(self.store), max(tuned.shortlist, -(-tuned.shortlist * k // tuned_k)))
-        if self.adapter is not None:
-            return two_stage_schedule(self.meta.full_dim, k, shortlist, tuned.head_dim)
-        return Schedule.halving(self.meta.full_dim, k, shortlist, tuned.head_dim)
+        return tuned.scaled(max(1.0, k / tuned.stages[-1].keep), k, len(self.store))
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.encoder.encode(list(texts), kind="query")

@@ -7,6 +7,8 @@ Layout::
                      head.npy           n x head_dim, re-normalised, loaded into RAM (contiguous)
                      full.npy           n x d unit vectors, memory-mapped; stages read only the rows they touch
                      head.hnsw          optional FAISS HNSW graph over the head
+                     prefix_norms.npy   n x stages: each row's norm at the stage dims, in RAM, so that a
+                                        re-ranking stage reads each candidate row once
                      ids.json, texts.jsonl
 
 A build is written to ``builds/<stamp>.partial`` and renamed, then ``current`` is re-pointed with
@@ -24,9 +26,17 @@ from typing import Sequence
 
 import numpy as np
 
+from ..funnel import head_candidates, stage_dims
 from ..models import normalize
 from .base import IndexMeta, StoreError
-from .memory import MemoryStore, make_head_index
+from .memory import MemoryStore, make_head_index, prefix_norms
+
+
+def norm_dims(full_dim: int) -> list[int]:
+    """Stage dims below full that the default and autotuned schedules can use and that re-ranking
+    reads in place (those that divide the full dim)."""
+    dims = {dim for head in head_candidates(full_dim) for dim in stage_dims(full_dim, head)} - {full_dim}
+    return sorted(dim for dim in dims if full_dim % dim == 0)
 
 
 class LocalStore(MemoryStore):
@@ -48,8 +58,12 @@ class LocalStore(MemoryStore):
             import faiss
 
             graph = faiss.read_index(str(self.path / "head.hnsw"))
+        norms = {}
+        if (self.path / "prefix_norms.npy").exists():  # builds made before it was kept have none
+            table = np.load(self.path / "prefix_norms.npy")
+            norms = {int(dim): np.ascontiguousarray(table[:, i]) for i, dim in enumerate(meta.extra.get("prefix_norm_dims", []))}
         super().__init__(np.load(self.path / "full.npy", mmap_mode="r"), meta.head_dim, head=head,
-                         head_index=graph, meta=meta)
+                         head_index=graph, meta=meta, prefix_norms=norms)
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         if self._ids is None:
@@ -97,6 +111,10 @@ class LocalBuilder:
         if isinstance(full, np.memmap):
             full.flush()
         np.save(self.partial / "head.npy", head)
+        dims = norm_dims(full.shape[1])
+        np.save(self.partial / "prefix_norms.npy", np.stack([prefix_norms(full, dim) for dim in dims], axis=1)
+                if dims else np.zeros((len(full), 0), np.float32))
+        meta.extra["prefix_norm_dims"] = dims
         meta.extra["head_index"] = head_index
         if head_index == "hnsw":
             import faiss

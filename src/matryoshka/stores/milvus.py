@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..funnel import rerank
 from ..metrics import top_k
 from ..models import normalize
 from .base import IndexMeta, StoreError
@@ -152,6 +153,13 @@ class MilvusStore:
             self._cache[row] = np.asarray(hit["vector"], dtype=np.float32)
         flat = np.stack([self._cache[int(r)][:dim] for r in rows.ravel()])
         return flat.reshape(*rows.shape, dim)
+
+    def rescore(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Prefix cosines of each query with its candidates, from the fetched vectors."""
+        return rerank(self.gather(rows, queries.shape[1]), queries)
+
+    def scores_in_place(self, dim: int) -> bool:
+        return False
 
     def exact_search(self, queries: np.ndarray, k: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact search by Milvus over the full vectors, or over re-normalised ``dim`` prefixes.
