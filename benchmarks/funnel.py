@@ -9,7 +9,7 @@ then re-normalised), so every vector stays near a real one and keeps the Matryos
 information along the prefix. Recall@10 is measured against exact full-dimension search on the
 same vectors.
 
-Run:  python benchmarks/funnel.py            (about 15 minutes on 2 cores)
+Run:  python benchmarks/funnel.py            (about 13 minutes on 2 cores)
       python benchmarks/funnel.py --sizes 117659 --skip-hnsw   (a quick look)
 Writes benchmarks/results/funnel.json and funnel.png, and prints a table.
 """
@@ -37,7 +37,8 @@ from common import machine  # noqa: E402
 from matryoshka.funnel import funnel_search, recall_at_k, rerank  # noqa: E402
 from matryoshka.index import tune  # noqa: E402
 from matryoshka.models import load_model, normalize  # noqa: E402
-from matryoshka.stores.memory import MemoryStore, scan_shortlist, select_shortlist  # noqa: E402
+from matryoshka.selection import scan_shortlist, select_shortlist  # noqa: E402
+from matryoshka.stores.memory import MemoryStore  # noqa: E402
 
 K = 10
 WORDNET = ROOT.parent / "shared" / "data" / "wordnet" / "synsets.jsonl.gz"

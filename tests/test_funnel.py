@@ -120,6 +120,14 @@ def test_autotune_reaches_target_on_held_out_queries(wordllama, squad_sample):
     assert tuned.cost == min(passing)
 
 
+def test_autotune_says_when_no_schedule_reached_the_target(scifact_vectors):
+    documents, queries = scifact_vectors
+    store = MemoryStore(documents, 12)
+    tuned = autotune(store, queries, k=10, target_recall=0.999, shortlists=[10, 20])  # far too short for 12 dims
+    assert not tuned.passed
+    assert tuned.recall == max(recall for _, recall, _, _ in tuned.tried) < 0.999
+
+
 def test_large_batches_run_in_bounded_chunks(scifact_vectors, monkeypatch):
     import matryoshka.funnel as funnel
 
@@ -135,7 +143,7 @@ def test_large_batches_run_in_bounded_chunks(scifact_vectors, monkeypatch):
 
 
 def test_shortlist_selection_is_exact_including_ties_and_fallback():
-    from matryoshka.stores.memory import select_shortlist
+    from matryoshka.selection import select_shortlist
 
     rng = np.random.default_rng(5)
     scores = rng.normal(size=(40, 30_000)).astype(np.float32)
@@ -144,7 +152,7 @@ def test_shortlist_selection_is_exact_including_ties_and_fallback():
     scores[2, :100] = 50.0  # a few outliers far above the rest
     # a row whose sampled columns are exactly its best ones: the estimated threshold keeps too few,
     # so that row takes the argpartition fallback
-    from matryoshka.stores.memory import _SAMPLE_SEED, SAMPLE_COLUMNS
+    from matryoshka.selection import _SAMPLE_SEED, SAMPLE_COLUMNS
 
     sampled = np.random.default_rng(_SAMPLE_SEED).choice(30_000, size=SAMPLE_COLUMNS, replace=False)
     scores[3, sampled] += 100.0
@@ -185,7 +193,7 @@ def test_in_place_rescoring_equals_gathered_prefix_cosines(scifact_vectors, tmp_
 
 
 def test_tiled_head_scan_is_exact_including_ties_and_fallback():
-    from matryoshka.stores.memory import _sample_columns, scan_shortlist
+    from matryoshka.selection import _sample_columns, scan_shortlist
 
     rng = np.random.default_rng(11)
     head = rng.standard_normal((40_000, 16)).astype(np.float32)

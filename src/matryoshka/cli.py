@@ -214,7 +214,7 @@ def index(
     head_dim: Optional[int] = typer.Option(None, help="Dims of the head searched first. Default: autotuned among d/32, d/16, d/8, d/4."),
     head_index: str = typer.Option("flat", help="Head search: 'flat' (exact, FAISS) or 'hnsw' (graph; for large corpora)."),
     k: int = typer.Option(10, min=1, help="The k that autotune tunes the default schedule for."),
-    target_recall: float = typer.Option(0.99, min=0.01, max=1.0, help="Recall@k against exact search that autotune must reach."),
+    target_recall: float = typer.Option(0.99, min=0.01, max=1.0, help="Recall@k against exact search that autotune must reach, with 95% confidence over its tuning queries."),
     tune_queries: Optional[Path] = typer.Option(None, help="Real queries to autotune on (text file as for --queries). Default: word windows of the corpus."),
     collection: Optional[str] = CollectionOption,
 ) -> None:
@@ -258,6 +258,9 @@ def index(
                       f"{meta.full_dim} dims, head {meta.head_dim}")
         console.print(f"Default schedule [bold]{meta.schedule}[/bold] (recall@{meta.extra['autotune']['k']} "
                       f"{meta.autotune_recall:.3f} vs exact on {meta.extra['autotune']['queries']})")
+        if not meta.extra["autotune"]["reached_with_95pct_confidence"]:
+            console.print(f"[yellow]No schedule tried reached recall {target_recall} with 95% confidence; this is the "
+                          "most accurate one. Search with --exact, or pass a wider --schedule.[/yellow]")
 
 
 @app.command()

@@ -213,7 +213,9 @@ def _funnel_chunk(store: FunnelStore, queries: np.ndarray, early: np.ndarray, sc
             rows = np.sort(rows, axis=1)  # candidate order is free; sorted rows read storage forwards
         source = queries if stage.dim == store.full_dim else early
         scores = store.rescore(rows, source[:, : stage.dim])
-        best = top_k(scores, min(stage.keep, rows.shape[1]))
+        keep = min(stage.keep, rows.shape[1])
+        # only the last stage's order is returned; earlier ones just pick survivors, in any order
+        best = top_k(scores, keep) if stage is schedule.stages[-1] else _survivors(scores, keep)
         rows = np.take_along_axis(rows, best, axis=1)
         scores = np.take_along_axis(scores, best, axis=1)
         _record(result, stage.dim, rows.shape[1], started)
@@ -222,6 +224,14 @@ def _funnel_chunk(store: FunnelStore, queries: np.ndarray, early: np.ndarray, sc
         rows, scores = np.take_along_axis(rows, best, axis=1), np.take_along_axis(scores, best, axis=1)
     result.rows, result.scores = rows[:, :k], scores[:, :k].astype(np.float32)
     return result
+
+
+def _survivors(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Columns of each row's ``keep`` best scores, unordered (each row on its own, so a query gets
+    the same survivors alone or in a batch)."""
+    if keep >= scores.shape[1]:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    return np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
 
 
 def _record(result: SearchResult, dim: int, keep: int, started: float) -> None:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -11,10 +10,10 @@ import numpy as np
 from ..funnel import rerank
 from ..models import normalize
 from ..rescore import fusable, prefix_cosines
+from ..selection import scan_shortlist
 from .base import IndexMeta, StoreError
 
 EXACT_BLOCK = 65_536
-SCORE_BLOCK_ELEMENTS = 32 * 2**20  # query-block x corpus scores held at once (128 MiB of float32)
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 
@@ -32,135 +31,6 @@ def make_head_index(head: np.ndarray, kind: str = "flat"):
         raise StoreError(f"unknown head index {kind!r}; choose flat or hnsw")
     index.add(np.ascontiguousarray(head, dtype=np.float32))
     return index
-
-
-SAMPLE_COLUMNS = 8192
-_SAMPLE_SEED = 1234
-TILE_QUERIES = 128  # a head scan scores tiles of queries x rows small enough to stay in cache
-TILE_ELEMENTS = 2 * 2**20
-
-
-@lru_cache(maxsize=8)
-def _sample_columns(columns: int) -> np.ndarray:
-    """A fixed random sample of column indices (drawing it costs a permutation of all columns)."""
-    return np.sort(np.random.default_rng(_SAMPLE_SEED).choice(columns, size=min(columns, SAMPLE_COLUMNS), replace=False))
-
-
-def _sample_rank(n: int, columns: int) -> int | None:
-    """Rank from the top, within the sample, of a threshold a little below each row's n-th score;
-    ``None`` when the sample is too small to say (then select exactly from all scores)."""
-    sample_size = min(columns, SAMPLE_COLUMNS)
-    rank = int(np.ceil(1.25 * n * sample_size / columns)) + 8
-    return None if rank >= sample_size // 2 else rank
-
-
-def _thresholds(sample: np.ndarray, rank: int) -> np.ndarray:
-    return np.partition(sample, sample.shape[1] - rank, axis=1)[:, sample.shape[1] - rank]
-
-
-def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.nonzero`` of a 2-D mask, row-major; through ``flatnonzero``, which is ~7x faster."""
-    flat = np.flatnonzero(mask)
-    return flat // mask.shape[1], flat % mask.shape[1]
-
-
-def _top_of_kept(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, counts: np.ndarray,
-                 n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top ``n`` (columns, values) per row among kept (row, column, value) triples grouped by row."""
-    width = int(counts.max())
-    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    candidates = np.zeros((len(counts), width), dtype=np.int64)
-    cand_scores = np.full((len(counts), width), -np.inf, dtype=values.dtype)
-    candidates[rows, slot] = columns
-    cand_scores[rows, slot] = values
-    if width > n:
-        best = np.argpartition(cand_scores, width - n, axis=1)[:, width - n :]
-        candidates = np.take_along_axis(candidates, best, axis=1)
-        cand_scores = np.take_along_axis(cand_scores, best, axis=1)
-    return candidates, cand_scores
-
-
-def select_shortlist(scores: np.ndarray, n: int) -> np.ndarray:
-    """Column indices of the ``n`` largest scores per row, in no particular order.
-
-    ``argpartition`` over a million scores per query dominates a batched head stage (introselect
-    on real score distributions ran at ~35 ns per element here). Instead: estimate each row's
-    n-th score from a fixed sample of columns, keep the columns above a slightly lower threshold
-    with one vectorised comparison, and select exactly ``n`` among those few. Rows whose
-    threshold kept fewer than ``n`` fall back to ``argpartition``. The result is exact either way.
-    """
-    rows, columns = scores.shape
-    if n >= columns:
-        return np.broadcast_to(np.arange(columns), scores.shape).copy()
-    rank = _sample_rank(n, columns)
-    if rank is None:
-        return np.argpartition(scores, columns - n, axis=1)[:, columns - n :]
-    threshold = _thresholds(scores[:, _sample_columns(columns)], rank)
-    keep = scores >= threshold[:, None]
-    counts = np.count_nonzero(keep, axis=1)
-    out = np.empty((rows, n), dtype=np.int64)
-    short = counts < n
-    if short.any():
-        out[short] = np.argpartition(scores[short], columns - n, axis=1)[:, columns - n :]
-    ok = np.flatnonzero(~short)
-    if len(ok):
-        kept = keep if len(ok) == rows else keep[ok]  # the usual case copies nothing
-        source = scores if len(ok) == rows else scores[ok]
-        row_ids, column_ids = _nonzero(kept)  # row-major, so grouped by row
-        out[ok] = _top_of_kept(row_ids, column_ids, source[row_ids, column_ids], counts[ok], n)[0]
-    return out
-
-
-def scan_shortlist(queries: np.ndarray, head: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top ``n`` rows of ``head`` by inner product for each query: (scores, rows).
-
-    The same sampled threshold as :func:`select_shortlist`, taken before the scan, so the scan
-    never holds a (queries x corpus) score matrix: it scores cache-sized tiles and keeps only
-    what passes each query's threshold. Writing and re-reading a million scores per query
-    through memory cost more than the product itself (measured at 1M x 64: 3.5 s for 1,000
-    queries with whole score rows, about half of that in tiles). Queries whose threshold kept
-    fewer than ``n`` rows are answered by a full scan and ``argpartition``.
-    """
-    count = len(head)
-    n = min(n, count)
-    rank = _sample_rank(n, count)
-    if rank is None:  # a shortlist near the corpus' size: whole score rows, a block of queries at a time
-        block = max(1, SCORE_BLOCK_ELEMENTS // count)
-        parts = []
-        for q0 in range(0, len(queries), block):
-            scores = queries[q0 : q0 + block] @ head.T
-            rows = select_shortlist(scores, n)
-            parts.append((np.take_along_axis(scores, rows, axis=1), rows))
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    threshold = _thresholds(queries @ head[_sample_columns(count)].T, rank)
-    out_rows = np.empty((len(queries), n), dtype=np.int64)
-    out_scores = np.empty((len(queries), n), dtype=np.float32)
-    for q0 in range(0, len(queries), TILE_QUERIES):
-        block, limit = queries[q0 : q0 + TILE_QUERIES], threshold[q0 : q0 + TILE_QUERIES, None]
-        kept_rows, kept_columns, kept_values = [], [], []
-        tile_rows = TILE_ELEMENTS // len(block)  # few queries: long tiles, so BLAS works on big products
-        for c0 in range(0, count, tile_rows):
-            tile = block @ head[c0 : c0 + tile_rows].T
-            r, c = _nonzero(tile >= limit)
-            kept_rows.append(r)
-            kept_columns.append(c + c0)
-            kept_values.append(tile[r, c])
-        r = np.concatenate(kept_rows)
-        order = np.argsort(r, kind="stable")  # group by query, each query's rows in corpus order
-        r, c, v = r[order], np.concatenate(kept_columns)[order], np.concatenate(kept_values)[order]
-        counts = np.bincount(r, minlength=len(block))
-        short = counts < n
-        if short.any():  # undo the short queries' triples and scan them whole
-            keep = ~short[r]
-            r, c, v, counts = np.cumsum(~short)[r[keep]] - 1, c[keep], v[keep], counts[~short]
-            full = block[short] @ head.T
-            picked = np.argpartition(full, count - n, axis=1)[:, count - n :]
-            out_rows[q0 + np.flatnonzero(short)] = picked
-            out_scores[q0 + np.flatnonzero(short)] = np.take_along_axis(full, picked, axis=1)
-        if len(counts):
-            where = q0 + np.flatnonzero(~short)
-            out_rows[where], out_scores[where] = _top_of_kept(r, c, v, counts, n)
-    return out_scores, out_rows
 
 
 def prefix_norms(vectors: np.ndarray, dim: int, block: int = EXACT_BLOCK) -> np.ndarray:
