@@ -106,7 +106,10 @@ class MemoryStore:
         """Prefix cosines of each query with its candidate rows, read in place by FAISS where the
         prefix allows it (see :mod:`matryoshka.rescore`), else gathered and multiplied."""
         scores = prefix_cosines(self.full, rows, queries, norms=self._norms_at(queries.shape[1]))
-        return rerank(self.gather(rows, queries.shape[1]), queries) if scores is None else scores
+        if scores is None:
+            scores = rerank(self.gather(np.maximum(rows, 0), queries.shape[1]), queries)
+            scores[rows < 0] = -np.inf  # "no candidate", as a graph head may answer
+        return scores
 
     def scores_in_place(self, dim: int) -> bool:
         return fusable(self.full, dim)
