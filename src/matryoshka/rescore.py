@@ -33,7 +33,8 @@ def prefix_cosines(vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray, *
     read). ``rows``: (nq, m) candidate rows per query. ``queries``: (nq, dim). ``unit_rows``:
     the full rows have norm 1, so the full-dimension stage needs no second pass for norms.
     ``norms``: every row's ``dim``-prefix norm, when the store keeps them; this halves the work,
-    since otherwise a second pass reads the candidates again for their norms. Returns (nq, m) float32, or ``None`` when the prefix cannot be read in place.
+    since otherwise a second pass reads the candidates again for their norms.
+    Returns (nq, m) float32 (-inf for rows of -1), or ``None`` when the prefix cannot be read in place.
     """
     dim = queries.shape[1]
     if not fusable(vectors, dim):
@@ -46,7 +47,7 @@ def prefix_cosines(vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray, *
 
     threads = faiss.omp_get_max_threads()
     few = len(rows) < 2 * threads
-    if few:  # one thread: a team woken for a query or two spins afterwards and slows the next BLAS call 2x
+    if few:  # one thread: a team woken for a query or two spins afterwards and slowed the next BLAS call 2x
         faiss.omp_set_num_threads(1)
     try:
         return _cosines(vectors, rows, query, unit_rows, norms)
