@@ -81,7 +81,7 @@ class MemoryStore:
 
         A flat head is scanned by :func:`scan_shortlist` (BLAS products over cache-sized tiles, a
         sampled threshold per query). FAISS's flat search keeps a heap of ``n`` per query, which
-        cost 2-5x more in batches once shortlists reach thousands.
+        costs 2-5x more in batches once shortlists reach thousands.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.shape[1] != self.head_dim:
