@@ -81,6 +81,10 @@ def test_local_store_scores_candidates_in_place_as_gathering_would(tmp_path, wor
                        vectors=documents)
     assert meta.extra["prefix_norm_dims"] == norm_dims(256) == [8, 16, 32, 64, 128]
     index = Index(tmp_path / "index")
+    stored = np.load(tmp_path / "index" / "current" / "prefix_norms.npy")
+    unit = documents / np.linalg.norm(documents, axis=1, keepdims=True)
+    for column, dim in enumerate(meta.extra["prefix_norm_dims"]):
+        np.testing.assert_allclose(stored[:, column], np.linalg.norm(unit[:, :dim], axis=1), rtol=1e-5)
     schedule = Schedule.halving(256, 10, 300, 16, first_cut=4)  # cuts at every stage, so each stage's order matters
     in_place = index.search_vectors(queries, 10, schedule=schedule)
     monkeypatch.setattr(memory, "prefix_cosines", lambda *args, **kwargs: None)  # the gathering path

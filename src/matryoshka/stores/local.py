@@ -112,8 +112,7 @@ class LocalBuilder:
             full.flush()
         np.save(self.partial / "head.npy", head)
         dims = norm_dims(full.shape[1])
-        np.save(self.partial / "prefix_norms.npy", np.stack([prefix_norms(full, dim) for dim in dims], axis=1)
-                if dims else np.zeros((len(full), 0), np.float32))
+        np.save(self.partial / "prefix_norms.npy", prefix_norms(full, dims) if dims else np.zeros((len(full), 0), np.float32))
         meta.extra["prefix_norm_dims"] = dims
         meta.extra["head_index"] = head_index
         if head_index == "hnsw":

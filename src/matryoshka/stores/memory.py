@@ -33,10 +33,15 @@ def make_head_index(head: np.ndarray, kind: str = "flat"):
     return index
 
 
-def prefix_norms(vectors: np.ndarray, dim: int, block: int = EXACT_BLOCK) -> np.ndarray:
-    """Norm of every row's first ``dim`` coordinates (float32), a block of rows at a time."""
-    return np.concatenate([np.linalg.norm(np.asarray(vectors[s : s + block, :dim]), axis=1)
-                           for s in range(0, len(vectors), block)]).astype(np.float32)
+def prefix_norms(vectors: np.ndarray, dims: Sequence[int], block: int = EXACT_BLOCK) -> np.ndarray:
+    """(n, len(dims)) float32: the norm of every row's first ``dim`` coordinates for each of
+    ``dims``, in one pass over the rows (running sums of squares), a block of rows at a time."""
+    columns = np.asarray(dims, dtype=np.int64) - 1
+    parts = []
+    for start in range(0, len(vectors), block):
+        rows = np.asarray(vectors[start : start + block, : int(columns.max()) + 1], dtype=np.float32)
+        parts.append(np.sqrt(np.cumsum(rows * rows, axis=1, dtype=np.float64)[:, columns]))
+    return np.concatenate(parts).astype(np.float32)
 
 
 class MemoryStore:
@@ -118,7 +123,7 @@ class MemoryStore:
         """Every row's ``dim``-prefix norm if known; computed here only when the vectors are in RAM
         (a memory-mapped index reads only the rows a query touches)."""
         if dim not in self._prefix_norms and dim < self.full_dim and not isinstance(self.full, np.memmap):
-            self._prefix_norms[dim] = prefix_norms(self.full, dim)
+            self._prefix_norms[dim] = prefix_norms(self.full, [dim])[:, 0]
         return self._prefix_norms.get(dim)
 
     def exact_search(self, queries: np.ndarray, k: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
