@@ -5,7 +5,8 @@ rows into a (queries x candidates x dim) array and multiplying costs a copy of e
 prefix, and numpy's fancy indexing copies slowly (measured here: ~2 us per row from a 1M x 256
 array). FAISS's by-index kernels (``fvec_inner_products_by_idx``, ``fvec_L2sqr_by_idx``) read
 each candidate row where it lies and return only the scores, in C++ over all queries at once:
-about 30x faster on the same rows.
+37x faster on the same rows in `benchmarks/funnel.py` (1M x 256, 1,000 queries x 10,000
+candidates at 128 dims: 14.9 s gathered, 0.41 s in place).
 
 The kernels take one row length; a prefix of ``dim`` coordinates of an ``(n, d)`` array is read
 by viewing the array as ``(n * d / dim, dim)``, where row ``r``'s prefix is view row
