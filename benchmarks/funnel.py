@@ -7,9 +7,11 @@ The 1M set is made around the real embeddings: each gloss vector plus 8 jittered
 (Gaussian noise scaled per dimension by the corpus' own standard deviation, times --jitter,
 then re-normalised), so every vector stays near a real one and keeps the Matryoshka ordering of
 information along the prefix. Recall@10 is measured against exact full-dimension search on the
-same vectors. Batch timings are the best of two runs for every method; single queries are timed once.
+same vectors. Batch timings are the best of two runs for every method; single queries are timed once,
+after five warm-up queries. The funnel runs with a flat float head, an HNSW head and a binary head
+(the sign bits of all 256 dims), each autotuned on the 200 tuning queries.
 
-Run:  python benchmarks/funnel.py            (about 13 minutes on 2 cores)
+Run:  python benchmarks/funnel.py            (about 17 minutes on 2 cores)
       python benchmarks/funnel.py --sizes 117659 --skip-hnsw   (a quick look)
 Writes benchmarks/results/funnel.json and funnel.png, and prints a table.
 """
@@ -153,22 +155,29 @@ def bench_size(corpus, queries, tune_queries, args, results):
 
     tune_s, tuned = timed(lambda: tune(corpus, K, args.target_recall, sample_queries=tune_queries))
     print(f"autotune: {tuned.schedule} (recall {tuned.recall:.4f} on tuning queries) in {tune_s:.1f} s", flush=True)
-    head = tuned.schedule.head_dim
-    for kind in ("flat", "hnsw"):
+    binary_tune_s, binary_tuned = timed(lambda: tune(corpus, K, args.target_recall, sample_queries=tune_queries,
+                                                     head_index="binary"))
+    print(f"autotune, binary head: {binary_tuned.schedule} (recall {binary_tuned.recall:.4f}) in {binary_tune_s:.1f} s", flush=True)
+    factors = {"flat": (0.5, 1.4, 2.0), "hnsw": (0.5,), "binary": (0.05, 0.15, 0.5, 1.4, 2.0)}  # binary: down to HNSW's recall
+    for kind in ("flat", "hnsw", "binary"):
+        chosen, chosen_s = (binary_tuned, binary_tune_s) if kind == "binary" else (tuned, tune_s)
+        head = chosen.schedule.head_dim
         build, store = timed(lambda: MemoryStore(corpus, head, head_index=kind))
-        schedules = {str(tuned.schedule): tuned.schedule}
-        for factor in ((0.5, 1.4, 2.0) if kind == "flat" else (0.5,)):
-            s = tuned.schedule.scaled(factor, K, n)
+        schedules = {str(chosen.schedule): chosen.schedule}
+        for factor in factors[kind]:
+            s = chosen.schedule.scaled(factor, K, n)
             schedules[str(s)] = s
         for label, schedule in schedules.items():
             seconds, result = timed(lambda: funnel_search(store, queries, schedule, K), repeats=2)
             ram = store.memory_bytes() / 2**20  # with the prefix norms the stages computed
             stage_ms = [round(1000 * s, 1) for s in result.stage_seconds]
             results.append(row(f"funnel local ({kind} head)", n, dim, len(queries), recall_at_k(result.rows, truth), seconds,
-                               len(queries), ram, build + tune_s, schedule=label, tuned=label == str(tuned.schedule), stage_ms=stage_ms))
+                               len(queries), ram, build + chosen_s, schedule=label, tuned=label == str(chosen.schedule), stage_ms=stage_ms))
+            for q in single[:5]:  # warm up the one-query path (thread pools, caches) as the batch warmed up its own
+                funnel_search(store, q[None], schedule, K)
             seconds, rows = timed(lambda: np.concatenate([funnel_search(store, q[None], schedule, K).rows for q in single]))
             results.append(row(f"funnel local ({kind} head)", n, dim, 1, recall_at_k(rows, truth[: len(single)]), seconds,
-                               len(single), ram, build + tune_s, schedule=label, tuned=label == str(tuned.schedule)))
+                               len(single), ram, build + chosen_s, schedule=label, tuned=label == str(chosen.schedule)))
         if kind == "flat":
             rerank_anatomy(store, queries, tuned.schedule, results)
         store = None
@@ -176,6 +185,7 @@ def bench_size(corpus, queries, tune_queries, args, results):
     anatomy(corpus, queries, tuned.schedule, results)
     if n <= args.milvus_max:
         milvus(corpus, queries, single, truth, tuned.schedule, results)
+        milvus(corpus, queries, single, truth, binary_tuned.schedule, results, head_index="binary")
     return tuned
 
 
@@ -220,21 +230,23 @@ def rerank_anatomy(store, queries, schedule, results):
           f"FAISS in place (ours) {1000 * in_place:.0f} ms", flush=True)
 
 
-def milvus(corpus, queries, single, truth, schedule, results):
+def milvus(corpus, queries, single, truth, schedule, results, head_index="flat"):
     from matryoshka.index import Index, build_index
 
     with tempfile.TemporaryDirectory() as folder:
         db = f"{folder}/bench.db"
         ids = [str(i) for i in range(len(corpus))]
-        build, _ = timed(lambda: build_index(db, ids, [""] * len(ids), vectors=corpus, head_dim=schedule.head_dim))
+        build, _ = timed(lambda: build_index(db, ids, [""] * len(ids), vectors=corpus, head_dim=schedule.head_dim,
+                                             head_index=head_index))
         with Index(db) as index:
             batch = queries[:100]
             seconds, result = timed(lambda: index.search_vectors(batch, K, schedule=schedule))
-            results.append(row("funnel Milvus Lite", len(corpus), corpus.shape[1], len(batch),
+            method = "funnel Milvus Lite" + (f" ({head_index} head)" if head_index != "flat" else "")
+            results.append(row(method, len(corpus), corpus.shape[1], len(batch),
                                recall_at_k(result.rows, truth[: len(batch)]), seconds, len(batch), 0, build, schedule=str(schedule)))
             few = single[:50]
             seconds, rows = timed(lambda: np.concatenate([index.search_vectors(q[None], K, schedule=schedule).rows for q in few]))
-            results.append(row("funnel Milvus Lite", len(corpus), corpus.shape[1], 1, recall_at_k(rows, truth[: len(few)]),
+            results.append(row(method, len(corpus), corpus.shape[1], 1, recall_at_k(rows, truth[: len(few)]),
                                seconds, len(few), 0, build, schedule=str(schedule)))
 
 

@@ -213,3 +213,72 @@ def test_tiled_head_scan_is_exact_including_ties_and_fallback():
                 assert len(set(rows[i])) == n
                 np.testing.assert_allclose(np.sort(full[i, rows[i]]), np.sort(full[i])[-n:], rtol=1e-5, atol=1e-5)
                 np.testing.assert_allclose(scores[i], full[i, rows[i]], rtol=1e-5, atol=1e-5)
+
+
+def test_binary_head_schedules_parse_and_validate():
+    schedule = Schedule.parse("256b:2000, 128:250,256:10")
+    assert schedule.binary_head and schedule.head_dim == 256 and str(schedule) == "256b:2000,128:250,256:10"
+    assert str(Schedule.binary(256, 10, 2000)) == "256b:2000,128:250,256:10"
+    assert str(Schedule.binary(384, 10, 1000, bits=192, first_cut=4)) == "192b:1000,192:250,384:10"
+    schedule.check(256, 10, 5000)
+    # the stages after a binary head start again from any dim, and must increase among themselves
+    Schedule.parse("256b:100,256:10").check(256, 10, 5000)
+    with pytest.raises(ScheduleError, match="strictly increasing"):
+        Schedule.parse("256b:100,128:50,64:10")
+    with pytest.raises(ScheduleError, match="only the first stage"):
+        Schedule.parse("64:100,128b:50,256:10")
+    with pytest.raises(ScheduleError, match="follow 256b:10 with a stage at the full dimension"):
+        Schedule.parse("256b:10")
+    with pytest.raises(ScheduleError, match="100 bits is not a multiple of 8"):
+        Schedule.parse("100b:50,256:10")
+    with pytest.raises(ScheduleError, match="head uses 512 dims but the vectors have 256"):
+        Schedule.parse("512b:50,256:10").check(256, 10, 5000)
+
+
+def _hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances between every row of a and of b, by their sign bits (numpy, no FAISS)."""
+    return ((a[:, None, :] > 0) != (b[None, :, :] > 0)).sum(axis=2)
+
+
+def test_binary_head_is_an_exact_hamming_search_and_a_wide_funnel_equals_exact(scifact_vectors):
+    documents, queries = scifact_vectors
+    store = MemoryStore(documents, 384, head_index="binary")
+    n = len(store)
+    assert store.binary_head and store.memory_bytes() == n * 384 // 8  # 48 bytes a row: a 12-dim float head
+    distances = _hamming(queries, documents)
+    for shortlist in (1, 50, 333):
+        scores, rows = store.head_search(queries, shortlist)
+        assert rows.shape == (len(queries), shortlist)
+        for i in range(len(queries)):
+            assert len(set(rows[i])) == shortlist
+            # the rows' distances are the shortlist smallest (ties may pick either row)
+            np.testing.assert_array_equal(np.sort(distances[i, rows[i]]), np.sort(distances[i])[:shortlist])
+            np.testing.assert_allclose(scores[i], 1 - 2 * distances[i, rows[i]] / 384, atol=1e-6)
+    wide = funnel_search(store, queries, Schedule.parse(f"384b:{n},384:10"), 10)
+    exact_scores, exact_rows = store.exact_search(queries, 10)
+    np.testing.assert_array_equal(wide.rows, exact_rows)
+    np.testing.assert_allclose(wide.scores, exact_scores, atol=1e-5)
+    # sign bits of 384 dims keep MiniLM's ranking far better than its 12-dim prefix, in the same bytes
+    binary = recall_at_k(funnel_search(store, queries, Schedule.parse("384b:30,384:10"), 10).rows, exact_rows)
+    truncated = recall_at_k(funnel_search(MemoryStore(documents, 12), queries, Schedule.parse("12:30,384:10"), 10).rows,
+                            exact_rows)
+    assert binary > truncated + 0.2, (binary, truncated)
+    # a float schedule cannot run on a binary head, nor a binary one on a float head
+    with pytest.raises(ScheduleError, match="head is binary \\(384 bits\\): start the schedule with 384b:N"):
+        funnel_search(store, queries, Schedule.parse("12:100,384:10"), 10)
+    with pytest.raises(ScheduleError, match="build it with --head-index binary"):
+        funnel_search(MemoryStore(documents, 12), queries, Schedule.parse("384b:100,384:10"), 10)
+
+
+def test_autotune_binary_head_on_held_out_queries(wordllama, squad_sample):
+    documents = wordllama.encode(squad_sample.corpus.texts, kind="document")
+    queries = wordllama.encode(squad_sample.query_texts, kind="query")
+    order = np.random.default_rng(1).permutation(len(queries))
+    tune_part, held_out = queries[order[:400]], queries[order[400:]]
+    store = MemoryStore(documents, 256, head_index="binary")
+    tuned = autotune(store, tune_part, k=10, target_recall=0.95)
+    assert tuned.passed and tuned.schedule.binary_head and tuned.schedule.head_dim == 256
+    assert all(Schedule.parse(s).binary_head for s, *_ in tuned.tried)
+    assert tuned.schedule.shortlist < len(store)
+    _, truth = store.exact_search(held_out, 10)
+    assert recall_at_k(funnel_search(store, held_out, tuned.schedule, 10).rows, truth) >= 0.95

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_jsonl
-from matryoshka.funnel import Schedule, recall_at_k, stage_dims
+from matryoshka.funnel import Schedule, ScheduleError, recall_at_k, stage_dims
 from matryoshka.index import Index, build_index
 from matryoshka.stores import StoreError
 
@@ -69,6 +69,35 @@ def test_funnel_matches_exact_on_every_store(db, wordllama, squad_sample, squad_
     assert all(w.keep >= t.keep for w, t in zip(wider.stages, tuned_schedule.stages))
     hits = index.hits(index.search_vectors(index.encode_queries(["Which NFL team won Super Bowl 50?"]), 3))
     assert hits[0].ids[0].startswith("Super_Bowl_50") and "Super Bowl" in hits[0].texts[0]
+
+
+def test_binary_head_on_every_store(db, wordllama, squad_sample, squad_vectors):
+    """Sign bits as the head: a BINARY_VECTOR collection searched by Hamming distance in Milvus, a
+    FAISS binary index over packed codes in the local store; re-ranked by float prefixes."""
+    documents, queries = squad_vectors
+    collection = _collection(db)
+    meta = build_index(db, squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=wordllama, vectors=documents,
+                       head_index="binary", collection=collection)
+    tuned = Schedule.parse(meta.schedule)
+    assert meta.head_dim == 256 and tuned.binary_head and tuned.head_dim == 256 and meta.extra["head_index"] == "binary"
+    with Index(db, collection=collection) as index:
+        assert index.store.binary_head
+        n = len(index.store)
+        exact = index.search_vectors(queries[:60], 10, exact=True)
+        wide = index.search_vectors(queries[:60], 10, schedule=Schedule.parse(f"256b:{n},128:{n},256:10"))
+        np.testing.assert_array_equal(wide.rows, exact.rows)
+        np.testing.assert_allclose(wide.scores, exact.scores, atol=1e-4)
+        full_exact = index.search_vectors(queries, 10, exact=True)
+        assert recall_at_k(index.search_vectors(queries, 10).rows, full_exact.rows) >= 0.98
+        with pytest.raises(ScheduleError, match="head is binary"):  # a float schedule on a binary head
+            index.search_vectors(queries[:2], 10, schedule=Schedule.parse("8:100,256:10"))
+    with pytest.raises(StoreError, match="built with a binary head; it cannot be searched with a flat head"):
+        Index(db, head_index="flat", collection=collection)
+    if "://" not in db and not db.endswith(".db"):
+        build = Path(db) / "current"
+        codes = np.load(build / "head_codes.npy")
+        assert codes.shape == (n, 32) and codes.dtype == np.uint8 and not (build / "head.npy").exists()
+        np.testing.assert_array_equal(codes, np.packbits(documents > 0, axis=1))
 
 
 def test_local_store_scores_candidates_in_place_as_gathering_would(tmp_path, wordllama, squad_sample, squad_vectors,
@@ -130,6 +159,29 @@ def test_bring_your_own_vectors(tmp_path, squad_sample, squad_vectors):
     with pytest.raises(StoreError, match="2-D"):
         build_index(tmp_path / "x", ["a"], ["a"], vectors=np.ones(8))
     assert not (tmp_path / "x" / "current").exists()
+
+
+def test_cli_binary_head(tmp_path, squad_sample, squad_vectors):
+    documents, queries = squad_vectors
+    corpus = write_jsonl(tmp_path / "corpus.jsonl",
+                         [{"id": i, "text": t} for i, t in zip(squad_sample.corpus.ids, squad_sample.corpus.texts)])
+    np.save(tmp_path / "docs.npy", documents)
+    np.save(tmp_path / "queries.npy", queries[:20])
+    db = str(tmp_path / "db")
+    result = run_cli("index", "--corpus", str(corpus), "--vectors", str(tmp_path / "docs.npy"), "--db", db,
+                     "--head-index", "binary")
+    assert result.returncode == 0, result.stderr
+    assert "head 256 bits (binary)" in result.stdout and "Default schedule 256b:" in result.stdout
+    reports = {}
+    for name, extra in (("exact", ["--exact"]), ("wide", ["--schedule", f"256b:{len(documents)},256:10"]), ("tuned", [])):
+        out = tmp_path / f"{name}.json"
+        result = run_cli("search", "--db", db, "--query-vectors", str(tmp_path / "queries.npy"), "--json", str(out), *extra)
+        assert result.returncode == 0, result.stderr
+        reports[name] = json.loads(out.read_text())
+    assert [r["ids"] for r in reports["wide"]["results"]] == [r["ids"] for r in reports["exact"]["results"]]
+    assert reports["tuned"]["schedule"].startswith("256b:")
+    result = run_cli("search", "--db", db, "--query-vectors", str(tmp_path / "queries.npy"), "--schedule", "8:100,256:10")
+    assert result.returncode == 2 and "start the schedule with 256b:N" in result.stderr
 
 
 def test_cli_index_and_search_with_the_default_model(tmp_path, squad_sample):
@@ -226,6 +278,10 @@ def test_bad_inputs_get_clear_errors_and_leave_nothing(tmp_path, milvus_server):
         (["index", "--corpus", str(corpus), "--vectors", str(zeros), "--db", db], "row 1 is all zeros"),
         (["index", "--corpus", str(corpus), "--vectors", str(good), "--db", str(not_lite)], "is not a Milvus Lite file"),
         (["index", "--corpus", str(corpus), "--vectors", str(good), "--db", "http://127.0.0.1:9"], "could not reach the Milvus server"),
+        (["index", "--corpus", str(corpus), "--vectors", str(good), "--db", db, "--head-index", "ivf"],
+         "unknown head index 'ivf'; choose one of flat, hnsw, binary"),
+        (["index", "--corpus", str(corpus), "--vectors", str(good), "--db", db, "--head-index", "binary"],
+         "4 bits is not a multiple of 8"),
     ]
     for args, message in cases:
         result = run_cli(*args)
@@ -241,6 +297,8 @@ def test_bad_inputs_get_clear_errors_and_leave_nothing(tmp_path, milvus_server):
     search_cases = [
         (["--queries", str(queries)], f"{queries}:2: invalid JSON"),
         (["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "1:2,2:1", "--k", "1"], "must end at the full dimension 4"),
+        (["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "8b:2,4:1", "--k", "1"], "head uses 8 dims but the vectors have 4"),
+        (["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "3b:2,4:1", "--k", "1"], "3 bits is not a multiple of 8"),
         (["--query-vectors", str(tmp_path / "q.npy"), "--k", "5"], "k=5 is larger than the corpus (2 documents)"),
         (["--query-vectors", str(tmp_path / "q.npy"), "--k", "5", "--exact"], "k=5 is larger than the corpus"),
         (["--query-vectors", str(vectors)], "row 1 contains NaN"),

@@ -155,3 +155,31 @@ def test_concurrent_searches_are_batched_and_each_gets_its_own_answer(client, li
     assert [a["query"] for a in answers] == questions
     assert all([h["id"] for h in a["hits"]] == alone[a["query"]] for a in answers)
     assert max(a["batch_size"] for a in answers) > 1
+
+
+def test_a_binary_head_index_is_served(wordllama, squad_sample, tmp_path):
+    """A local index with a binary head: /info says so, a schedule's first stage is that head, and
+    a float head stage is refused with a message that says what to send."""
+    from conftest import RunningServer, free_port
+    from matryoshka.index import build_index
+
+    documents = wordllama.encode(squad_sample.corpus.texts[:200], kind="document")
+    build_index(tmp_path / "index", squad_sample.corpus.ids[:200], squad_sample.corpus.texts[:200], encoder=wordllama,
+                vectors=documents, head_index="binary")
+    port = free_port()
+    server = RunningServer(["serve", "--db", str(tmp_path / "index"), "--port", str(port)], tmp_path / "server.log",
+                           f"http://127.0.0.1:{port}/")
+    try:
+        server.wait_healthy()
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            info = client.get("/info").json()
+            assert info["binary_head"] and info["head_dim"] == 256 and info["default_schedule_text"].startswith("256b:")
+            question = squad_sample.query_texts[0]
+            wide = client.post("/search", json={"query": question, "k": 5, "schedule": [[256, 200], [256, 5]]}).json()
+            exact = client.post("/search", json={"query": question, "k": 5, "exact": True}).json()
+            assert [h["id"] for h in wide["hits"]] == [h["id"] for h in exact["hits"]]
+            assert [(s["dim"], s["keep"]) for s in wide["stages"]] == [(256, 200), (256, 5)]
+            refused = client.post("/search", json={"query": question, "k": 5, "schedule": [[8, 100], [256, 5]]})
+            assert refused.status_code == 422 and "start the schedule with 256b:N" in refused.text
+    finally:
+        server.stop()

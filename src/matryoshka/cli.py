@@ -211,8 +211,8 @@ def index(
                                         "With --vectors: the model those vectors came from, so text queries work."),
     vectors: Optional[Path] = typer.Option(None, help="Precomputed corpus vectors (.npy, one row per document, in corpus order)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="An adapter file from 'matryoshka adapt': the head searches prefixes of f(x); the last stage the model's own full vectors."),
-    head_dim: Optional[int] = typer.Option(None, help="Dims of the head searched first. Default: autotuned among d/32, d/16, d/8, d/4."),
-    head_index: str = typer.Option("flat", help="Head search: 'flat' (exact, FAISS) or 'hnsw' (graph; for large corpora)."),
+    head_dim: Optional[int] = typer.Option(None, help="Dims of the head searched first (bits, for a binary head). Default: autotuned among d/32, d/16, d/8, d/4; all d bits for a binary head."),
+    head_index: str = typer.Option("flat", help="Head search: 'flat' (float prefixes, exact scan), 'hnsw' (graph over them; for large corpora) or 'binary' (sign bits searched by Hamming distance: d bits cost the RAM of a d/32 float head and keep far more of the ranking; the fastest head at a million rows)."),
     k: int = typer.Option(10, min=1, help="The k that autotune tunes the default schedule for."),
     target_recall: float = typer.Option(0.99, min=0.01, max=1.0, help="Recall@k against exact search that autotune must reach, with 95% confidence over its tuning queries."),
     tune_queries: Optional[Path] = typer.Option(None, help="Real queries to autotune on (text file as for --queries). Default: word windows of the corpus."),
@@ -229,6 +229,8 @@ def index(
       matryoshka index --model wordllama --corpus ../shared/data/scifact --db scifact.db
 
       matryoshka index --corpus docs.jsonl --vectors docs.npy --db ./byo-index
+
+      matryoshka index --model wordllama --corpus big.jsonl --head-index binary --db ./big-index
 
       matryoshka index --corpus ../shared/data/scifact --adapter minilm-adapter.npz --db ./adapted-index
     """
@@ -255,7 +257,7 @@ def index(
                                head_index=head_index, k=k, target_recall=target_recall, tune_queries=tune,
                                collection=collection, progress=lambda n: progress.advance(step, n))
         console.print(f"Indexed [bold]{meta.count}[/bold] documents into [bold]{db}[/bold]: model {meta.model or '(vectors)'}, "
-                      f"{meta.full_dim} dims, head {meta.head_dim}")
+                      f"{meta.full_dim} dims, head {meta.head_dim}{' bits (binary)' if meta.extra.get('head_index') == 'binary' else ''}")
         console.print(f"Default schedule [bold]{meta.schedule}[/bold] (recall@{meta.extra['autotune']['k']} "
                       f"{meta.autotune_recall:.3f} vs exact on {meta.extra['autotune']['queries']})")
         if not meta.extra["autotune"]["reached_with_95pct_confidence"]:
@@ -270,7 +272,7 @@ def search(
     queries: Optional[Path] = typer.Option(None, help="Many queries: JSONL/CSV/TSV with 'text' (+ 'id'), or TXT, one per line."),
     query_vectors: Optional[Path] = typer.Option(None, help="Precomputed query vectors (.npy), for indexes of your own vectors."),
     k: int = typer.Option(10, min=1, help="How many results per query."),
-    schedule: Optional[str] = typer.Option(None, help="Funnel stages DIM:KEEP, e.g. 12:2000,24:1000,48:500,96:250,192:100,384:10. Default: the index's autotuned one."),
+    schedule: Optional[str] = typer.Option(None, help="Funnel stages DIM:KEEP, e.g. 12:2000,24:1000,48:500,96:250,192:100,384:10; a binary head is written BITSb:KEEP, e.g. 384b:2000,192:250,384:10. Default: the index's autotuned one."),
     exact: bool = typer.Option(False, "--exact", help="Exact full-dimension search instead of the funnel (for comparison)."),
     dim: Optional[int] = typer.Option(None, help="Search only the first DIM dimensions (exact scan of the re-normalised prefixes): what a DIM-dim index would return."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Must match the indexing model (checked); default: the index's own."),

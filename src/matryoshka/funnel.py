@@ -3,9 +3,11 @@
 A :class:`Schedule` is a list of stages ``(dim, keep)``. Stage 0 searches the store's head
 (``dim`` = head dim) for the ``keep`` best rows; each later stage re-scores the survivors with the
 first ``dim`` coordinates, re-normalised, and keeps its ``keep`` best. The last stage is at full
-dimension, so the final scores are exact cosines. Re-ranking is vectorised over the whole batch of
-queries: each stage scores every query's candidates in one call (in place by FAISS for the local
-store, see :mod:`matryoshka.rescore`).
+dimension, so the final scores are exact cosines. A head may instead be binary (written
+``256b:2000``): the sign bits of the first ``dim`` coordinates, searched by Hamming distance; d
+bits take the bytes of a d/32 float head and keep far more of the ranking. Re-ranking is
+vectorised over the whole batch of queries: each stage scores every query's candidates in one call
+(in place by FAISS for the local store, see :mod:`matryoshka.rescore`).
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ class ScheduleError(ValueError):
 class Stage:
     dim: int
     keep: int
+    binary: bool = False  # only a head may be binary: Hamming distance over the sign bits of the dim-prefix
+
+    def __str__(self) -> str:
+        return f"{self.dim}{'b' if self.binary else ''}:{self.keep}"
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """Validated at construction: dims strictly increasing, keeps non-increasing, all positive."""
+    """Validated at construction: dims strictly increasing, keeps non-increasing, all positive; only
+    the head may be binary (the stages after a binary head start again from any dim)."""
 
     stages: tuple[Stage, ...]
 
@@ -47,7 +54,13 @@ class Schedule:
         for stage in stages:
             if int(stage.dim) < 1 or int(stage.keep) < 1:
                 raise ScheduleError(f"stage {stage.dim}:{stage.keep}: dim and keep must be positive")
-        dims = [s.dim for s in stages]
+        if any(s.binary for s in stages[1:]):
+            raise ScheduleError(f"only the first stage (the head) may be binary, got {','.join(map(str, stages))}")
+        if stages[0].binary and len(stages) < 2:
+            raise ScheduleError(f"a binary head ranks by Hamming distance only: follow {stages[0]} with a stage at the full dimension")
+        if stages[0].binary and stages[0].dim % 8:
+            raise ScheduleError(f"a binary head takes whole bytes: {stages[0].dim} bits is not a multiple of 8")
+        dims = [s.dim for s in stages[1:]] if stages[0].binary else [s.dim for s in stages]
         keeps = [s.keep for s in stages]
         if any(b <= a for a, b in zip(dims, dims[1:])):
             raise ScheduleError(f"stage dims must be strictly increasing, got {dims}")
@@ -66,10 +79,16 @@ class Schedule:
     def shortlist(self) -> int:
         return self.stages[0].keep
 
+    @property
+    def binary_head(self) -> bool:
+        return self.stages[0].binary
+
     def check(self, full_dim: int, k: int, corpus_size: int) -> None:
         """Raise if this schedule cannot answer top-``k`` over this index."""
         if self.full_dim != full_dim:
             raise ScheduleError(f"the schedule must end at the full dimension {full_dim}, it ends at {self.full_dim}")
+        if self.head_dim > full_dim:
+            raise ScheduleError(f"the head uses {self.head_dim} dims but the vectors have {full_dim}")
         if k < 1:
             raise ScheduleError(f"k must be at least 1, got {k}")
         if k > corpus_size:
@@ -79,14 +98,16 @@ class Schedule:
 
     @classmethod
     def parse(cls, text: str) -> "Schedule":
-        """``"12:2000,24:1000,…,384:10"`` -> Schedule."""
+        """``"12:2000,24:1000,…,384:10"`` -> Schedule; ``"384b:2000,192:200,384:10"`` has a binary head."""
         stages = []
         for part in text.split(","):
             try:
-                dim, keep = part.split(":")
-                stages.append(Stage(int(dim), int(keep)))
+                dim, keep = part.strip().split(":")
+                binary = dim.endswith("b")
+                stages.append(Stage(int(dim[:-1] if binary else dim), int(keep), binary))
             except ValueError:
-                raise ScheduleError(f"schedule stage {part.strip()!r} is not DIM:KEEP (e.g. 24:1000)") from None
+                raise ScheduleError(f"schedule stage {part.strip()!r} is not DIM:KEEP (e.g. 24:1000, or 384b:2000 "
+                                    "for a binary head)") from None
         return cls(tuple(stages))
 
     @classmethod
@@ -98,15 +119,23 @@ class Schedule:
         keeps[-1] = k
         return cls(tuple(Stage(d, n) for d, n in zip(dims, keeps)))
 
+    @classmethod
+    def binary(cls, full_dim: int, k: int, shortlist: int, bits: int | None = None, first_cut: int = 8) -> "Schedule":
+        """A binary head of ``bits`` (default: all d), then the d/2 prefix keeping
+        ``shortlist / first_cut``, then the full vectors keeping ``k``."""
+        head = Stage(bits or full_dim, shortlist, binary=True)
+        middle = [Stage(full_dim // 2, max(k, shortlist // first_cut))] if full_dim >= 2 else []
+        return cls((head, *middle, Stage(full_dim, k)))
+
     def scaled(self, factor: float, k: int, corpus_size: int) -> "Schedule":
         """The same stages with every keep but the last multiplied by ``factor`` (capped at the
         corpus), and the last keeping ``k``."""
         keeps = [min(corpus_size, int(np.ceil(s.keep * factor))) for s in self.stages[:-1]] + [k]
         keeps = [max(k, min(keeps[: i + 1])) for i in range(len(keeps))]
-        return Schedule(tuple(Stage(s.dim, keep) for s, keep in zip(self.stages, keeps)))
+        return Schedule(tuple(Stage(s.dim, keep, s.binary) for s, keep in zip(self.stages, keeps)))
 
     def __str__(self) -> str:
-        return ",".join(f"{s.dim}:{s.keep}" for s in self.stages)
+        return ",".join(map(str, self.stages))
 
 
 def default_head_dim(full_dim: int) -> int:
@@ -129,6 +158,7 @@ class FunnelStore(Protocol):
 
     full_dim: int
     head_dim: int
+    binary_head: bool  # the head holds sign bits searched by Hamming distance, not float prefixes
 
     def __len__(self) -> int: ...
 
@@ -187,6 +217,7 @@ def funnel_search(
     queries = _as_batch(queries, store.full_dim)
     early = queries if head_queries is None else _as_batch(head_queries, store.full_dim)
     schedule.check(store.full_dim, k, len(store))
+    check_head(schedule, store)
     # bound the candidates gathered at once (queries x shortlist x dim) by running the batch in chunks;
     # a store that scores candidates in place holds only their scores
     per_query = max(s.keep * (1 if store.scores_in_place(t.dim) else t.dim)
@@ -199,6 +230,17 @@ def funnel_search(
     return SearchResult(np.concatenate([p.rows for p in parts]), np.concatenate([p.scores for p in parts]),
                         parts[0].stage_dims, parts[0].stage_keeps,
                         [sum(p.stage_seconds[i] for p in parts) for i in range(len(parts[0].stage_seconds))])
+
+
+def check_head(schedule: Schedule, store: FunnelStore) -> None:
+    """A binary schedule needs the store's binary head, and a binary head answers only its own bits."""
+    binary = getattr(store, "binary_head", False)
+    if schedule.binary_head and not binary:
+        raise ScheduleError(f"schedule {schedule} starts with a binary head, but this index's head holds "
+                            f"{store.head_dim}-dim float prefixes; build it with --head-index binary")
+    if binary and (not schedule.binary_head or schedule.head_dim != store.head_dim):
+        raise ScheduleError(f"this index's head is binary ({store.head_dim} bits): start the schedule with "
+                            f"{store.head_dim}b:N, not {schedule.stages[0]}")
 
 
 def _funnel_chunk(store: FunnelStore, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int) -> SearchResult:
@@ -279,13 +321,17 @@ class TuneResult:
 
 
 FIRST_CUTS = (2, 4, 8)  # how sharply autotune tries to cut the shortlist after the head
+BINARY_FIRST_CUTS = (2, 4, 8, 16)  # a binary head's shortlist is short already; it goes straight to d/2
+
+
+BINARY_BIT_COST = 0.2  # a Hamming bit against a float head multiply-add (1M rows on 2 cores: ~5 ps against ~27 ps)
 
 
 def schedule_cost(schedule: Schedule, corpus_size: int, gather_penalty: float = 32.0) -> float:
     """Multiply-adds per query: the head scan plus each stage's re-rank. A re-ranked coordinate
     costs ``gather_penalty`` scanned ones: rows read at random against a streamed head (measured
     at 1M x 256 on 2 cores: ~1 ns per re-ranked multiply-add, ~0.03 ns per head one)."""
-    cost = corpus_size * schedule.head_dim
+    cost = corpus_size * schedule.head_dim * (BINARY_BIT_COST if schedule.binary_head else 1.0)
     previous = min(schedule.shortlist, corpus_size)
     for stage in schedule.stages[1:]:
         cost += gather_penalty * previous * stage.dim
@@ -312,7 +358,8 @@ def autotune(
     the target allows (by 2, 4 or 8), then halving.
 
     Head dims other than the store's own are searched by a slow exact scan; to compare head dims
-    fairly, tune one store per head dim (as ``index.tune`` does). ``head_queries`` and
+    fairly, tune one store per head dim (as ``index.tune`` does). A store with a binary head is
+    tuned on :meth:`Schedule.binary` schedules over its own bits. ``head_queries`` and
     ``two_stage`` tune an adapter's head: head in the adapter's space, then straight to the full
     original vectors."""
     if not 0 < target_recall <= 1:
@@ -321,15 +368,20 @@ def autotune(
     n, full = len(store), store.full_dim
     if truth is None:
         _, truth = store.exact_search(queries, k)
-    head_dims = sorted(set(head_dims or [store.head_dim]))
+    binary = getattr(store, "binary_head", False)
+    head_dims = [store.head_dim] if binary else sorted(set(head_dims or [store.head_dim]))
     shortlists = sorted({min(s, n) for s in (shortlists or _shortlist_candidates(k, n)) if s >= k})
     tried, best, fallback = [], None, None
     for head in head_dims:
         for shortlist in shortlists:
             passed = False
-            for cut in (1,) if two_stage else FIRST_CUTS:
-                schedule = two_stage_schedule(full, k, shortlist, head) if two_stage else \
-                    Schedule.halving(full, k, shortlist, head, first_cut=cut)
+            for cut in (1,) if two_stage else BINARY_FIRST_CUTS if binary else FIRST_CUTS:
+                if two_stage:
+                    schedule = two_stage_schedule(full, k, shortlist, head, binary)
+                elif binary:
+                    schedule = Schedule.binary(full, k, shortlist, head, first_cut=cut)
+                else:
+                    schedule = Schedule.halving(full, k, shortlist, head, first_cut=cut)
                 recalls = per_query_recall(funnel_search(store, queries, schedule, k, head_queries=head_queries).rows, truth)
                 recall, bound = float(np.mean(recalls)), recall_lower_bound(recalls)
                 cost = schedule_cost(schedule, n)
@@ -347,11 +399,11 @@ def autotune(
     return TuneResult(chosen.schedule, chosen.recall, chosen.cost, tuple(tried), chosen.passed)
 
 
-def two_stage_schedule(full_dim: int, k: int, shortlist: int, head_dim: int) -> Schedule:
+def two_stage_schedule(full_dim: int, k: int, shortlist: int, head_dim: int, binary: bool = False) -> Schedule:
     """Head, then the full vectors: the schedule of an index whose head is an adapter's prefix."""
-    if head_dim >= full_dim:
+    if head_dim >= full_dim and not binary:
         return Schedule((Stage(full_dim, k),))
-    return Schedule((Stage(head_dim, max(k, shortlist)), Stage(full_dim, k)))
+    return Schedule((Stage(head_dim, max(k, shortlist), binary), Stage(full_dim, k)))
 
 
 def head_candidates(full_dim: int) -> list[int]:

@@ -18,7 +18,7 @@ from .funnel import (Schedule, SearchResult, TuneResult, autotune, default_head_
                      head_candidates)
 from .models import Encoder, check_dim, load_model, normalize
 from .stores import IndexMeta, StoreError, check_ids, is_milvus_uri, open_store, validate_vectors
-from .stores.memory import MemoryStore
+from .stores.memory import HEAD_INDEXES, MemoryStore
 
 ENCODE_CHUNK = 256
 AUTOTUNE_SAMPLE = 200
@@ -75,8 +75,7 @@ def build_index(
     if vectors is not None:
         vectors = validate_vectors(vectors, count=len(ids), dim=encoder.full_dim if encoder else None, what="--vectors")
     full_dim = vectors.shape[1] if vectors is not None else encoder.full_dim
-    if head_dim is not None and not 1 <= head_dim <= full_dim:
-        raise StoreError(f"head dim {head_dim} is outside 1..{full_dim}")
+    head_dim = check_head_choice(head_index, head_dim, full_dim)
     meta = IndexMeta(
         model=encoder.name if encoder is not None else None,
         full_dim=full_dim,
@@ -104,8 +103,8 @@ def build_index(
         else:
             queries, source = None, "corpus vectors"
         adapted = normalize(adapter.transform(np.asarray(full))) if adapter is not None else None
-        tuned = tune(full, k=min(k, len(ids)), target_recall=target_recall,
-                     head_dims=[head_dim] if head_dim else None, sample_queries=queries, adapter=adapter, adapted=adapted)
+        tuned = tune(full, k=min(k, len(ids)), target_recall=target_recall, head_dims=[head_dim] if head_dim else None,
+                     sample_queries=queries, adapter=adapter, adapted=adapted, head_index=head_index)
         meta.head_dim, meta.schedule, meta.autotune_recall = tuned.schedule.head_dim, str(tuned.schedule), tuned.recall
         meta.extra["autotune"] = {"k": min(k, len(ids)), "target_recall": target_recall, "queries": source,
                                   "reached_with_95pct_confidence": tuned.passed}
@@ -116,6 +115,22 @@ def build_index(
     finally:
         builder.close()
     return meta
+
+
+def check_head_choice(head_index: str, head_dim: int | None, full_dim: int) -> int | None:
+    """Fail before any encoding on a head that cannot be built; a binary head defaults to all d
+    bits (the bytes of a d/32 float head)."""
+    if head_index not in HEAD_INDEXES:
+        raise StoreError(f"unknown head index {head_index!r}; choose one of {', '.join(HEAD_INDEXES)}")
+    if head_dim is not None and not 1 <= head_dim <= full_dim:
+        raise StoreError(f"head dim {head_dim} is outside 1..{full_dim}")
+    if head_index != "binary":
+        return head_dim
+    bits = head_dim or full_dim
+    if bits % 8:
+        raise StoreError(f"a binary head takes whole bytes: {bits} bits is not a multiple of 8; give --head-dim "
+                         f"{bits - bits % 8 or 8}")
+    return bits
 
 
 def pseudo_queries(texts: Sequence[str], encoder: Encoder, count: int = AUTOTUNE_SAMPLE, seed: int = 0,
@@ -158,21 +173,25 @@ def _sentences(texts: Sequence[str], rng: np.random.Generator, count: int) -> li
 
 
 def tune(full: np.ndarray, k: int, target_recall: float, head_dims: Sequence[int] | None = None,
-         sample_queries: np.ndarray | None = None, adapter=None, adapted: np.ndarray | None = None) -> TuneResult:
+         sample_queries: np.ndarray | None = None, adapter=None, adapted: np.ndarray | None = None,
+         head_index: str = "flat") -> TuneResult:
     """Autotune over head dims and shortlists; queries default to a sample of the corpus' own vectors.
     With an ``adapter`` (``adapted`` = its re-normalised ``f(full)``) the head is searched in the
-    adapter's space and the schedules are two-stage: head, then the original full vectors."""
+    adapter's space and the schedules are two-stage: head, then the original full vectors. A binary
+    head is tuned at its own bits (default all d); flat and HNSW heads are tuned as flat ones."""
     if sample_queries is None:
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(full), size=min(AUTOTUNE_SAMPLE, len(full)), replace=False))
         sample_queries = np.asarray(full[rows])
     full_dim = full.shape[1]
-    candidates = sorted(set(head_dims or head_candidates(full_dim)))
+    binary = head_index == "binary"
+    candidates = sorted(set(head_dims or ([full_dim] if binary else head_candidates(full_dim))))
+    kind = "binary" if binary else "flat"
     if adapter is None:
-        stores = [MemoryStore(full, head) for head in candidates]
+        stores = [MemoryStore(full, head, head_index=kind) for head in candidates]
         head_queries = None
     else:
-        stores = [MemoryStore(full, head, head=normalize(adapted[:, :head])) for head in candidates]
+        stores = [MemoryStore(full, head, head=normalize(adapted[:, :head]), head_index=kind) for head in candidates]
         head_queries = normalize(adapter.transform(sample_queries))
     truth = stores[0].exact_search(sample_queries, k)[1]
     results = [autotune(store, sample_queries, k, target_recall, truth=truth, head_queries=head_queries,
@@ -272,7 +291,7 @@ class Index:
             return funnel_search(self.store, queries, schedule, k)
         if len(schedule.stages) > 2:
             raise StoreError(f"an index with an adapter searches its head and then the full vectors: give a two-stage "
-                             f"schedule like {schedule.head_dim}:{schedule.shortlist},{self.meta.full_dim}:{k}, not {schedule}")
+                             f"schedule like {schedule.stages[0]},{self.meta.full_dim}:{k}, not {schedule}")
         return funnel_search(self.store, queries, schedule, k, head_queries=normalize(self.adapter.transform(queries)))
 
     def hits(self, result: SearchResult) -> list[Hits]:

@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from .batching import MicroBatcher
-from .funnel import Schedule, ScheduleError, stage_dims
+from .funnel import Schedule, ScheduleError, Stage, check_head, stage_dims
 from .index import Index
 from .models import ModelError, check_dim, truncate
 from .stores import StoreError
@@ -60,7 +60,8 @@ class SearchRequest(_Body):
     k: int = Field(10, description="How many hits to return.")
     dim: int | None = Field(None, description="Search only the first `dim` dimensions (an exact scan of the prefixes).")
     schedule: list[tuple[int, int]] | None = Field(
-        None, description="Funnel stages as [[dim, keep], ...]; default: the index's autotuned schedule.")
+        None, description="Funnel stages as [[dim, keep], ...]; default: the index's autotuned schedule. "
+                           "On an index with a binary head the first stage is that head (dim = its bits).")
     exact: bool = Field(False, description="Exact full-dimension search instead of the funnel.")
 
 
@@ -144,6 +145,7 @@ class SearchService:
             "adapter": self.meta.adapter,
             "full_dim": self.full_dim,
             "head_dim": self.meta.head_dim,
+            "binary_head": bool(getattr(self.index.store, "binary_head", False)),
             "corpus_size": len(self.index.store),
             "store": getattr(self.index.store, "kind", "unknown"),
             "default_schedule": [[s.dim, s.keep] for s in default.stages],
@@ -226,9 +228,11 @@ class SearchService:
             self.check_dim(dim, f"schedule[{position}]")
             if keep > self.limits.max_shortlist:
                 raise LimitError(f"schedule[{position}]: keep {keep} is more than the limit of {self.limits.max_shortlist}")
+        binary = getattr(self.index.store, "binary_head", False)
         try:
-            schedule = Schedule(tuple(stages))
+            schedule = Schedule(tuple(Stage(dim, keep, binary and i == 0) for i, (dim, keep) in enumerate(stages)))
             schedule.check(self.full_dim, k, len(self.index.store))
+            check_head(schedule, self.index.store)
         except ScheduleError as exc:
             raise LimitError(f"schedule: {exc}") from None
         return schedule

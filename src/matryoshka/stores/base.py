@@ -64,6 +64,13 @@ def validate_vectors(vectors: np.ndarray, count: int | None = None, dim: int | N
     return (array / norms[:, None]).astype(np.float32)
 
 
+def binary_codes(vectors: np.ndarray, bits: int) -> np.ndarray:
+    """(n, bits/8) uint8: the sign bits of each row's first ``bits`` coordinates, packed."""
+    if bits % 8:
+        raise StoreError(f"a binary head takes whole bytes: {bits} bits is not a multiple of 8")
+    return np.packbits(np.asarray(vectors[:, :bits]) > 0, axis=1)
+
+
 def check_ids(ids: Sequence[str]) -> list[str]:
     ids = [str(i) for i in ids]
     if not ids:

@@ -5,6 +5,7 @@ Layout::
     DB/current -> builds/<stamp>        (symlink, swapped atomically when a build completes)
     DB/builds/<stamp>/meta.json         IndexMeta
                      head.npy           n x head_dim, re-normalised, loaded into RAM (contiguous)
+                     head_codes.npy     instead of head.npy for a binary head: n x head_dim/8 bytes of sign bits
                      full.npy           n x d unit vectors, memory-mapped; stages read only the rows they touch
                      head.hnsw          optional FAISS HNSW graph over the head
                      prefix_norms.npy   n x stages: each row's norm at the stage dims, in RAM, so that a
@@ -28,7 +29,7 @@ import numpy as np
 
 from ..funnel import head_candidates, stage_dims
 from ..models import normalize
-from .base import IndexMeta, StoreError
+from .base import IndexMeta, StoreError, binary_codes
 from .memory import MemoryStore, make_head_index, prefix_norms
 
 
@@ -51,8 +52,13 @@ class LocalStore(MemoryStore):
             raise StoreError(f"{self.root} is not a matryoshka index folder (no 'current' build); run 'matryoshka index' first")
         self.path = current.resolve()
         meta = IndexMeta.from_json((self.path / "meta.json").read_text())
-        kind = head_index or meta.extra.get("head_index", "flat")
-        head = np.load(self.path / "head.npy")
+        built = meta.extra.get("head_index", "flat")
+        kind = head_index or built
+        if (kind == "binary") != (built == "binary"):
+            raise StoreError(f"{self.root} was built with a {built} head; it cannot be searched with a {kind} head "
+                             f"(rebuild it with --head-index {kind})")
+        codes = np.load(self.path / "head_codes.npy") if kind == "binary" else None
+        head = None if kind == "binary" else np.load(self.path / "head.npy")
         graph: str | object = kind
         if kind == "hnsw" and (self.path / "head.hnsw").exists():
             import faiss
@@ -63,7 +69,7 @@ class LocalStore(MemoryStore):
             table = np.load(self.path / "prefix_norms.npy")
             norms = {int(dim): np.ascontiguousarray(table[:, i]) for i, dim in enumerate(meta.extra.get("prefix_norm_dims", []))}
         super().__init__(np.load(self.path / "full.npy", mmap_mode="r"), meta.head_dim, head=head,
-                         head_index=graph, meta=meta, prefix_norms=norms)
+                         head_index=graph, meta=meta, prefix_norms=norms, head_codes=codes)
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         if self._ids is None:
@@ -107,10 +113,15 @@ class LocalBuilder:
     def commit(self, full: np.ndarray, ids: Sequence[str], texts: Sequence[str], meta: IndexMeta,
                head_index: str = "flat", progress=None, head_source: np.ndarray | None = None) -> Path:
         """``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
-        head = normalize(np.asarray((full if head_source is None else head_source)[:, : meta.head_dim]))
+        source = full if head_source is None else head_source
         if isinstance(full, np.memmap):
             full.flush()
-        np.save(self.partial / "head.npy", head)
+        head = None
+        if head_index == "binary":  # signs need no normalising
+            np.save(self.partial / "head_codes.npy", binary_codes(source, meta.head_dim))
+        else:
+            head = normalize(np.asarray(source[:, : meta.head_dim]))
+            np.save(self.partial / "head.npy", head)
         dims = norm_dims(full.shape[1])
         np.save(self.partial / "prefix_norms.npy", prefix_norms(full, dims) if dims else np.zeros((len(full), 0), np.float32))
         meta.extra["prefix_norm_dims"] = dims

@@ -1,7 +1,8 @@
 """Milvus as the scale-out store: a Milvus Lite file (``*.db``) or a server/cluster URI.
 
 One index is a generation of two collections, because Milvus 2.3 allows one vector field per
-collection: ``<name>_<gen>_head`` (row id + head vector, searched by Milvus) and
+collection: ``<name>_<gen>_head`` (row id + head vector, searched by Milvus; for a binary head a
+``BINARY_VECTOR`` of sign bits searched by Hamming distance) and
 ``<name>_<gen>_full`` (row id, document id, text, full vector; fetched by id for re-ranking).
 A small pointer collection ``<name>_meta`` holds the current generation and the IndexMeta. A
 build writes a new generation and then upserts the pointer, so a build that fails or is killed
@@ -23,7 +24,7 @@ import numpy as np
 from ..funnel import rerank
 from ..metrics import top_k
 from ..models import normalize
-from .base import IndexMeta, StoreError
+from .base import IndexMeta, StoreError, binary_codes
 
 DEFAULT_COLLECTION = "matryoshka"
 INSERT_BATCH = 1000
@@ -116,6 +117,10 @@ class MilvusStore:
             raise StoreError(f"no matryoshka index {collection!r} at {uri}; run 'matryoshka index --db {uri}' first")
         self.generation, self.meta = pointer
         self.full_dim, self.head_dim = self.meta.full_dim, self.meta.head_dim
+        self.binary_head = self.meta.extra.get("head_index") == "binary"
+        if head_index and (head_index == "binary") != self.binary_head:
+            raise StoreError(f"this index was built with a {self.meta.extra.get('head_index', 'flat')} head; it cannot be "
+                             f"searched with a {head_index} head (rebuild it with --head-index {head_index})")
         self.head_name, self.full_name = _names(collection, self.generation)
         for name in (self.head_name, self.full_name):
             self.client.load_collection(name)
@@ -131,11 +136,15 @@ class MilvusStore:
         if queries.shape[1] != self.head_dim:
             raise StoreError(f"this Milvus index searches a {self.head_dim}-dim head; the schedule's first stage "
                              f"must use {self.head_dim} dims, not {queries.shape[1]}")
-        return self._search(self.head_name, queries, n)
+        if self.binary_head:
+            distances, rows = self._search(self.head_name, [bytes(c) for c in binary_codes(queries, self.head_dim)], n, "HAMMING")
+            scores = (1.0 - 2.0 * distances / self.head_dim).astype(np.float32)  # Hamming as a similarity in [-1, 1]
+            scores[np.isinf(distances)] = -np.inf  # padding of a short answer stays last
+            return scores, rows
+        return self._search(self.head_name, np.asarray(queries, np.float32).tolist(), n)
 
-    def _search(self, name: str, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        answers = self.client.search(name, data=np.asarray(queries, np.float32).tolist(), limit=n,
-                                     output_fields=[], search_params={"metric_type": "IP"})
+    def _search(self, name: str, data: list, n: int, metric: str = "IP") -> tuple[np.ndarray, np.ndarray]:
+        answers = self.client.search(name, data=data, limit=n, output_fields=[], search_params={"metric_type": metric})
         width = max((len(a) for a in answers), default=0)
         scores = np.full((len(answers), width), -np.inf, np.float32)
         rows = np.zeros((len(answers), width), np.int64)
@@ -169,7 +178,7 @@ class MilvusStore:
         results (the web page's slider), not for serving large corpora.
         """
         if dim is None or dim == self.full_dim:
-            return self._search(self.full_name, queries, k)
+            return self._search(self.full_name, np.asarray(queries, np.float32).tolist(), k)
         queries = np.asarray(queries, np.float32)
         scores = np.empty((len(queries), len(self)), np.float32)
         for start in range(0, len(self), GET_BATCH):
@@ -236,7 +245,8 @@ class MilvusBuilder:
         head_name, full_name = _names(self.collection, self.generation)
         head_schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         head_schema.add_field("row", DataType.INT64, is_primary=True)
-        head_schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta.head_dim)
+        binary = head_index == "binary"
+        head_schema.add_field("vector", DataType.BINARY_VECTOR if binary else DataType.FLOAT_VECTOR, dim=meta.head_dim)
         full_schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         full_schema.add_field("row", DataType.INT64, is_primary=True)
         full_schema.add_field("doc_id", DataType.VARCHAR, max_length=1024)
@@ -244,7 +254,9 @@ class MilvusBuilder:
         full_schema.add_field("vector", DataType.FLOAT_VECTOR, dim=meta.full_dim)
         for name, schema, kind in ((head_name, head_schema, head_index), (full_name, full_schema, "flat")):
             index = self.client.prepare_index_params()
-            if kind == "hnsw" and not self.uri.endswith(".db"):
+            if kind == "binary":
+                index.add_index(field_name="vector", index_type="BIN_FLAT", metric_type="HAMMING")
+            elif kind == "hnsw" and not self.uri.endswith(".db"):
                 index.add_index(field_name="vector", index_type="HNSW", metric_type="IP", params={"M": 32, "efConstruction": 80})
             else:
                 index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
@@ -253,8 +265,12 @@ class MilvusBuilder:
         for start in range(0, len(ids), INSERT_BATCH):
             stop = min(start + INSERT_BATCH, len(ids))
             block = np.asarray(full[start:stop])
-            head = normalize(block[:, : meta.head_dim] if head_source is None else np.asarray(head_source[start:stop, : meta.head_dim]))
-            self.client.insert(head_name, [{"row": r, "vector": head[r - start].tolist()} for r in range(start, stop)])
+            source = block if head_source is None else np.asarray(head_source[start:stop])
+            if binary:
+                heads = [bytes(code) for code in binary_codes(source, meta.head_dim)]
+            else:
+                heads = normalize(source[:, : meta.head_dim]).tolist()
+            self.client.insert(head_name, [{"row": r, "vector": heads[r - start]} for r in range(start, stop)])
             self.client.insert(full_name, [
                 {"row": r, "doc_id": str(ids[r])[:1024], "text": _clip(texts[r]), "vector": block[r - start].tolist()}
                 for r in range(start, stop)

@@ -43,7 +43,7 @@ function setDim(dim) {
 
 function renderInfo(info) {
   $("info").textContent = `${info.model || "precomputed vectors"} · ${info.corpus_size.toLocaleString()} documents · ` +
-    `${info.full_dim} dims · head ${info.head_dim} · ${info.store} store · default funnel ${info.default_schedule_text}`;
+    `${info.full_dim} dims · head ${info.head_dim}${info.binary_head ? " bits (binary)" : ""} · ${info.store} store · default funnel ${info.default_schedule_text}`;
   const slider = $("dim");
   slider.max = info.full_dim;
   const marks = $("dim-marks");
