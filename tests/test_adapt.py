@@ -11,7 +11,7 @@ from conftest import run_cli
 from matryoshka.adapt import (AdapterError, FitSettings, LearnedAdapter, OrthogonalAdapter, load_adapter,
                               make_adapter)
 from matryoshka.metrics import top_k
-from matryoshka.models import load_model, truncate
+from matryoshka.models import load_model, normalize, truncate
 
 QUICK = FitSettings(steps=25, batch_size=64, neighbours=16, sampled=16)
 
@@ -134,6 +134,31 @@ def test_adapt_cli_on_real_scifact_then_evaluate_index_and_search(tmp_path, scif
     assert json.loads(out.read_text())["results"][0]["ids"] == json.loads(exact.read_text())["results"][0]["ids"]
 
 
+def test_adapt_cli_with_pairs_and_queries_fits_and_reports_query_heads(tmp_path, scifact_slice):
+    from matryoshka.data import read_beir
+
+    data = read_beir(scifact_slice, "test")
+    texts = dict(zip(data.corpus.ids, data.corpus.texts))
+    pairs, questions = tmp_path / "pairs.jsonl", tmp_path / "questions.txt"
+    with open(pairs, "w") as handle:
+        for query_id, text in list(zip(data.query_ids, data.query_texts))[:20]:
+            for doc_id in data.qrels[query_id]:
+                handle.write(json.dumps({"query": text, "document": texts[doc_id]}) + "\n")
+    questions.write_text("\n".join(data.query_texts[20:]) + "\n")  # real queries without relevant documents
+    adapter = tmp_path / "sup.npz"
+    result = run_cli("adapt", "--corpus", str(scifact_slice), "--pairs", str(pairs), "--queries", str(questions),
+                     "--kind", "pca", "--query-samples", "300", "--output", str(adapter))
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("query head at")]
+    assert [line.split()[3] for line in lines] == ["12", "24", "48", "96"]  # d/32 … d/4
+    kept = sorted(int(line.split()[3]) for line in lines if line.endswith("kept"))
+    assert sorted(getattr(load_adapter(adapter), "query_heads_", {})) == kept
+    result = run_cli("adapt", "--corpus", str(scifact_slice), "--queries", str(questions), "--no-query-heads",
+                     "--kind", "pca", "--output", str(tmp_path / "none.npz"))
+    assert result.returncode == 0 and "query head at" not in result.stdout
+    assert not hasattr(load_adapter(tmp_path / "none.npz"), "query_heads_")
+
+
 def test_adapt_cli_refuses_bad_input(tmp_path, scifact_slice):
     result = run_cli("adapt", "--corpus", str(scifact_slice), "--kind", "zca", "--output", str(tmp_path / "a.npz"))
     assert result.returncode == 2 and "unknown adapter kind 'zca'" in result.stderr
@@ -159,3 +184,64 @@ def test_adapter_anchors_are_corpus_sentences_or_windows_when_there_are_none():
     windows = query_like_texts(titles, count=6, unit="sentence")  # no sentences of 5+ words: word windows
     assert len(windows) == 6 and all(w in titles or w in " ".join(titles) for w in windows)
     assert query_like_texts(corpus, count=2, seed=3) == query_like_texts(corpus, count=2, seed=3)
+
+
+def _head_recall(adapter, documents, queries, truth, dim: int, shortlist: int, heads: bool) -> float:
+    from matryoshka.adapt import adapted_queries
+    from matryoshka.funnel import recall_at_k
+
+    q = adapted_queries(adapter, queries, dim if heads else None)[:, :dim]
+    d = normalize(adapter.transform(documents)[:, :dim])
+    found = top_k(q @ d.T, shortlist)
+    rescored = np.take_along_axis(queries @ documents.T, found, axis=1)
+    return recall_at_k(np.take_along_axis(found, top_k(rescored, 10), axis=1), truth)
+
+
+def test_query_heads_are_kept_only_where_held_out_queries_gain_and_travel_with_the_adapter(
+        tmp_path, minilm, squad_sample, sample_vectors):
+    """Query heads on real SQuAD questions: each head dim is kept only if the held-out fifth of the
+    fitting questions gained head recall, and questions never seen do not lose it. A kept head is
+    saved and loaded with the adapter, and an index built with it searches its head with it and
+    still returns the model's own full-dimension top-k."""
+    from matryoshka.adapt import QueryHeadSettings, adapted_queries, fit_query_heads
+    from matryoshka.funnel import recall_at_k, two_stage_schedule
+    from matryoshka.index import Index, build_index, pseudo_queries
+
+    documents, _ = sample_vectors
+    queries = minilm.encode(squad_sample.query_texts, kind="query")
+    anchors = pseudo_queries(squad_sample.corpus.texts, minilm, count=2000, unit="sentence")
+    train, unseen = queries[:500], queries[500:]
+    truth = top_k(unseen @ documents.T, 10)
+    settings = QueryHeadSettings(shortlist=30)
+    adapter = make_adapter("pca").fit(documents)
+    before = {dim: _head_recall(adapter, documents, unseen, truth, dim, 30, heads=False) for dim in (12, 24)}
+    fit_query_heads(adapter, documents, train, [12, 24], settings, anchors=anchors)
+    report = adapter.query_head_validation_
+    assert sorted(report) == [12, 24]
+    assert sorted(adapter.query_heads_) == [dim for dim, (old, new) in report.items() if new > old]
+    for dim in (12, 24):
+        after = _head_recall(adapter, documents, unseen, truth, dim, 30, heads=True)
+        assert after >= before[dim] - 0.01, (dim, before[dim], after)
+    # with fewer than 10 queries nothing can be held out: the head is kept as fitted
+    adapter = make_adapter("pca").fit(documents)
+    heads = fit_query_heads(adapter, documents, train[:8], [24], settings, anchors=anchors)
+    assert sorted(heads) == [24] and heads[24].shape == (384, 24) and adapter.query_head_validation_ == {}
+    plain = normalize(adapter.transform(unseen))
+    moved = adapted_queries(adapter, unseen, 24)
+    assert not np.allclose(moved[:, :24], plain[:, :24], atol=1e-3)  # the query's head coordinates moved
+    np.testing.assert_allclose(adapted_queries(adapter, unseen, 48), plain, atol=1e-6)  # no head at 48: f(q)
+    path = adapter.save(tmp_path / "with-heads")
+    loaded = load_adapter(path)
+    assert sorted(loaded.query_heads_) == [24]
+    np.testing.assert_allclose(adapted_queries(loaded, unseen, 24), moved, atol=1e-6)
+    encoder = load_model("default", adapter=path)
+    meta = build_index(tmp_path / "index", squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=encoder,
+                       vectors=documents, head_dim=24)
+    with Index(tmp_path / "index") as index:
+        whole = two_stage_schedule(384, 10, len(documents), meta.head_dim)
+        np.testing.assert_array_equal(index.search_vectors(unseen, 10, schedule=whole).rows, truth)
+        found = index.search_vectors(unseen, 10, schedule=two_stage_schedule(384, 10, 30, 24)).rows
+        # the index's head searched with the query head, not with f(q)
+        with_head = _head_recall(adapter, documents, unseen, truth, 24, 30, heads=True)
+        without = _head_recall(adapter, documents, unseen, truth, 24, 30, heads=False)
+        assert recall_at_k(found, truth) == pytest.approx(with_head) and with_head != pytest.approx(without)

@@ -343,6 +343,8 @@ def adapt(
     lr: float = typer.Option(5e-4, min=0.0, help="Adam learning rate."),
     hidden: int = typer.Option(0, min=0, help="learned only: units of the residual MLP (0: a linear map)."),
     query_samples: int = typer.Option(5000, min=10, help="Query-like sentences of the corpus used as anchors (word windows where it has none)."),
+    queries: Optional[Path] = typer.Option(None, help="Real queries, no relevant documents needed (text file as for search --queries): they fit query heads."),
+    query_heads: bool = typer.Option(True, help="With --pairs or --queries: also fit a query-side head for each head dim (d/32 … d/4) on those real queries, so that each query's full top-10 lands in the funnel head's shortlist; a head is kept only if a held-out fifth of the queries gains. Documents and the index are unchanged."),
 ) -> None:
     """Fit a post-hoc adapter f so that the prefixes of f(x) keep what a model's full vectors know,
     for a model that was not trained with Matryoshka loss (MiniLM, an API model's vectors).
@@ -355,6 +357,8 @@ def adapt(
       matryoshka adapt --corpus ../shared/data/scifact --output scifact-adapter.npz
 
       matryoshka adapt --corpus ../shared/data/scifact --pairs ../shared/data/scifact --kind learned --output sup.npz
+
+      matryoshka adapt --corpus docs.jsonl --queries past-queries.txt --kind orthogonal --output with-query-heads.npz
 
       matryoshka evaluate --task retrieval --data ../shared/data/scifact --adapter scifact-adapter.npz
     """
@@ -379,16 +383,27 @@ def adapt(
         encoder = _load(model, None, None)
         with _progress() as progress:
             task = progress.add_task(f"Fitting {kind} adapter", total=steps)
+            heads = progress.add_task("Fitting query heads", total=None, visible=False)
+
+            def head_progress(done: int, total: int) -> None:
+                progress.update(heads, completed=done, total=total, visible=True)
+
             settings = FitSettings(steps=steps, lr=lr, progress=lambda step, loss: progress.update(task, completed=step))
             started = time.perf_counter()
             fitted = fit_on_texts(encoder, documents.texts, kind, pair_queries=pair_queries, pair_documents=pair_documents,
-                                  settings=settings, query_samples=query_samples, hidden=hidden)
+                                  settings=settings, query_samples=query_samples, hidden=hidden, query_heads=query_heads,
+                                  queries=read_texts(queries).texts if queries is not None else None,
+                                  head_progress=head_progress)
         path = fitted.save(output)
         losses = getattr(fitted, "loss_history_", None)
         trained = f", loss {losses[0]:.4f} → {losses[-1]:.4f}" if losses else ""
         console.print(f"{kind} adapter for {encoder.name} fitted on {len(documents)} documents"
                       f"{f' and {len(pair_queries)} pairs' if pair_queries else ''} in {time.perf_counter() - started:.0f} s"
                       f"{trained}: [bold]{path}[/bold]")
+        kept = getattr(fitted, "query_heads_", {})
+        for dim, (before, after) in getattr(fitted, "query_head_validation_", {}).items():
+            console.print(f"query head at {dim} dims: held-out queries' top-10 in the head shortlist {before:.3f} → "
+                          f"{after:.3f}, {'kept' if dim in kept else 'not kept (no gain)'}")
 
 
 @app.command()

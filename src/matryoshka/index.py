@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from .adapt import adapted_queries
 from .funnel import (Schedule, SearchResult, TuneResult, autotune, default_head_dim, funnel_search,
                      head_candidates)
 from .models import Encoder, check_dim, load_model, normalize
@@ -189,13 +190,12 @@ def tune(full: np.ndarray, k: int, target_recall: float, head_dims: Sequence[int
     kind = "binary" if binary else "flat"
     if adapter is None:
         stores = [MemoryStore(full, head, head_index=kind) for head in candidates]
-        head_queries = None
     else:
         stores = [MemoryStore(full, head, head=normalize(adapted[:, :head]), head_index=kind) for head in candidates]
-        head_queries = normalize(adapter.transform(sample_queries))
     truth = stores[0].exact_search(sample_queries, k)[1]
-    results = [autotune(store, sample_queries, k, target_recall, truth=truth, head_queries=head_queries,
-                        two_stage=adapter is not None) for store in stores]
+    results = [autotune(store, sample_queries, k, target_recall, truth=truth, two_stage=adapter is not None,
+                        head_queries=None if adapter is None else adapted_queries(adapter, sample_queries, store.head_dim))
+               for store in stores]
     passing = [r for r in results if r.passed]
     return min(passing, key=lambda r: r.cost) if passing else max(results, key=lambda r: r.recall)
 
@@ -292,7 +292,8 @@ class Index:
         if len(schedule.stages) > 2:
             raise StoreError(f"an index with an adapter searches its head and then the full vectors: give a two-stage "
                              f"schedule like {schedule.stages[0]},{self.meta.full_dim}:{k}, not {schedule}")
-        return funnel_search(self.store, queries, schedule, k, head_queries=normalize(self.adapter.transform(queries)))
+        return funnel_search(self.store, queries, schedule, k,
+                             head_queries=adapted_queries(self.adapter, queries, schedule.head_dim))
 
     def hits(self, result: SearchResult) -> list[Hits]:
         ids = self.store.ids_of(result.rows)
