@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+from transformers import TrainerCallback
 
 from .data import DataError, Pairs, RetrievalData, is_beir_folder, is_sts_folder, read_beir, read_pairs, read_sts
 from .evaluate import EvaluationReport, default_dims, evaluate_retrieval, evaluate_sts
@@ -221,7 +225,6 @@ def train(
     (marked as interrupted), and the checkpoints under ``output/checkpoints`` stay loadable."""
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from datasets import Dataset
-    from transformers import TrainerCallback
 
     output = Path(output)
     if settings.rotation not in ROTATIONS:
@@ -266,14 +269,17 @@ def train(
             if on_log and logs:
                 on_log({"step": state.global_step, **logs})
 
+    stop = StopOnInterrupt()
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(data.columns),
-                                         loss=loss, evaluator=evaluator, callbacks=[Forward()])
+                                         loss=loss, evaluator=evaluator, callbacks=[Forward(), stop])
     started = time.perf_counter()
     interrupted = False
     try:
-        trainer.train()
+        with stop.catching_ctrl_c():
+            trainer.train()
     except KeyboardInterrupt:
         interrupted = True
+    interrupted = interrupted or stop.requested
     seconds = time.perf_counter() - started
     result = TrainResult(output, trainer.state.global_step, seconds, loss_name, dims, interrupted,
                          evaluator.history if evaluator else [])
@@ -281,6 +287,36 @@ def train(
         result.final = evaluator.evaluate(model, model_name=str(output))
     save_model(model, output, result, settings, data)
     return result
+
+
+class StopOnInterrupt(TrainerCallback):
+    """Ctrl-C asks the trainer to stop at the end of the current step, so that no checkpoint or
+    file is half-written and no lock is left held; a second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    @contextmanager
+    def catching_ctrl_c(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be set from the main thread
+            return
+
+        def handler(signum, frame) -> None:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_training_stop = True
+        return control
 
 
 def training_texts(data: TrainingData, limit: int = 20_000) -> list[str]:
