@@ -290,6 +290,8 @@ def plot(results, path: Path):
     import matplotlib.pyplot as plt
 
     sizes = sorted({r["n"] for r in results if "qps" in r})
+    methods = list(dict.fromkeys(r["method"] for r in results if "qps" in r))
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}  # one colour per method, batch or single
     fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.6), constrained_layout=True, squeeze=False)
     for axis, n in zip(axes[0], sizes):
         for batch, marker in ((1000, "o"), (1, "s")):
@@ -298,7 +300,7 @@ def plot(results, path: Path):
                                 if r["method"] == method and r["n"] == n and r["batch"] in ((batch,) if batch == 1 else (100, 1000)))
                 if points:
                     axis.plot([p[1] for p in points], [p[0] for p in points], marker=marker, linestyle="-" if batch > 1 else ":",
-                              label=f"{method}, {'batch' if batch > 1 else 'single'}")
+                              color=colours[method], label=f"{method}, {'batch' if batch > 1 else 'single'}")
         axis.set_xscale("log")
         axis.set_xlabel("queries per second (log)")
         axis.set_ylabel("recall@10 vs exact")
@@ -311,6 +313,7 @@ def plot(results, path: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot from --out's JSON")
     parser.add_argument("--sizes", default="117659,1000000", help="corpus sizes; above 117,659 the jittered copies are added")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--single", type=int, default=200, help="queries timed one at a time")
@@ -321,6 +324,9 @@ def main() -> None:
     parser.add_argument("--milvus-max", type=int, default=117_659, help="largest n also run on Milvus Lite")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "funnel.json")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text())["results"], args.out.with_suffix(".png"))
+        return
     import faiss
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
