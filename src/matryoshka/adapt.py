@@ -439,6 +439,7 @@ def fit_query_heads(adapter: Adapter, documents: np.ndarray, queries: np.ndarray
     held_truth = _top_neighbours(queries[held], documents, top) if len(held) else None
     mapped_docs = adapter.transform(documents)
     mapped_train = adapter.transform(train)
+    mapped_held = adapter.transform(queries[held])
     heads: dict[int, np.ndarray] = {}
     report: dict[int, tuple[float, float]] = {}
     dims = sorted(set(int(d) for d in dims))
@@ -450,7 +451,7 @@ def fit_query_heads(adapter: Adapter, documents: np.ndarray, queries: np.ndarray
             heads[dim] = weight
         else:
             shortlist = min(s.shortlist, len(documents))
-            before = _shortlist_recall(adapter.transform(queries[held])[:, :dim], docs_head, held_truth, shortlist)
+            before = _shortlist_recall(mapped_held[:, :dim], docs_head, held_truth, shortlist)
             after = _shortlist_recall(queries[held] @ weight, docs_head, held_truth, shortlist)
             report[dim] = (before, after)
             if after > before:
