@@ -71,6 +71,14 @@ def binary_codes(vectors: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(np.asarray(vectors[:, :bits]) > 0, axis=1)
 
 
+def hamming_similarity(distances: np.ndarray, bits: int) -> np.ndarray:
+    """Hamming distance h over b bits as a similarity in [-1, 1], like a cosine: 1 - 2h/b
+    (a missing answer, an infinite distance, stays last at -inf)."""
+    scores = (1.0 - 2.0 * np.asarray(distances, dtype=np.float64) / bits).astype(np.float32)
+    scores[np.isinf(distances)] = -np.inf
+    return scores
+
+
 def check_ids(ids: Sequence[str]) -> list[str]:
     ids = [str(i) for i in ids]
     if not ids:

@@ -12,7 +12,7 @@ from ..funnel import rerank
 from ..models import normalize
 from ..rescore import fusable, prefix_cosines
 from ..selection import scan_shortlist
-from .base import IndexMeta, StoreError, binary_codes
+from .base import IndexMeta, StoreError, binary_codes, hamming_similarity
 
 EXACT_BLOCK = 65_536
 HNSW_M = 32
@@ -119,8 +119,7 @@ class MemoryStore:
             if queries.shape[1] != self.head_dim:
                 raise StoreError(f"this index's binary head holds {self.head_dim} bits; got {queries.shape[1]}-dim head queries")
             distances, rows = self._head_index.search(binary_codes(queries, self.head_dim), n)
-            # Hamming distance h over b bits as a similarity in [-1, 1], like a cosine: 1 - 2h/b
-            return (1.0 - 2.0 * distances / self.head_dim).astype(np.float32), rows.astype(np.int64)
+            return hamming_similarity(distances, self.head_dim), rows.astype(np.int64)
         if queries.shape[1] != self.head_dim:
             return self.exact_search(queries, n, dim=queries.shape[1])
         if self.head_index_kind == "hnsw":

@@ -24,7 +24,7 @@ import numpy as np
 from ..funnel import rerank
 from ..metrics import top_k
 from ..models import normalize
-from .base import IndexMeta, StoreError, binary_codes
+from .base import IndexMeta, StoreError, binary_codes, hamming_similarity
 
 DEFAULT_COLLECTION = "matryoshka"
 INSERT_BATCH = 1000
@@ -138,9 +138,7 @@ class MilvusStore:
                              f"must use {self.head_dim} dims, not {queries.shape[1]}")
         if self.binary_head:
             distances, rows = self._search(self.head_name, [bytes(c) for c in binary_codes(queries, self.head_dim)], n, "HAMMING")
-            scores = (1.0 - 2.0 * distances / self.head_dim).astype(np.float32)  # Hamming as a similarity in [-1, 1]
-            scores[np.isinf(distances)] = -np.inf  # padding of a short answer stays last
-            return scores, rows
+            return hamming_similarity(distances, self.head_dim), rows
         return self._search(self.head_name, np.asarray(queries, np.float32).tolist(), n)
 
     def _search(self, name: str, data: list, n: int, metric: str = "IP") -> tuple[np.ndarray, np.ndarray]:
