@@ -71,6 +71,13 @@ def binary_codes(vectors: np.ndarray, bits: int) -> np.ndarray:
     return np.packbits(np.asarray(vectors[:, :bits]) > 0, axis=1)
 
 
+def check_head_kind(built: str, asked: str | None, where: str) -> None:
+    """A binary head holds only sign bits and a float head holds no bits: neither can be opened as the other."""
+    if asked and (asked == "binary") != (built == "binary"):
+        raise StoreError(f"{where} was built with a {built} head; it cannot be searched with a {asked} head "
+                         f"(rebuild it with --head-index {asked})")
+
+
 def hamming_similarity(distances: np.ndarray, bits: int) -> np.ndarray:
     """Hamming distance h over b bits as a similarity in [-1, 1], like a cosine: 1 - 2h/b
     (a missing answer, an infinite distance, stays last at -inf)."""

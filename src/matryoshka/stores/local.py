@@ -29,7 +29,7 @@ import numpy as np
 
 from ..funnel import head_candidates, stage_dims
 from ..models import normalize
-from .base import IndexMeta, StoreError, binary_codes
+from .base import IndexMeta, StoreError, binary_codes, check_head_kind
 from .memory import MemoryStore, make_head_index, prefix_norms
 
 
@@ -53,10 +53,8 @@ class LocalStore(MemoryStore):
         self.path = current.resolve()
         meta = IndexMeta.from_json((self.path / "meta.json").read_text())
         built = meta.extra.get("head_index", "flat")
+        check_head_kind(built, head_index, str(self.root))
         kind = head_index or built
-        if (kind == "binary") != (built == "binary"):
-            raise StoreError(f"{self.root} was built with a {built} head; it cannot be searched with a {kind} head "
-                             f"(rebuild it with --head-index {kind})")
         codes = np.load(self.path / "head_codes.npy") if kind == "binary" else None
         head = None if kind == "binary" else np.load(self.path / "head.npy")
         graph: str | object = kind

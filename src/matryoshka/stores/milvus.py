@@ -24,7 +24,7 @@ import numpy as np
 from ..funnel import rerank
 from ..metrics import top_k
 from ..models import normalize
-from .base import IndexMeta, StoreError, binary_codes, hamming_similarity
+from .base import IndexMeta, StoreError, binary_codes, check_head_kind, hamming_similarity
 
 DEFAULT_COLLECTION = "matryoshka"
 INSERT_BATCH = 1000
@@ -118,9 +118,7 @@ class MilvusStore:
         self.generation, self.meta = pointer
         self.full_dim, self.head_dim = self.meta.full_dim, self.meta.head_dim
         self.binary_head = self.meta.extra.get("head_index") == "binary"
-        if head_index and (head_index == "binary") != self.binary_head:
-            raise StoreError(f"this index was built with a {self.meta.extra.get('head_index', 'flat')} head; it cannot be "
-                             f"searched with a {head_index} head (rebuild it with --head-index {head_index})")
+        check_head_kind(self.meta.extra.get("head_index", "flat"), head_index, f"index {collection!r} at {uri}")
         self.head_name, self.full_name = _names(collection, self.generation)
         for name in (self.head_name, self.full_name):
             self.client.load_collection(name)
