@@ -9,7 +9,10 @@ then re-normalised), so every vector stays near a real one and keeps the Matryos
 information along the prefix. Recall@10 is measured against exact full-dimension search on the
 same vectors. Batch timings are the best of two runs for every method; single queries are timed once,
 after five warm-up queries. The funnel runs with a flat float head, an HNSW head and a binary head
-(the sign bits of all 256 dims), each autotuned on the 200 tuning queries.
+(the sign bits of all 256 dims), each autotuned on the 200 tuning queries, and at several shortlists
+around the tuned one. HNSW (M 32, efConstruction 200) runs at efSearch 32 ... 4096, so that its
+curve crosses the funnel's. The run ends with a table of the project's four targets, judged from
+these rows (the fastest funnel setting that reaches the recall each target asks for).
 
 Run:  python benchmarks/funnel.py            (about 17 minutes on 2 cores)
       python benchmarks/funnel.py --sizes 117659 --skip-hnsw   (a quick look)
@@ -43,6 +46,7 @@ from matryoshka.selection import scan_shortlist, select_shortlist  # noqa: E402
 from matryoshka.stores.memory import MemoryStore  # noqa: E402
 
 K = 10
+HNSW_M = 32
 WORDNET = ROOT.parent / "shared" / "data" / "wordnet" / "synsets.jsonl.gz"
 
 
@@ -139,14 +143,15 @@ def bench_size(corpus, queries, tune_queries, args, results):
     flat = None  # free the index before the next one is built
 
     if not args.skip_hnsw:
-        build, hnsw = timed(lambda: _hnsw(corpus))
-        graph_mb = full_mb + n * 32 * 2 * 4 / 2**20
-        for ef in (32, 64, 128, 256):
+        build, hnsw = timed(lambda: _hnsw(corpus, args.hnsw_ef_construction))
+        graph_mb = full_mb + n * HNSW_M * 2 * 4 / 2**20
+        graph = {"m": HNSW_M, "ef_construction": args.hnsw_ef_construction}
+        for ef in args.hnsw_ef:
             hnsw.hnsw.efSearch = ef
             seconds, (_, found) = timed(lambda: hnsw.search(queries, K), repeats=2)
-            results.append(row("FAISS HNSW full-dim", n, dim, len(queries), recall_at_k(found, truth), seconds, len(queries), graph_mb, build, ef_search=ef))
+            results.append(row("FAISS HNSW full-dim", n, dim, len(queries), recall_at_k(found, truth), seconds, len(queries), graph_mb, build, ef_search=ef, **graph))
             seconds, found1 = timed(lambda: np.concatenate([hnsw.search(q[None], K)[1] for q in single]))
-            results.append(row("FAISS HNSW full-dim", n, dim, 1, recall_at_k(found1, truth[: len(single)]), seconds, len(single), graph_mb, build, ef_search=ef))
+            results.append(row("FAISS HNSW full-dim", n, dim, 1, recall_at_k(found1, truth[: len(single)]), seconds, len(single), graph_mb, build, ef_search=ef, **graph))
         hnsw = None
 
     notebook_queries = queries[: args.notebook_queries]
@@ -158,7 +163,7 @@ def bench_size(corpus, queries, tune_queries, args, results):
     binary_tune_s, binary_tuned = timed(lambda: tune(corpus, K, args.target_recall, sample_queries=tune_queries,
                                                      head_index="binary"))
     print(f"autotune, binary head: {binary_tuned.schedule} (recall {binary_tuned.recall:.4f}) in {binary_tune_s:.1f} s", flush=True)
-    factors = {"flat": (0.5, 1.4, 2.0), "hnsw": (0.5,), "binary": (0.05, 0.15, 0.5, 1.4, 2.0)}  # binary: down to HNSW's recall
+    factors = {"flat": (0.5, 1.4, 2.0), "hnsw": (0.5,), "binary": (0.05, 0.1, 0.2, 0.5, 1.4, 2.0, 3.0, 4.0)}  # binary: across HNSW's recall range
     for kind in ("flat", "hnsw", "binary"):
         chosen, chosen_s = (binary_tuned, binary_tune_s) if kind == "binary" else (tuned, tune_s)
         head = chosen.schedule.head_dim
@@ -258,13 +263,53 @@ def _flat(corpus):
     return index
 
 
-def _hnsw(corpus):
+def _hnsw(corpus, ef_construction: int):
     import faiss
 
-    index = faiss.IndexHNSWFlat(corpus.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 64
+    index = faiss.IndexHNSWFlat(corpus.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
     index.add(corpus)
     return index
+
+
+def targets(results: list[dict], n: int) -> list[dict]:
+    """The project's four targets at corpus size ``n``, judged from the rows measured here: for
+    each, the fastest funnel setting that reaches the recall asked for, and the ratio reached."""
+    rows = [r for r in results if r.get("n") == n and "qps" in r]
+    funnels = [r for r in rows if r["method"].startswith("funnel local")]
+
+    def fastest(batch: int, recall: float) -> dict | None:
+        passing = [r for r in funnels if (r["batch"] > 1) == (batch > 1) and r["recall@10"] >= recall]
+        return max(passing, key=lambda r: r["qps"], default=None)
+
+    def baseline(method: str, batch: int) -> list[dict]:
+        return [r for r in rows if r["method"] == method and (r["batch"] > 1) == (batch > 1)]
+
+    def verdict(goal, base, target, *, ram_target=None) -> dict:
+        found = fastest(base["batch"], target.get("recall", base["recall@10"]))
+        entry = {"goal": goal, "baseline": base["method"], "baseline_setting": base.get("schedule") or base.get("ef_search"),
+                 "batch": base["batch"], "baseline_recall": base["recall@10"], "baseline_qps": base["qps"],
+                 "funnel": found and f"{found['method']} {found.get('schedule', '')}".strip(),
+                 "funnel_recall": found and found["recall@10"], "funnel_qps": found and found["qps"],
+                 "speedup": found and round(found["qps"] / base["qps"], 2), "target_speedup": target["speedup"]}
+        met = found is not None and found["qps"] >= target["speedup"] * base["qps"]
+        if ram_target is not None:
+            entry["ram_ratio"] = found and round(base["ram_mb"] / max(found["ram_mb"], 1e-9), 1)
+            entry["target_ram_ratio"] = ram_target
+            met = met and base["ram_mb"] >= ram_target * found["ram_mb"]
+        entry["met"] = bool(met)
+        return entry
+
+    verdicts = []
+    for batch in sorted({r["batch"] for r in rows if r["method"] == "exact numpy BLAS"}, reverse=True):
+        for base in baseline("exact numpy BLAS", batch):
+            goal = ">= 5x exact BLAS at recall >= 0.99" if batch > 1 else ">= 20x lower latency than exact at recall >= 0.99"
+            verdicts.append(verdict(goal, base, {"recall": 0.99, "speedup": 5 if batch > 1 else 20}))
+        for base in baseline("FAISS HNSW full-dim", batch):
+            verdicts.append(verdict(">= 2x HNSW's QPS at its recall, >= 4x less RAM", base, {"speedup": 2}, ram_target=4))
+        for base in baseline("notebook funnel (pandas)", 1):
+            verdicts.append(verdict(">= 100x the notebook at its recall", {**base, "batch": batch}, {"speedup": 100}))
+    return verdicts
 
 
 def print_table(results):
@@ -281,6 +326,22 @@ def print_table(results):
         table.add_row(r["method"], f"{r['n']:,}", str(r["batch"]), setting, f"{r['recall@10']:.4f}", f"{r['qps']:,.0f}",
                       f"{r['ms_per_query']:.3f}", f"{r['ram_mb']:,.0f}", f"{r['build_s']:.1f}")
     Console(width=160).print(table)
+
+
+def print_targets(verdicts: list[dict], n: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Targets at n = {n:,}: the fastest funnel setting at the recall each asks for")
+    for column in ("goal", "batch", "baseline", "its recall", "its QPS", "funnel", "recall", "QPS", "speed-up", "RAM ratio", "met"):
+        table.add_column(column, justify="left" if column in ("goal", "baseline", "funnel") else "right")
+    for v in verdicts:
+        setting = f" ({v['baseline_setting']})" if v["baseline_setting"] is not None else ""
+        table.add_row(v["goal"], str(v["batch"]), v["baseline"] + setting, f"{v['baseline_recall']:.4f}", f"{v['baseline_qps']:,.0f}",
+                      v["funnel"] or "none reaches that recall", f"{v['funnel_recall']:.4f}" if v["funnel"] else "",
+                      f"{v['funnel_qps']:,.0f}" if v["funnel"] else "", f"{v['speedup']}x / {v['target_speedup']}x" if v["funnel"] else "",
+                      f"{v['ram_ratio']}x / {v['target_ram_ratio']}x" if v.get("ram_ratio") else "", "yes" if v["met"] else "no")
+    Console(width=200).print(table)
 
 
 def plot(results, path: Path):
@@ -313,7 +374,7 @@ def plot(results, path: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--replot", action="store_true", help="only redraw the plot from --out's JSON")
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot and the targets table from --out's JSON")
     parser.add_argument("--sizes", default="117659,1000000", help="corpus sizes; above 117,659 the jittered copies are added")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--single", type=int, default=200, help="queries timed one at a time")
@@ -321,11 +382,18 @@ def main() -> None:
     parser.add_argument("--jitter", type=float, default=0.5)
     parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--skip-hnsw", action="store_true")
+    parser.add_argument("--hnsw-ef", type=lambda text: [int(v) for v in text.split(",")], default=[32, 64, 128, 256, 512, 1024, 2048, 4096],
+                        help="HNSW efSearch values; the large ones find where HNSW's recall meets the funnel's")
+    parser.add_argument("--hnsw-ef-construction", type=int, default=200,
+                        help="HNSW build effort: 200 reaches recall 0.97 at efSearch 256 on the 1M set, where 64 stops at 0.90")
     parser.add_argument("--milvus-max", type=int, default=117_659, help="largest n also run on Milvus Lite")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "funnel.json")
     args = parser.parse_args()
     if args.replot:
-        plot(json.loads(args.out.read_text())["results"], args.out.with_suffix(".png"))
+        results = json.loads(args.out.read_text())["results"]
+        for n in sorted({r["n"] for r in results if "qps" in r}):
+            print_targets(targets(results, n), n)
+        plot(results, args.out.with_suffix(".png"))
         return
     import faiss
 
@@ -348,9 +416,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), "model": "wordllama (256-d)", "corpus": "WordNet 3.0 glosses (+ jittered copies above 117,659)",
                "queries": f"{args.queries} WordNet lemmas; 200 more for autotune", "k": K, "encode_s": round(encode_s, 1),
-               "peak_rss_mb": round(rss_mb()), "results": results}
+               "peak_rss_mb": round(rss_mb()), "results": results,
+               "targets": {str(n): targets(results, n) for n in sorted({r["n"] for r in results if "qps" in r})}}
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print_table(results)
+    for n, verdicts in payload["targets"].items():
+        print_targets(verdicts, int(n))
     plot(results, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 

@@ -215,6 +215,27 @@ def test_tiled_head_scan_is_exact_including_ties_and_fallback():
                 np.testing.assert_allclose(scores[i], full[i, rows[i]], rtol=1e-5, atol=1e-5)
 
 
+def test_hamming_shortlist_is_exact_including_ties_and_fallback():
+    from matryoshka.selection import HammingShortlist, _sample_columns
+
+    rng = np.random.default_rng(13)
+    codes = rng.integers(0, 256, size=(30_000, 8), dtype=np.uint8)  # 64 bits: few distinct distances, many ties
+    codes[_sample_columns(len(codes))[:40]] = 0  # rows the sample sees next to an all-zero query
+    queries = rng.integers(0, 256, size=(60, 8), dtype=np.uint8)
+    queries[0] = 0  # its sampled threshold is far too low: it takes the k-NN fallback
+    queries[1] = queries[2]  # equal queries, one range search between them
+    distances = np.unpackbits(codes[None] ^ queries[:, None], axis=2).sum(axis=2)  # numpy, no FAISS
+    selector = HammingShortlist(codes)
+    for n in (1, 60, 700, 20_000, 30_000):
+        for which in (np.arange(len(queries)), [0], [5]):  # a batch, and the one-query paths
+            found, rows = selector.search(queries[which], n)
+            assert found.shape == rows.shape == (len(which), n)
+            for i, q in enumerate(which):
+                assert len(set(rows[i])) == n
+                np.testing.assert_array_equal(found[i], distances[q, rows[i]])
+                np.testing.assert_array_equal(np.sort(found[i]), np.sort(distances[q])[:n])
+
+
 def test_binary_head_schedules_parse_and_validate():
     schedule = Schedule.parse("256b:2000, 128:250,256:10")
     assert schedule.binary_head and schedule.head_dim == 256 and str(schedule) == "256b:2000,128:250,256:10"

@@ -142,3 +142,57 @@ def scan_shortlist(queries: np.ndarray, head: np.ndarray, n: int) -> tuple[np.nd
             where = q0 + np.flatnonzero(~short)
             out_rows[where], out_scores[where] = _top_of_kept(r, c, v, counts, n)
     return out_scores, out_rows
+
+
+class HammingShortlist:
+    """Exact top ``n`` rows by Hamming distance, for a binary head.
+
+    FAISS's k-NN over binary codes keeps, per query, a heap of ``n`` or per-distance buckets of
+    ``n`` ids; at shortlists of thousands either costs as much as the scan itself. As for the
+    float head: each query's n-th distance is estimated from the same fixed sample of rows, one
+    FAISS range search per distinct threshold keeps the few rows within it, and ``n`` are chosen
+    exactly among those. Queries whose threshold kept too few rows get FAISS's k-NN. Measured
+    at 1M x 256 bits, a batch of 1,000: 0.67 s against 1.45 s at n = 2,500, and 1.7 against
+    2.5 ms for one query.
+    """
+
+    def __init__(self, codes: np.ndarray) -> None:
+        import faiss
+
+        self.count, self.bits = len(codes), codes.shape[1] * 8
+        self.index = faiss.IndexBinaryFlat(self.bits)
+        self.index.use_heap = False  # the k-NN fallback counts distances: small integers
+        self.index.add(np.ascontiguousarray(codes, dtype=np.uint8))
+        self.sample = faiss.IndexBinaryFlat(self.bits)
+        self.sample.add(np.ascontiguousarray(codes[_sample_columns(self.count)], dtype=np.uint8))
+
+    def search(self, codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, rows), each (queries, n), rows in no particular order."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        n = min(n, self.count)
+        rank = _sample_rank(n, self.count)
+        if rank is None:
+            return self.index.search(codes, n)
+        sample_distances, _ = self.sample.search(codes, rank)
+        radius = sample_distances[:, -1].astype(np.int64) + 1  # a range search keeps distances below it
+        out_distances = np.empty((len(codes), n), dtype=np.int32)
+        out_rows = np.empty((len(codes), n), dtype=np.int64)
+        short = []
+        for value in np.unique(radius):
+            members = np.flatnonzero(radius == value)
+            limits, distances, rows = self.index.range_search(codes[members], int(value))
+            counts = np.diff(limits).astype(np.int64)
+            ok = counts >= n
+            short.append(members[~ok])
+            if len(members) == 1 and ok[0]:  # one query (the usual case alone): no grouping needed
+                best = np.argpartition(distances, n - 1)[:n]
+                out_rows[members[0]], out_distances[members[0]] = rows[best], distances[best]
+            elif ok.any():
+                keep = np.repeat(ok, counts)
+                owner = np.repeat(np.cumsum(ok) - 1, counts)[keep]
+                picked, negated = _top_of_kept(owner, rows[keep], -distances[keep].astype(np.float32), counts[ok], n)
+                out_rows[members[ok]], out_distances[members[ok]] = picked, -negated
+        short = np.concatenate(short)
+        if len(short):
+            out_distances[short], out_rows[short] = self.index.search(codes[short], n)
+        return out_distances, out_rows
