@@ -14,7 +14,7 @@ around the tuned one. HNSW (M 32, efConstruction 200) runs at efSearch 32 ... 40
 curve crosses the funnel's. The run ends with a table of the project's four targets, judged from
 these rows (the fastest funnel setting that reaches the recall each target asks for).
 
-Run:  python benchmarks/funnel.py            (about 17 minutes on 2 cores)
+Run:  python benchmarks/funnel.py            (about 23 minutes on 2 cores)
       python benchmarks/funnel.py --sizes 117659 --skip-hnsw   (a quick look)
 Writes benchmarks/results/funnel.json and funnel.png, and prints a table.
 """
