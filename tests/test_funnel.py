@@ -244,14 +244,12 @@ def test_binary_head_schedules_parse_and_validate():
     schedule.check(256, 10, 5000)
     # the stages after a binary head start again from any dim, and must increase among themselves
     Schedule.parse("256b:100,256:10").check(256, 10, 5000)
-    with pytest.raises(ScheduleError, match="strictly increasing"):
-        Schedule.parse("256b:100,128:50,64:10")
-    with pytest.raises(ScheduleError, match="only the first stage"):
-        Schedule.parse("64:100,128b:50,256:10")
-    with pytest.raises(ScheduleError, match="follow 256b:10 with a stage at the full dimension"):
-        Schedule.parse("256b:10")
-    with pytest.raises(ScheduleError, match="100 bits is not a multiple of 8"):
-        Schedule.parse("100b:50,256:10")
+    for text, message in (("256b:100,128:50,64:10", "strictly increasing"),
+                          ("64:100,128b:50,256:10", "only the first stage"),
+                          ("256b:10", "follow 256b:10 with a stage at the full dimension"),
+                          ("100b:50,256:10", "100 bits is not a multiple of 8")):
+        with pytest.raises(ScheduleError, match=message):
+            Schedule.parse(text)
     with pytest.raises(ScheduleError, match="head uses 512 dims but the vectors have 256"):
         Schedule.parse("512b:50,256:10").check(256, 10, 5000)
 
