@@ -36,10 +36,12 @@ from common import machine  # noqa: E402
 from matryoshka import metrics  # noqa: E402
 from matryoshka.adapt import FitSettings, adapted_queries, fit_query_heads, make_adapter  # noqa: E402
 from matryoshka.data import read_beir, read_sts  # noqa: E402
-from matryoshka.evaluate import default_dims, ranking_metrics  # noqa: E402
-from matryoshka.funnel import head_candidates, recall_at_k  # noqa: E402
-from matryoshka.index import pseudo_queries  # noqa: E402
-from matryoshka.models import load_model, truncate  # noqa: E402
+from matryoshka.evaluate import ranking_metrics  # noqa: E402
+from matryoshka.funnel import recall_at_k  # noqa: E402
+from matryoshka.samples import pseudo_queries  # noqa: E402
+from matryoshka.vectors import halving_dims, head_candidates  # noqa: E402
+from matryoshka.models import load_model  # noqa: E402
+from matryoshka.vectors import truncate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 SHORTLISTS = (100, 200, 500)
@@ -62,7 +64,7 @@ def head_recall(queries, documents, transform, head_dim: int, truth, query_trans
 def scifact(model_name: str, args, results: list[dict]) -> None:
     encoder = load_model(model_name)
     test, train = read_beir(DATA / "scifact", "test"), read_beir(DATA / "scifact", "train")
-    documents = encoder.encode(test.corpus.texts, kind="document", show_progress=True)
+    documents = encoder.encode(test.corpus.texts, kind="document")
     queries = encoder.encode(test.query_texts, kind="query")
     anchors = pseudo_queries(test.corpus.texts, encoder, count=args.anchors, unit="sentence")
     row_of = {doc_id: row for row, doc_id in enumerate(test.corpus.ids)}
@@ -74,7 +76,7 @@ def scifact(model_name: str, args, results: list[dict]) -> None:
                 pair_queries.append(train_vectors[position])
                 pair_rows.append(row_of[doc_id])
     pairs = (np.asarray(pair_queries), np.asarray(pair_rows))
-    dims = default_dims(encoder.full_dim)
+    dims = halving_dims(encoder.full_dim)
     truth = metrics.top_k(queries @ documents.T, 10)
     full_ndcg = ranking_metrics(truth, test)["ndcg@10"]
     for name, kind, supervised in VARIANTS:
@@ -125,7 +127,7 @@ def sts(model_name: str, args, results: list[dict]) -> None:
     position = {t: i for i, t in enumerate(unique)}
     left = np.array([position[t] for t in test.first])
     right = np.array([position[t] for t in test.second])
-    dims = default_dims(encoder.full_dim)
+    dims = halving_dims(encoder.full_dim)
     for name, kind, supervised in VARIANTS:
         if supervised:
             continue  # STS has no (query, relevant document) pairs

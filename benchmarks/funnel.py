@@ -39,9 +39,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from common import machine  # noqa: E402
-from matryoshka.funnel import funnel_search, recall_at_k, rerank  # noqa: E402
+from matryoshka.funnel import funnel_search, recall_at_k  # noqa: E402
+from matryoshka.rescore import rerank  # noqa: E402
 from matryoshka.index import tune  # noqa: E402
-from matryoshka.models import load_model, normalize  # noqa: E402
+from matryoshka.models import load_model  # noqa: E402
+from matryoshka.vectors import normalize  # noqa: E402
 from matryoshka.selection import scan_shortlist, select_shortlist  # noqa: E402
 from matryoshka.stores.memory import MemoryStore  # noqa: E402
 

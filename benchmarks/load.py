@@ -166,11 +166,11 @@ def main() -> None:
         parser.error(f"unknown store(s) {sorted(unknown)}; choose from {sorted(STORES)}")
 
     from matryoshka.data import read_beir
-    from matryoshka.demo import SAMPLE_DIR, SAMPLE_SPLIT
+    from matryoshka.demo import SQUAD_DIR, SQUAD_SPLIT
     from matryoshka.index import build_index
     from matryoshka.models import load_model
 
-    data = read_beir(SAMPLE_DIR, SAMPLE_SPLIT)
+    data = read_beir(SQUAD_DIR, SQUAD_SPLIT)
     encoder = load_model("default")
     vectors = encoder.encode(data.corpus.texts, kind="document")
     results = []

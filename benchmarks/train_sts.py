@@ -88,7 +88,7 @@ def main() -> None:
             settings = TrainSettings(dims=DIMS, weights=weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                      matryoshka=matryoshka, max_steps=args.max_steps, seed=args.seed, save_steps=10**9,
                                      rotation=args.rotation)
-            result = train("default", data, Path(tmp) / name, settings, show_progress=True)
+            result = train("default", data, Path(tmp) / name, settings)
             scores = score(str(Path(tmp) / name), test)
             rows.append({"name": name, "steps": result.steps, "seconds": round(result.seconds, 1),
                          "seconds_per_step": result.seconds / result.steps, "spearman": {str(d): s for d, s in scores.items()}})

@@ -80,9 +80,9 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
 @pytest.fixture(scope="session")
 def squad_sample():
     from matryoshka.data import read_beir
-    from matryoshka.demo import SAMPLE_DIR, SAMPLE_SPLIT
+    from matryoshka.demo import SQUAD_DIR, SQUAD_SPLIT
 
-    return read_beir(SAMPLE_DIR, SAMPLE_SPLIT)
+    return read_beir(SQUAD_DIR, SQUAD_SPLIT)
 
 
 @pytest.fixture(scope="session")

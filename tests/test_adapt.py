@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from matryoshka.adapt import (AdapterError, FitSettings, LearnedAdapter, OrthogonalAdapter, load_adapter,
+from matryoshka.errors import ModelError
+from matryoshka.adapt import (AdapterError, FitSettings, LearnedAdapter, OrthogonalAdapter, load_adapter, with_adapter,
                               make_adapter)
 from matryoshka.metrics import top_k
-from matryoshka.models import load_model, normalize, truncate
+from matryoshka.models import load_model
+from matryoshka.vectors import normalize, truncate
 
 QUICK = FitSettings(steps=25, batch_size=64, neighbours=16, sampled=16)
 
@@ -71,13 +73,13 @@ def test_bad_adapter_files_are_refused_clearly(tmp_path):
 def test_load_model_with_an_adapter_encodes_prefixes_of_f(tmp_path, minilm, sample_vectors):
     documents, _ = sample_vectors
     path = make_adapter("pca").fit(documents).save(tmp_path / "pca")
-    adapted = load_model("default", adapter=path)
+    adapted = with_adapter(load_model("default"), path)
     texts = ["the giant panda", "steam engines"]
     expected = truncate(load_adapter(path).transform(minilm.encode(texts, kind="query")), 24)
     np.testing.assert_allclose(adapted.encode(texts, 24, kind="query"), expected, atol=1e-5)
     wordllama_sized = make_adapter("pca").fit(np.random.default_rng(0).normal(size=(50, 256))).save(tmp_path / "w")
-    with pytest.raises(ValueError, match="maps 256-dim vectors"):
-        load_model("default", adapter=wordllama_sized)
+    with pytest.raises(ModelError, match="maps 256-dim vectors"):
+        with_adapter(minilm, wordllama_sized)
 
 
 @pytest.mark.parametrize("kind", ["pca", "orthogonal", "learned"])
@@ -89,7 +91,7 @@ def test_an_index_with_any_adapter_returns_the_models_own_full_dim_top_k(tmp_pat
 
     documents, queries = sample_vectors
     path = make_adapter(kind, QUICK).fit(documents, queries=queries).save(tmp_path / kind)
-    encoder = load_model("default", adapter=path)
+    encoder = with_adapter(load_model("default"), path)
     db = tmp_path / ("index" if store == "local" else "index.db")
     meta = build_index(db, squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=encoder, vectors=documents)
     assert meta.adapter == str(path.resolve()) and meta.model == "all-MiniLM-L6-v2"
@@ -131,7 +133,8 @@ def test_adapt_cli_on_real_scifact_then_evaluate_index_and_search(tmp_path, scif
     assert result.returncode == 0, result.stderr
     exact = tmp_path / "exact.json"
     run_cli("search", "--db", str(db), "--query", "vitamin D and bone density", "--k", "5", "--exact", "--json", str(exact))
-    assert json.loads(out.read_text())["results"][0]["ids"] == json.loads(exact.read_text())["results"][0]["ids"]
+    first_ids = [[h["id"] for h in json.loads(path.read_text())["results"][0]["hits"]] for path in (out, exact)]
+    assert first_ids[0] == first_ids[1]
 
 
 def test_adapt_cli_with_pairs_and_queries_fits_and_reports_query_heads(tmp_path, scifact_slice):
@@ -171,7 +174,7 @@ def test_adapt_cli_refuses_bad_input(tmp_path, scifact_slice):
 
 
 def test_adapter_anchors_are_corpus_sentences_or_windows_when_there_are_none():
-    from matryoshka.index import query_like_texts
+    from matryoshka.samples import query_like_texts
 
     corpus = ["Tides are caused by the moon. The sun matters less for them! Short one.",
               "Protein folding is hard to predict from sequence alone. It took decades of work to get there?"]
@@ -205,7 +208,8 @@ def test_query_heads_are_kept_only_where_held_out_queries_gain_and_travel_with_t
     still returns the model's own full-dimension top-k."""
     from matryoshka.adapt import QueryHeadSettings, adapted_queries, fit_query_heads
     from matryoshka.funnel import recall_at_k, two_stage_schedule
-    from matryoshka.index import Index, build_index, pseudo_queries
+    from matryoshka.index import Index, build_index
+    from matryoshka.samples import pseudo_queries
 
     documents, _ = sample_vectors
     queries = minilm.encode(squad_sample.query_texts, kind="query")
@@ -234,7 +238,7 @@ def test_query_heads_are_kept_only_where_held_out_queries_gain_and_travel_with_t
     loaded = load_adapter(path)
     assert sorted(loaded.query_heads_) == [24]
     np.testing.assert_allclose(adapted_queries(loaded, unseen, 24), moved, atol=1e-6)
-    encoder = load_model("default", adapter=path)
+    encoder = with_adapter(load_model("default"), path)
     meta = build_index(tmp_path / "index", squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=encoder,
                        vectors=documents, head_dim=24)
     with Index(tmp_path / "index") as index:

@@ -9,16 +9,18 @@ import pytest
 
 from conftest import run_cli
 from matryoshka.data import read_beir, read_sts
-from matryoshka.evaluate import default_dims, evaluate_retrieval, evaluate_sts, parse_dims
+from matryoshka.errors import MatryoshkaError
+from matryoshka.evaluate import evaluate_retrieval, evaluate_sts, parse_dims
+from matryoshka.vectors import halving_dims
 
 
 def test_default_and_parsed_dims():
-    assert default_dims(384) == [384, 192, 96, 48, 24, 12]
-    assert default_dims(256) == [256, 128, 64, 32, 16, 8]
-    assert default_dims(100) == [100, 50, 25]
+    assert halving_dims(384) == [384, 192, 96, 48, 24, 12]
+    assert halving_dims(256) == [256, 128, 64, 32, 16, 8]
+    assert halving_dims(100) == [100, 50, 25]
     assert parse_dims("12, 384,48,48", 384) == [384, 48, 12]
     for bad in ("0", "385", "a,b", ","):
-        with pytest.raises(ValueError):
+        with pytest.raises(MatryoshkaError):
             parse_dims(bad, 384)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matryoshka.funnel import Schedule, ScheduleError, Stage, autotune, funnel_search, recall_at_k, stage_dims
+from matryoshka.errors import ScheduleError, StoreError
+from matryoshka.funnel import Schedule, Stage, autotune, funnel_search, recall_at_k
+from matryoshka.vectors import stage_dims
 from matryoshka.stores.memory import MemoryStore
 
 
@@ -91,11 +93,11 @@ def test_batch_equals_one_query_at_a_time(scifact_vectors):
 def test_funnel_rejects_bad_queries(scifact_vectors):
     documents, _ = scifact_vectors
     store = MemoryStore(documents, 12)
-    with pytest.raises(ValueError, match=r"shape \(n, 384\)"):
+    with pytest.raises(StoreError, match=r"shape \(n, 384\)"):
         funnel_search(store, np.ones((2, 100), np.float32), Schedule.halving(384, 10, 50), 10)
     bad = np.ones((1, 384), np.float32)
     bad[0, 3] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(StoreError, match="NaN"):
         funnel_search(store, bad, Schedule.halving(384, 10, 50), 10)
 
 
@@ -165,7 +167,7 @@ def test_shortlist_selection_is_exact_including_ties_and_fallback():
 
 
 def test_in_place_rescoring_equals_gathered_prefix_cosines(scifact_vectors, tmp_path):
-    from matryoshka.funnel import rerank
+    from matryoshka.rescore import rerank
     from matryoshka.rescore import fusable, prefix_cosines
 
     documents, queries = scifact_vectors

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_jsonl
-from matryoshka.funnel import Schedule, ScheduleError, recall_at_k, stage_dims
+from matryoshka.errors import ScheduleError, StoreError
+from matryoshka.funnel import Schedule, recall_at_k
+from matryoshka.vectors import stage_dims
 from matryoshka.index import Index, build_index
-from matryoshka.stores import StoreError
 
 
 @pytest.fixture(params=["local", "lite", "server"])
@@ -79,7 +80,7 @@ def test_binary_head_on_every_store(db, wordllama, squad_sample, squad_vectors):
     meta = build_index(db, squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=wordllama, vectors=documents,
                        head_index="binary", collection=collection)
     tuned = Schedule.parse(meta.schedule)
-    assert meta.head_dim == 256 and tuned.binary_head and tuned.head_dim == 256 and meta.extra["head_index"] == "binary"
+    assert meta.head_dim == 256 and tuned.binary_head and tuned.head_dim == 256 and meta.head_index == "binary"
     with Index(db, collection=collection) as index:
         assert index.store.binary_head
         n = len(index.store)
@@ -94,25 +95,31 @@ def test_binary_head_on_every_store(db, wordllama, squad_sample, squad_vectors):
     with pytest.raises(StoreError, match="built with a binary head; it cannot be searched with a flat head"):
         Index(db, head_index="flat", collection=collection)
     if "://" not in db and not db.endswith(".db"):
-        build = Path(db) / "current"
+        build = _segment(db)
         codes = np.load(build / "head_codes.npy")
         assert codes.shape == (n, 32) and codes.dtype == np.uint8 and not (build / "head.npy").exists()
         np.testing.assert_array_equal(codes, np.packbits(documents > 0, axis=1))
 
 
+def _segment(db) -> Path:
+    """The folder of a local index's one segment, as its manifest names it."""
+    manifest = json.loads((Path(db) / "manifest.json").read_text())
+    return Path(db) / "segments" / manifest["segments"][0]["name"]
+
+
 def test_local_store_scores_candidates_in_place_as_gathering_would(tmp_path, wordllama, squad_sample, squad_vectors,
                                                                    monkeypatch):
     import matryoshka.stores.memory as memory
-    from matryoshka.stores.local import norm_dims
+    from matryoshka.vectors import prefix_norm_dims
 
     documents, queries = squad_vectors
     meta = build_index(tmp_path / "index", squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=wordllama,
                        vectors=documents)
-    assert meta.extra["prefix_norm_dims"] == norm_dims(256) == [8, 16, 32, 64, 128]
+    assert list(meta.prefix_norm_dims) == prefix_norm_dims(256) == [8, 16, 32, 64, 128]
     index = Index(tmp_path / "index")
-    stored = np.load(tmp_path / "index" / "current" / "prefix_norms.npy")
+    stored = np.load(_segment(tmp_path / "index") / "prefix_norms.npy")
     unit = documents / np.linalg.norm(documents, axis=1, keepdims=True)
-    for column, dim in enumerate(meta.extra["prefix_norm_dims"]):
+    for column, dim in enumerate(meta.prefix_norm_dims):
         np.testing.assert_allclose(stored[:, column], np.linalg.norm(unit[:, :dim], axis=1), rtol=1e-5)
     schedule = Schedule.halving(256, 10, 300, 16, first_cut=4)  # cuts at every stage, so each stage's order matters
     in_place = index.search_vectors(queries, 10, schedule=schedule)
@@ -144,7 +151,7 @@ def test_bring_your_own_vectors(tmp_path, squad_sample, squad_vectors):
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["results"]
     top = np.argsort(-(queries[:5] @ documents.T), axis=1)[:, :10]
-    assert [r["ids"] for r in rows] == [[squad_sample.corpus.ids[j] for j in row] for row in top]
+    assert [[h["id"] for h in r["hits"]] for r in rows] == [[squad_sample.corpus.ids[j] for j in row] for row in top]
     result = run_cli("search", "--db", str(tmp_path / "db"), "--query", "text needs a model")
     assert result.returncode == 2 and "precomputed vectors" in result.stderr
     # the Python API takes arrays directly, and checks them
@@ -158,7 +165,7 @@ def test_bring_your_own_vectors(tmp_path, squad_sample, squad_vectors):
         build_index(tmp_path / "x", ["a", "b"], ["a", "b"], vectors=np.array([[0.0, 0.0], [1.0, 1.0]]))
     with pytest.raises(StoreError, match="2-D"):
         build_index(tmp_path / "x", ["a"], ["a"], vectors=np.ones(8))
-    assert not (tmp_path / "x" / "current").exists()
+    assert not (tmp_path / "x" / "manifest.json").exists()
 
 
 def test_cli_binary_head(tmp_path, squad_sample, squad_vectors):
@@ -178,8 +185,9 @@ def test_cli_binary_head(tmp_path, squad_sample, squad_vectors):
         result = run_cli("search", "--db", db, "--query-vectors", str(tmp_path / "queries.npy"), "--json", str(out), *extra)
         assert result.returncode == 0, result.stderr
         reports[name] = json.loads(out.read_text())
-    assert [r["ids"] for r in reports["wide"]["results"]] == [r["ids"] for r in reports["exact"]["results"]]
-    assert reports["tuned"]["schedule"].startswith("256b:")
+    ids = {name: [[h["id"] for h in r["hits"]] for r in report["results"]] for name, report in reports.items()}
+    assert ids["wide"] == ids["exact"]
+    assert reports["tuned"]["results"][0]["schedule"].startswith("256b:") and reports["exact"]["results"][0]["mode"] == "exact"
     result = run_cli("search", "--db", db, "--query-vectors", str(tmp_path / "queries.npy"), "--schedule", "8:100,256:10")
     assert result.returncode == 2 and "start the schedule with 256b:N" in result.stderr
 
@@ -192,7 +200,7 @@ def test_cli_index_and_search_with_the_default_model(tmp_path, squad_sample):
     result = run_cli("index", "--corpus", str(corpus), "--db", str(db))
     assert result.returncode == 0, result.stderr
     assert "Default schedule" in result.stdout
-    meta = json.loads((db / "current" / "meta.json").read_text())
+    meta = json.loads((db / "manifest.json").read_text())["meta"]
     assert meta["model"] == "all-MiniLM-L6-v2" and meta["full_dim"] == 384 and meta["count"] == 120
     questions = tmp_path / "questions.txt"
     questions.write_text("Who won Super Bowl 50?\nWhat is the capital of Poland?\n")
@@ -203,10 +211,11 @@ def test_cli_index_and_search_with_the_default_model(tmp_path, squad_sample):
         report = json.loads(out.read_text())
         assert len(report["results"]) == 2
         first = report["results"][0]
-        assert len(first["ids"]) == 10 and first["scores"] == sorted(first["scores"], reverse=True)
+        scores = [h["score"] for h in first["hits"]]
+        assert len(first["hits"]) == 10 and scores == sorted(scores, reverse=True)
         assert all({"dim", "keep", "ms"} <= set(stage) for stage in first["stages"])
-        assert first["ids"][0].startswith("Super_Bowl_50")
-    assert report["schedule"].startswith("12:120") and len(first["stages"]) == 6
+        assert first["hits"][0]["id"].startswith("Super_Bowl_50")
+    assert first["schedule"].startswith("12:120") and len(first["stages"]) == 6
 
 
 def _start_index(args: list[str], env: dict) -> subprocess.Popen:
@@ -233,7 +242,7 @@ def test_kill_mid_ingest_leaves_previous_index_answering(kind, tmp_path, squad_s
         expected = index.search_vectors(small[:5], 5, exact=True).rows
 
     process = _start_index(["--corpus", str(tmp_path / "big.txt"), "--vectors", str(tmp_path / "big.npy"), "--db", db], env)
-    partial = (lambda: list((Path(db) / "builds").glob("*.partial/full.npy"))) if kind == "local" else \
+    partial = (lambda: list((Path(db) / "segments").glob("*.partial/full.npy"))) if kind == "local" else \
         (lambda: list(staging.glob("matryoshka-milvus-*/full.npy")))
     deadline = time.time() + 120
     while not partial():
@@ -252,7 +261,7 @@ def test_kill_mid_ingest_leaves_previous_index_answering(kind, tmp_path, squad_s
         # a later build cleans up what the killed one left behind
         result = run_cli("index", "--corpus", str(tmp_path / "small.txt"), "--vectors", str(tmp_path / "small.npy"), "--db", db)
         assert result.returncode == 0, result.stderr
-        assert not list((Path(db) / "builds").glob("*.partial")) and len(list((Path(db) / "builds").iterdir())) == 1
+        assert not list((Path(db) / "segments").glob("*.partial")) and len(list((Path(db) / "segments").iterdir())) == 1
 
 
 def test_bad_inputs_get_clear_errors_and_leave_nothing(tmp_path, milvus_server):
@@ -287,7 +296,7 @@ def test_bad_inputs_get_clear_errors_and_leave_nothing(tmp_path, milvus_server):
         result = run_cli(*args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert message in result.stderr, (message, result.stderr)
-    assert not Path(db).exists() or not (Path(db) / "current").exists()
+    assert not (Path(db) / "manifest.json").exists()
     assert not_lite.read_text() == "this is not a database\n"
 
     assert run_cli("index", "--corpus", str(corpus), "--vectors", str(good), "--db", db).returncode == 0

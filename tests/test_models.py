@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matryoshka.models import ModelError, check_dim, load_model, normalize, truncate
+from matryoshka.errors import ModelError
+from matryoshka.models import load_model
+from matryoshka.vectors import check_dim, normalize, truncate
 
 
 def test_truncate_gives_unit_rows_at_any_dim():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from matryoshka.metrics import top_k
-from matryoshka.models import truncate
+from matryoshka.vectors import truncate
 
 
 @pytest.fixture(scope="module")

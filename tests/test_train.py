@@ -140,7 +140,8 @@ def test_rotation_start_keeps_full_cosines_and_saves_as_a_plain_model(tmp_path, 
     from sentence_transformers.sentence_transformer.modules import Dense
 
     from matryoshka.metrics import cosine_rows
-    from matryoshka.models import load_model, normalize
+    from matryoshka.models import load_model
+    from matryoshka.vectors import normalize
     from matryoshka.train import add_rotation
 
     data = read_training_data(scored_file)

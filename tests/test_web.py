@@ -47,30 +47,30 @@ def test_slider_changes_results_and_overlap(browser, demo_server):
     failed: list[str] = []
     page.on("requestfailed", lambda request: failed.append(request.url))
     page.goto(demo_server.url)
-    page.wait_for_function("document.getElementById('info').textContent.includes('414 documents')")
-    assert page.locator("#dim").get_attribute("max") == "384"
-    assert page.locator("#mark-buttons button").all_inner_texts()[0] == "12 (d/32)"
+    page.wait_for_function("document.getElementById('info').textContent.includes('117,659 documents')")
+    assert page.locator("#dim").get_attribute("max") == "256"
+    assert page.locator("#mark-buttons button").all_inner_texts()[0] == "8 (d/32)"
 
     # type a query with the keyboard and submit with Enter
     page.locator("#query").click()
-    page.keyboard.type("When did the steam engine become commercially successful?")
+    page.keyboard.type("a machine that converts steam into motion")
     page.keyboard.press("Enter")
     page.wait_for_function("document.querySelectorAll('#results-full li').length === 10 && "
                            "document.querySelectorAll('#results-dim li').length === 10")
     assert page.locator("#funnel tbody tr").count() >= 2  # every funnel stage is shown
-    assert page.locator("#funnel tbody tr").last.locator("td").nth(1).inner_text() == "384"
+    assert page.locator("#funnel tbody tr").last.locator("td").nth(1).inner_text() == "256"
     full_ids = _ids(page, "results-full")
 
-    # move the slider by keyboard: Home goes to 1 dim, End to the full 384
+    # move the slider by keyboard: Home goes to 1 dim, End to the full 256
     page.locator("#dim").focus()
     page.keyboard.press("Home")
     _wait_for_dim(page, 1)
     low_overlap, low_ids = _overlap(page), _ids(page, "results-dim")
     page.screenshot(path=str(ARTIFACTS / "web-dim-1.png"), full_page=True)
     page.keyboard.press("End")
-    _wait_for_dim(page, 384)
+    _wait_for_dim(page, 256)
     high_overlap, high_ids = _overlap(page), _ids(page, "results-dim")
-    assert page.locator("#dim-value").inner_text() == "384"
+    assert page.locator("#dim-value").inner_text() == "256"
     assert low_ids != high_ids
     assert high_overlap > low_overlap and high_overlap >= 9
     assert _ids(page, "results-full") == full_ids  # the full-dimension side does not move
@@ -78,24 +78,24 @@ def test_slider_changes_results_and_overlap(browser, demo_server):
     assert page.locator("#results-dim li.shared").count() == high_overlap
 
     # a mark button jumps to d/8, also by keyboard
-    page.locator("#mark-buttons button", has_text="48 (d/8)").focus()
+    page.locator("#mark-buttons button", has_text="32 (d/8)").focus()
     page.keyboard.press("Enter")
-    _wait_for_dim(page, 48)
-    assert page.locator("#mark-buttons button", has_text="48 (d/8)").get_attribute("aria-pressed") == "true"
+    _wait_for_dim(page, 32)
+    assert page.locator("#mark-buttons button", has_text="32 (d/8)").get_attribute("aria-pressed") == "true"
 
     # the compare panel follows the slider
     page.wait_for_function("document.querySelectorAll('#compare tbody tr').length === 4")
-    at_48 = page.locator("#compare tbody tr td:nth-child(2)").all_inner_texts()
+    at_32 = page.locator("#compare tbody tr td:nth-child(2)").all_inner_texts()
     page.locator("#dim").focus()
     page.keyboard.press("Home")
     page.wait_for_function("document.getElementById('compare').dataset.dim === '1'")
     page.wait_for_function("before => JSON.stringify([...document.querySelectorAll('#compare tbody tr td:nth-child(2)')]"
-                           ".map(c => c.innerText)) !== JSON.stringify(before)", arg=at_48)
-    assert page.locator("#compare tbody tr td:nth-child(2)").all_inner_texts() != at_48
+                           ".map(c => c.innerText)) !== JSON.stringify(before)", arg=at_32)
+    assert page.locator("#compare tbody tr td:nth-child(2)").all_inner_texts() != at_32
     _wait_for_dim(page, 1)
-    page.locator("#mark-buttons button", has_text="24 (d/16)").click()
-    _wait_for_dim(page, 24)
-    page.wait_for_function("document.getElementById('compare').dataset.dim === '24'")
+    page.locator("#mark-buttons button", has_text="16 (d/16)").click()
+    _wait_for_dim(page, 16)
+    page.wait_for_function("document.getElementById('compare').dataset.dim === '16'")
     page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=True)
     assert not page.locator("#error").is_visible()
     assert failed == []  # nothing outside this server was asked for
@@ -106,7 +106,7 @@ def test_page_is_readable_on_a_narrow_screen(browser, demo_server):
     page = browser.new_page(viewport={"width": 380, "height": 800})
     page.goto(demo_server.url)
     page.wait_for_function("document.getElementById('info').textContent.includes('documents')")
-    page.locator("#query").fill("What is the capital of Poland?")
+    page.locator("#query").fill("capital city")
     page.locator("#query").press("Enter")
     page.wait_for_function("document.querySelectorAll('#results-dim li').length === 10")
     # one column, nothing wider than the screen

@@ -32,17 +32,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .models import normalize
+from .errors import AdapterError, ModelError
+from .metrics import top_k
+from .models import Encoder, TextKind
+from .samples import pseudo_queries
+from .vectors import check_dim, head_candidates, normalize, stage_dims, truncate
 
 KINDS = ("pca", "orthogonal", "learned")
 
 
 class NotFittedError(RuntimeError):
     """transform() was called before fit()."""
-
-
-class AdapterError(ValueError):
-    """An adapter file or fitting input that cannot be used."""
 
 
 def _check_vectors(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
@@ -316,15 +316,11 @@ def _erf(x: np.ndarray) -> np.ndarray:
 
 def _loss_dims(full_dim: int) -> list[int]:
     """d/32 (at least 8) doubling up to d/2: the prefixes the funnel's early stages use."""
-    from .funnel import stage_dims
-
     return [d for d in stage_dims(full_dim) if d < full_dim]
 
 
 def _top_neighbours(anchors: np.ndarray, documents: np.ndarray, count: int, block: int = 1024) -> np.ndarray:
     """Row indices of each anchor's ``count`` nearest documents by the full vectors."""
-    from .metrics import top_k
-
     return np.concatenate([top_k(anchors[s : s + block] @ documents.T, count) for s in range(0, len(anchors), block)])
 
 
@@ -491,8 +487,6 @@ def _train_query_head(start: np.ndarray, queries: np.ndarray, docs_head: np.ndar
 
 def _shortlist_recall(query_heads: np.ndarray, docs_head: np.ndarray, truth: np.ndarray, shortlist: int) -> float:
     """Fraction of each query's true top documents inside its head shortlist."""
-    from .metrics import top_k
-
     found = top_k(normalize(query_heads) @ docs_head.T, shortlist)
     return float(np.mean([np.isin(t, f).mean() for t, f in zip(truth, found)]))
 
@@ -510,6 +504,7 @@ def fit_on_texts(
     query_heads: bool = True,
     queries: Sequence[str] | None = None,
     head_progress: Callable[[int, int], None] | None = None,
+    encode_progress: Callable[[int], None] | None = None,
 ) -> Adapter:
     """Encode a corpus once and fit an adapter to it. Query-like anchors are sentences of the
     corpus encoded as queries (word windows where it has none); (query, relevant document)
@@ -517,10 +512,7 @@ def fit_on_texts(
     added to the fitting set). Real queries (the pairs' and ``queries``, which need no relevant
     documents) also fit, with ``query_heads``, a query head for each head dim the index may
     choose (:func:`fit_query_heads`, on those queries and the anchors)."""
-    from .funnel import head_candidates
-    from .index import pseudo_queries
-
-    documents = encoder.encode(list(texts), kind="document", show_progress=True)
+    documents = encoder.encode(list(texts), kind="document", progress=encode_progress)
     supervised = pair_queries is not None and pair_documents is not None
     real_queries = list(dict.fromkeys([*(pair_queries or []), *(queries or [])])) if query_heads else []
     if kind == "pca" and not real_queries:
@@ -542,3 +534,37 @@ def fit_on_texts(
         fit_query_heads(adapter, documents, encoder.encode(real_queries, kind="query"), dims, anchors=anchors,
                         progress=head_progress)
     return adapter
+
+
+@dataclass
+class AdaptedEncoder:
+    """A model followed by a post-hoc adapter: ``encode`` returns prefixes of ``f(x)``; ``base``
+    still gives the model's original vectors (an index's last stage)."""
+
+    base: Encoder
+    adapter: Adapter
+    adapter_path: str
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def full_dim(self) -> int:
+        return self.base.full_dim
+
+    def encode(self, texts: Sequence[str], dim: int | None = None, *, kind: TextKind | None = None,
+               batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        if dim is not None:
+            check_dim(dim, self.full_dim)
+        original = self.base.encode(texts, kind=kind, batch_size=batch_size, progress=progress)
+        return truncate(self.adapter.transform(original), dim)
+
+
+def with_adapter(encoder: Encoder, path: Path | str) -> AdaptedEncoder:
+    """``encoder`` followed by the adapter saved at ``path`` (checked to fit the model's dimension)."""
+    fitted = load_adapter(path)
+    dim = fitted.components_.shape[0] if hasattr(fitted, "components_") else fitted.weight_.shape[0]
+    if dim != encoder.full_dim:
+        raise ModelError(f"adapter {path} maps {dim}-dim vectors but {encoder.name} makes {encoder.full_dim}-dim ones")
+    return AdaptedEncoder(encoder, fitted, str(Path(path).resolve()))

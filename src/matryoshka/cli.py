@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# before any library sets up logging: their INFO chatter would bury the results
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from .data import DataError, read_texts
-from .models import DEFAULT_MODEL, ModelError
-from .stores import StoreError
+from .data import read_texts, read_vectors, write_vectors
+from .display import TaskProgress, progress_display
+from .errors import DataError, MatryoshkaError, UsageError
+from .models import DEFAULT_MODEL
 
 app = typer.Typer(
     name="matryoshka",
@@ -27,7 +32,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console(stderr=False)
+LOG_WIDTH = 120  # columns of tables printed to a file or a pipe (a terminal uses its own width)
+console = Console(stderr=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else LOG_WIDTH)
 errors = Console(stderr=True)
 
 ModelOption = typer.Option(
@@ -42,11 +48,12 @@ BatchOption = typer.Option(None, min=1, help="Texts per encoding batch (default:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn expected failures (bad files, bad options) into one red line and exit code 2."""
+    """A :class:`MatryoshkaError` (bad files, bad options) becomes one red line and exit code 2;
+    anything else is a bug and keeps its traceback."""
     try:
         yield
-    except (DataError, ModelError, StoreError, ValueError, FileNotFoundError) as exc:
-        errors.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+    except MatryoshkaError as exc:
+        errors.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
         raise typer.Exit(code=2) from None
 
 
@@ -59,7 +66,7 @@ def _numbers(text: str | None, cast, option: str) -> list | None:
         try:
             values.append(cast(part))
         except ValueError:
-            raise ValueError(f"{option}: {part.strip()!r} is not a {'whole ' if cast is int else ''}number") from None
+            raise UsageError(f"{option}: {part.strip()!r} is not a {'whole ' if cast is int else ''}number") from None
     return values
 
 
@@ -70,7 +77,12 @@ def _load(model: str, query_prompt: str | None, document_prompt: str | None, ada
     from .models import load_model
 
     with console.status(f"Loading model [bold]{model}[/bold]…"):
-        return load_model(model, query_prompt=query_prompt, document_prompt=document_prompt, adapter=adapter)
+        encoder = load_model(model, query_prompt=query_prompt, document_prompt=document_prompt)
+        if adapter is None:
+            return encoder
+        from .adapt import with_adapter
+
+        return with_adapter(encoder, adapter)
 
 
 def report_table(report) -> Table:
@@ -89,9 +101,8 @@ def report_table(report) -> Table:
     return table
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+def _progress():
+    return progress_display(console)
 
 
 @app.command()
@@ -167,40 +178,24 @@ def encode(
 
       matryoshka encode --input docs.jsonl --output docs-48.npy --dim 48 --adapter minilm-adapter.npz
     """
-    import numpy as np
-
     with user_errors():
         if kind not in ("document", "query", "plain"):
-            raise ValueError(f"--kind must be document, query or plain, got {kind!r}")
+            raise UsageError(f"--kind must be document, query or plain, got {kind!r}")
+        if output.is_dir():
+            raise DataError(output, "is a folder; give a file name ending in .npy")
         corpus = read_texts(input)
         encoder = _load(model, query_prompt, document_prompt, adapter)
-        vectors = encoder.encode(corpus.texts, dim, kind=None if kind == "plain" else kind, batch_size=batch_size,
-                                 show_progress=True)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        partial = output.with_name(output.name + ".partial")
-        with open(partial, "wb") as handle:
-            np.save(handle, vectors)
-        partial.replace(output)
-        output.with_name(output.name + ".ids.txt").write_text("\n".join(corpus.ids) + "\n", encoding="utf-8")
+        with _progress() as progress:
+            step = progress.add_task("Encoding", total=len(corpus))
+            vectors = encoder.encode(corpus.texts, dim, kind=None if kind == "plain" else kind, batch_size=batch_size,
+                                     progress=lambda n: progress.advance(step, n))
+        write_vectors(output, vectors, corpus.ids)
         console.print(f"{vectors.shape[0]} × {vectors.shape[1]} float32 vectors written to [bold]{output}[/bold]")
 
 
 DbOption = typer.Option(..., "--db", help="Where the index lives: a folder (the embedded local store), a Milvus Lite "
                         "file ending in .db, or a Milvus server URI such as http://127.0.0.1:19530.")
 CollectionOption = typer.Option(None, help="Milvus only: the index's collection name prefix (default 'matryoshka').")
-
-
-def _load_vectors(path: Path, what: str):
-    import numpy as np
-
-    from .stores import StoreError
-
-    if not path.is_file():
-        raise DataError(path, "no such file")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise StoreError(f"{path}: not a .npy array of {what} ({exc})") from None
 
 
 @app.command()
@@ -239,13 +234,13 @@ def index(
     with user_errors():
         documents = read_texts(corpus)
         if adapter is not None and model is None and vectors is not None:
-            raise ValueError("--adapter with --vectors needs --model: the adapter belongs to the model the vectors came from")
+            raise UsageError("--adapter with --vectors needs --model: the adapter belongs to the model the vectors came from")
         encoder = _load(model or DEFAULT_MODEL, None, None, adapter) if (model or vectors is None) else None
-        array = _load_vectors(vectors, "corpus vectors") if vectors else None
+        array = read_vectors(vectors, "corpus vectors") if vectors else None
         tune = None
         if tune_queries is not None:
             if encoder is None:
-                raise ValueError("--tune-queries needs --model to encode them")
+                raise UsageError("--tune-queries needs --model to encode them")
             tune = getattr(encoder, "base", encoder).encode(read_texts(tune_queries).texts, kind="query")
         from .stores import is_milvus_uri
 
@@ -257,10 +252,11 @@ def index(
                                head_index=head_index, k=k, target_recall=target_recall, tune_queries=tune,
                                collection=collection, progress=lambda n: progress.advance(step, n))
         console.print(f"Indexed [bold]{meta.count}[/bold] documents into [bold]{db}[/bold]: model {meta.model or '(vectors)'}, "
-                      f"{meta.full_dim} dims, head {meta.head_dim}{' bits (binary)' if meta.extra.get('head_index') == 'binary' else ''}")
-        console.print(f"Default schedule [bold]{meta.schedule}[/bold] (recall@{meta.extra['autotune']['k']} "
-                      f"{meta.autotune_recall:.3f} vs exact on {meta.extra['autotune']['queries']})")
-        if not meta.extra["autotune"]["reached_with_95pct_confidence"]:
+                      f"{meta.full_dim} dims, head {meta.head_dim}{' bits (binary)' if meta.binary_head else ''}")
+        tuned = meta.autotune
+        console.print(f"Default schedule [bold]{meta.schedule}[/bold] (recall@{tuned.k} "
+                      f"{tuned.recall:.3f} vs exact on {tuned.queries})")
+        if not tuned.passed:
             console.print(f"[yellow]No schedule tried reached recall {target_recall} with 95% confidence; this is the "
                           "most accurate one. Search with --exact, or pass a wider --schedule.[/yellow]")
 
@@ -288,48 +284,51 @@ def search(
 
       matryoshka search --db scifact.db --queries questions.txt --k 10 --schedule 8:400,16:200,32:100,64:50,128:25,256:10 --json out.json
     """
-    import json
-
+    from .data import write_json
     from .funnel import Schedule
-    from .index import Index
+    from .index import Index, answers_json, search_mode
 
     with user_errors():
-        given = [x is not None for x in (query, queries, query_vectors)]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of --query, --queries and --query-vectors")
+        if sum(x is not None for x in (query, queries, query_vectors)) != 1:
+            raise UsageError("give exactly one of --query, --queries and --query-vectors")
+        if json_path is not None and json_path.is_dir():
+            raise DataError(json_path, "is a folder; give a file name for the JSON")
         opened = Index(db, model=model, collection=collection)
         plan = Schedule.parse(schedule) if schedule else None
         if query_vectors is not None:
-            vectors = _load_vectors(query_vectors, "query vectors")
+            vectors = read_vectors(query_vectors, "query vectors")
             labels = [str(i) for i in range(len(vectors))]
         else:
-            texts = [query] if query is not None else read_texts(queries).texts
-            labels = texts
-            with console.status(f"Encoding {len(texts)} queries…"):
-                vectors = opened.encode_queries(texts)
+            labels = [query] if query is not None else read_texts(queries).texts
+            with console.status(f"Encoding {len(labels)} queries…"):
+                vectors = opened.encode_queries(labels)
+        mode = search_mode(exact=exact, dim=dim)
+        plan = plan or (opened.schedule_for(k) if mode == "funnel" else None)
         result = opened.search_vectors(vectors, k, schedule=plan, exact=exact, dim=dim)
         hits = opened.hits(result)
-        stages = [{"dim": d, "keep": n, "ms": 1000 * s} for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)]
-        for label, hit in list(zip(labels, hits))[:show]:
-            table = Table(title=f"{label[:100]}", title_justify="left")
-            table.add_column("#", justify="right")
-            table.add_column("score", justify="right")
-            table.add_column("id")
-            table.add_column("text", overflow="ellipsis", no_wrap=True, max_width=80)
-            for rank, (doc_id, score, text) in enumerate(zip(hit.ids, hit.scores, hit.texts), start=1):
-                table.add_row(str(rank), f"{score:.4f}", doc_id, text)
-            console.print(table)
-        mode = f"{dim}-dim prefix" if dim else "exact" if exact else str(plan or opened.schedule_for(k))
-        per_stage = "  ".join(f"{s['dim']}d→{s['keep']}: {s['ms']:.1f} ms" for s in stages)
-        console.print(f"{len(hits)} queries, {mode}: {1000 * result.seconds / len(hits):.2f} ms/query  [dim]({per_stage}, whole batch)[/dim]")
+        for label, found in list(zip(labels, hits))[:show]:
+            console.print(hits_table(label, found))
+        described = f"{dim}-dim prefix" if dim else "exact" if exact else str(plan)
+        per_stage = "  ".join(f"{d}d→{n}: {1000 * s:.1f} ms"
+                              for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds))
+        console.print(Text.assemble(f"{len(hits)} queries, {described}: {1000 * result.seconds / len(hits):.2f} ms/query  ",
+                                    (f"({per_stage}, whole batch)", "dim")))
         if json_path:
-            amortised = [{**stage, "ms": stage["ms"] / len(hits)} for stage in stages]
-            rows = [{"query": label, "ids": hit.ids, "scores": hit.scores, "stages": amortised}
-                    for label, hit in zip(labels, hits)]
-            json_path.write_text(json.dumps({"db": db, "k": k, "mode": "prefix" if dim else "exact" if exact else "funnel", "schedule": mode,
-                                             "batch_size": len(hits), "batch_stages": stages, "results": rows},
-                                            indent=2) + "\n")
+            answers = answers_json(labels, result, hits, k=k, mode=mode, dim=dim or opened.meta.full_dim, schedule=plan)
+            write_json(json_path, {"db": str(db), "results": answers})
             console.print(f"JSON written to [bold]{json_path}[/bold]")
+
+
+def hits_table(label: str, found) -> Table:
+    """One query's hits; rank, score and id keep their width however narrow the terminal."""
+    table = Table(title=Text(label[:100]), title_justify="left", expand=False)
+    table.add_column("#", justify="right", no_wrap=True, min_width=2)
+    table.add_column("score", justify="right", no_wrap=True, min_width=6)
+    table.add_column("id", no_wrap=True, overflow="ellipsis", min_width=6, max_width=30)
+    table.add_column("text", overflow="ellipsis", no_wrap=True, max_width=80)
+    for hit in found.to_list():
+        table.add_row(str(hit["rank"]), f"{hit['score']:.4f}", Text(hit["id"]), Text(hit["text"]))
+    return table
 
 
 @app.command()
@@ -382,6 +381,7 @@ def adapt(
                 pair_queries, pair_documents = read.first, read.second
         encoder = _load(model, None, None)
         with _progress() as progress:
+            encoding = progress.add_task("Encoding the corpus", total=len(documents))
             task = progress.add_task(f"Fitting {kind} adapter", total=steps)
             heads = progress.add_task("Fitting query heads", total=None, visible=False)
 
@@ -393,7 +393,8 @@ def adapt(
             fitted = fit_on_texts(encoder, documents.texts, kind, pair_queries=pair_queries, pair_documents=pair_documents,
                                   settings=settings, query_samples=query_samples, hidden=hidden, query_heads=query_heads,
                                   queries=read_texts(queries).texts if queries is not None else None,
-                                  head_progress=head_progress)
+                                  head_progress=head_progress,
+                                  encode_progress=lambda n: progress.advance(encoding, n))
         path = fitted.save(output)
         losses = getattr(fitted, "loss_history_", None)
         trained = f", loss {losses[0]:.4f} → {losses[-1]:.4f}" if losses else ""
@@ -448,7 +449,7 @@ def train(
                                  loss=loss, matryoshka=not plain, max_steps=max_steps, eval_steps=eval_steps,
                                  save_steps=save_steps, seed=seed, rotation=rotation)
         console.print(f"Training [bold]{model}[/bold] on {len(rows)} {rows.kind} rows from {rows.source}")
-        result = run_training(model, rows, output, settings, eval_data=evaluation)
+        result = run_training(model, rows, output, settings, eval_data=evaluation, show_progress=console.is_terminal)
         if result.final is not None:
             console.print(report_table(result.final))
         state = "[yellow]interrupted[/yellow] after" if result.interrupted else "trained for"
@@ -506,63 +507,96 @@ def serve(
 
 @app.command()
 def demo(
-    model: str = ModelOption,
-    output_dir: Path = typer.Option(Path("matryoshka-demo"), help="Where the plot, JSON and demo index go."),
-    dims: Optional[str] = typer.Option(None, help="Comma-separated prefix dims. Default: d, d/2, … d/32."),
-    serve_after: bool = typer.Option(False, "--serve", help="End by serving the demo index: the API and the slider page."),
+    output_dir: Path = typer.Option(Path("matryoshka-demo"), help="Where the plot, the JSON of every figure and the demo index go."),
+    serve_after: bool = typer.Option(False, "--serve", help="End by serving the WordNet index: the API and the slider page."),
     host: str = HostOption,
     port: int = PortOption,
 ) -> None:
-    """Show what the project does, offline, on a bundled SQuAD sample: per-dimension retrieval
-    quality of the model's own prefixes against PCA prefixes (table and plot), then funnel search
-    against exact search over a local index of the same corpus.
+    """Show what Matryoshka embeddings buy, offline and measured live (about a minute and a half on
+    two cores): quality at every prefix of a Matryoshka-trained model (wordllama) beside a standard
+    one (all-MiniLM-L6-v2, plain prefixes and PCA), then funnel search against exact search over all
+    117,659 WordNet 3.0 glosses, with real lemma queries.
 
-    [bold]Example[/bold]
+    [bold]Examples[/bold]
 
       matryoshka demo
 
-      matryoshka demo --serve     (then open the printed URL)
+      matryoshka demo --serve     (then open the printed URL and type a word)
     """
-    import json
-    from dataclasses import asdict
-
-    from .demo import SAMPLE_DIR, run_demo
-    from .evaluate import parse_dims, planned_steps
-    from .plots import plot_per_dimension
+    from .demo import SQUAD_DIR, WORDNET_FILE, compare_quality, funnel_showdown, plot_quality, save_results
 
     with user_errors():
-        console.rule("[bold]matryoshka demo")
-        console.print(f"Corpus: bundled slice of SQuAD v1.1 dev (CC BY-SA 4.0), see {SAMPLE_DIR / 'ATTRIBUTION.md'}")
-        encoder = _load(model, None, None)
-        dim_list = parse_dims(dims, encoder.full_dim)
+        started = time.perf_counter()
         output_dir.mkdir(parents=True, exist_ok=True)
+        console.rule("[bold]matryoshka demo")
+        console.print("[bold]1 · Quality at every prefix[/bold]: a Matryoshka-trained model against a standard one, "
+                      f"on a bundled slice of SQuAD v1.1 dev (CC BY-SA 4.0, {SQUAD_DIR / 'ATTRIBUTION.md'})")
+        wordllama, minilm = _load("wordllama", None, None), _load("default", None, None)
         with _progress() as progress:
-            step = progress.add_task("Scoring dimensions", total=planned_steps(dim_list, ["truncate", "pca"], encoder.full_dim))
-            report, funnel = run_demo(encoder, output_dir, dim_list, progress=lambda n: progress.advance(step, n))
-        console.print(report_table(report))
-        for note in report.notes:
-            console.print(f"[dim]· {note}[/dim]")
-        table = Table(title=f"Funnel vs exact search · {funnel.documents} documents, {funnel.queries} questions, k=10")
-        for column in ("search", "ms/query", "nDCG@10", "recall@10 vs exact"):
-            table.add_column(column, justify="right" if column != "search" else "left")
-        table.add_row("exact (full dim)", f"{funnel.exact_ms_per_query:.3f}", f"{funnel.exact_ndcg:.4f}", "1.000")
-        table.add_row(f"funnel {funnel.schedule}", f"{funnel.funnel_ms_per_query:.3f}", f"{funnel.funnel_ndcg:.4f}",
-                      f"{funnel.recall_vs_exact:.3f}")
-        console.print(table)
-        console.print(f"Funnel speed-up: [bold]{funnel.speedup:.2f}×[/bold] on this {funnel.documents}-document sample "
-                      "(batched): on so few documents exact search is cheaper. The funnel pays off on large corpora "
-                      "(3× at 1M vectors, single query; README, benchmarks/funnel.py).")
-        report.save_json(output_dir / "evaluation.json")
-        (output_dir / "funnel.json").write_text(json.dumps({**asdict(funnel), "speedup": funnel.speedup}, indent=2) + "\n")
-        plot = plot_per_dimension(report, output_dir / "evaluation.png")
-        console.print(f"Plot: [bold]{plot}[/bold]   JSON: [bold]{output_dir / 'evaluation.json'}[/bold], "
-                      f"[bold]{output_dir / 'funnel.json'}[/bold]   Index: [bold]{output_dir / 'index'}[/bold]")
+            quality = compare_quality({"wordllama": (wordllama, ["truncate"]), "MiniLM": (minilm, ["truncate", "pca"])},
+                                      progress=TaskProgress(progress))
+        console.print(quality_table(quality))
+        plot = plot_quality(quality, output_dir / "quality.png")
+        console.print(f"Plot: [bold]{plot}[/bold]")
+        console.print(f"\n[bold]2 · Funnel search[/bold] over every WordNet 3.0 gloss ({WORDNET_FILE.parent / 'NOTICE.md'}), "
+                      "embedded with wordllama, binary head; lemma queries the tuning never saw")
+        with _progress() as progress:
+            showdown = funnel_showdown(wordllama, output_dir / "wordnet-index", progress=TaskProgress(progress))
+        console.print(showdown_table(showdown))
+        for word, ids in showdown.examples:
+            console.print(Text.assemble("  ", (repr(word), "bold"), " → ", ", ".join(ids)))
+        console.print(Text.assemble(
+            "\nOne query at a time, the funnel answered ", (f"{showdown.single_speedup:.1f}× faster", "bold green"),
+            " than exact search, finding ", (f"{showdown.recall_at_10:.3f}", "bold"),
+            f" of its top-10 and holding {showdown.ram_ratio:.0f}× less in RAM; a batch of {showdown.batch_size:,} ran at ",
+            f"{showdown.batch_speedup:.1f}× exact search's speed."))
+        path = save_results(output_dir, quality, showdown, [("seconds", round(time.perf_counter() - started, 1))])
+        console.print(f"Every figure: [bold]{path}[/bold]   Index: [bold]{output_dir / 'wordnet-index'}[/bold]   "
+                      f"({time.perf_counter() - started:.0f} s)")
         if serve_after:
             from .index import Index
             from .server import Limits
 
-            opened = Index(output_dir / "index", encoder=encoder)
-            _serve(opened, host, port, Limits())
+            _serve(Index(output_dir / "wordnet-index", encoder=wordllama), host, port, Limits())
+        else:
+            console.print(f"See it in a browser: [bold]matryoshka demo --serve[/bold], or "
+                          f"[bold]matryoshka serve --db {output_dir / 'wordnet-index'}[/bold], then open http://localhost:{port}/")
+
+
+def quality_table(quality) -> Table:
+    """nDCG@10 at d, d/2, … d/32 of each model's own dimension, with the share of its full score."""
+    table = Table(title=f"nDCG@10 per prefix · {quality.documents} paragraphs, {quality.queries} questions")
+    table.add_column("prefix", style="bold")
+    for label in quality.reports:
+        table.add_column(label, justify="right")
+    for fraction in quality.fractions():
+        cells = []
+        for label in quality.reports:
+            dim, score, share = quality.relative(label, fraction)
+            cells.append(f"{dim:>3} dims  {score:.3f}  [cyan]{100 * share:5.1f}%[/cyan]")
+        table.add_row("d" if fraction == 1 else f"d/{fraction}", *cells)
+    return table
+
+
+def showdown_table(showdown) -> Table:
+    table = Table(title=f"Funnel vs exact search · {showdown.documents:,} glosses × {showdown.full_dim} dims, k=10, "
+                        f"{showdown.test_queries:,} lemma queries")
+    table.add_column("")
+    table.add_column("exact (FAISS flat)", justify="right")
+    table.add_column(f"funnel {showdown.schedule}", justify="right")
+    table.add_column("gain", justify="right", style="bold green")
+    table.add_row("recall@10 against exact", "1.000", f"{showdown.recall_at_10:.3f}", "")
+    table.add_row("one query, median ms", f"{showdown.single_exact_ms:.2f}", f"{showdown.single_funnel_ms:.2f}",
+                  f"{showdown.single_speedup:.1f}×")
+    table.add_row(f"batch of {showdown.batch_size:,}, queries/s", f"{showdown.batch_exact_qps:,.0f}",
+                  f"{showdown.batch_funnel_qps:,.0f}", f"{showdown.batch_speedup:.1f}×")
+    table.add_row("RAM held (funnel: head and norms;\nfull vectors memory-mapped)", _megabytes(showdown.exact_ram_bytes),
+                  _megabytes(showdown.funnel_ram_bytes), f"{showdown.ram_ratio:.0f}× less")
+    return table
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 2**20:,.1f} MB"
 
 
 def main() -> None:  # pragma: no cover - console entry point

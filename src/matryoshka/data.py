@@ -12,23 +12,16 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
+
+from .errors import DataError
 
 TEXT_SUFFIXES = (".jsonl", ".csv", ".tsv", ".txt")
 FIRST_OF_PAIR = ("anchor", "sentence1", "query", "text1")
 SECOND_OF_PAIR = ("positive", "sentence2", "document", "text2")
 SCORE_FIELDS = ("score", "label")
-
-
-class DataError(ValueError):
-    """A problem in an input file, located by path and (where it applies) 1-based line number."""
-
-    def __init__(self, path: Path | str, message: str, line: int | None = None) -> None:
-        self.path, self.line, self.problem = str(path), line, message
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True)
@@ -379,3 +372,56 @@ def is_beir_folder(path: Path | str) -> bool:
 def is_sts_folder(path: Path | str) -> bool:
     path = Path(path)
     return path.is_dir() and any(path.glob("sts-*.csv*"))
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+def read_vectors(path: Path | str, what: str = "vectors") -> np.ndarray:
+    """A 2-D ``.npy`` array, memory-mapped (no pickles); a DataError says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "no such file")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(path, f"not a .npy array of {what} ({exc})") from None
+    if array.ndim != 2:
+        raise DataError(path, f"{what} must be a 2-D array (rows x dims), got shape {array.shape}")
+    return array
+
+
+def write_vectors(path: Path | str, vectors: np.ndarray, ids: Sequence[str] | None = None) -> Path:
+    """Write ``vectors`` as a ``.npy`` (and ``ids`` one per line beside it, ``<path>.ids.txt``),
+    atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder; give a file name ending in .npy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "wb") as handle:
+            np.save(handle, vectors)
+        partial.replace(path)
+        if ids is not None:
+            path.with_name(path.name + ".ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise DataError(path, f"cannot be written: {exc.strerror or exc}") from None
+    return path
+
+
+def write_json(path: Path | str, payload: object) -> Path:
+    """Write ``payload`` as indented JSON, atomically; a DataError names a path that cannot take it."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder; give a file name for the JSON")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise DataError(path, f"cannot be written: {exc.strerror or exc}") from None
+    return path

@@ -17,8 +17,10 @@ import numpy as np
 
 from . import metrics
 from .adapt import PCAAdapter
-from .data import DataError, Pairs, RetrievalData, is_beir_folder, is_sts_folder, read_beir, read_pairs, read_sts
-from .models import Encoder, check_dim, truncate
+from .data import Pairs, RetrievalData, is_beir_folder, is_sts_folder, read_beir, read_pairs, read_sts
+from .errors import DataError, UsageError
+from .models import Encoder
+from .vectors import check_dim, halving_dims, truncate
 
 METHODS = ("truncate", "pca", "adapter")
 RETRIEVAL_METRICS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
@@ -26,27 +28,16 @@ PRIMARY_METRIC = {"retrieval": "ndcg@10", "sts": "spearman"}
 QUERY_BLOCK = 1024
 
 
-def default_dims(full_dim: int, smallest: int = 8) -> list[int]:
-    """Full dimension, then halvings down to d/32 (but not below ``smallest``)."""
-    dims, dim = [], full_dim
-    while dim >= max(smallest, full_dim // 32) and dim >= 1:
-        dims.append(dim)
-        if dim % 2:
-            break
-        dim //= 2
-    return dims
-
-
 def parse_dims(text: str | None, full_dim: int) -> list[int]:
     """``"384,48,12"`` -> sorted unique dims, each validated against ``full_dim``; None -> defaults."""
     if not text:
-        return default_dims(full_dim)
+        return halving_dims(full_dim)
     try:
         dims = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"--dims must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"--dims must be comma-separated integers, got {text!r}") from None
     if not dims:
-        raise ValueError("--dims is empty")
+        raise UsageError("--dims is empty")
     return sorted({check_dim(d, full_dim) for d in dims}, reverse=True)
 
 
@@ -54,7 +45,7 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
     methods = [m.strip() for m in text.split(",")] if isinstance(text, str) else list(text)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise UsageError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     return methods
 
 
@@ -112,7 +103,7 @@ def _transforms(methods: Sequence[str], fit_vectors: np.ndarray, adapter=None) -
             out[method] = PCAAdapter().fit(fit_vectors).transform
         elif method == "adapter":
             if adapter is None:
-                raise ValueError("method 'adapter' needs an adapter file (--adapter PATH, made by 'matryoshka adapt')")
+                raise UsageError("method 'adapter' needs an adapter file (--adapter PATH, made by 'matryoshka adapt')")
             out[method] = adapter.transform
     return out
 
@@ -214,7 +205,7 @@ def evaluate_sts(
     is fitted on the evaluated sentences themselves, which the report notes.
     """
     if pairs.scores is None:
-        raise ValueError("STS evaluation needs scored pairs (a 'score' column)")
+        raise UsageError("STS evaluation needs scored pairs (a 'score' column)")
     unique = list(dict.fromkeys([*pairs.first, *pairs.second]))
     position = {text: i for i, text in enumerate(unique)}
     vectors = encoder.encode(unique, batch_size=batch_size)
@@ -277,7 +268,7 @@ def run_evaluation(
                 raise DataError(data_path, "STS evaluation needs a 'score' column")
         return evaluate_sts(encoder, pairs, dims, methods, fit_texts=fit_texts, data_name=str(data_path),
                             split=split, batch_size=batch_size, progress=progress, adapter=adapter)
-    raise ValueError(f"unknown task {task!r}; choose 'retrieval' or 'sts'")
+    raise UsageError(f"unknown task {task!r}; choose 'retrieval' or 'sts'")
 
 
 def planned_steps(dims: Sequence[int], methods: Sequence[str], full_dim: int) -> int:

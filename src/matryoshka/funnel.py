@@ -18,15 +18,12 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from .errors import ScheduleError, StoreError, UsageError
 from .metrics import top_k
-from .models import normalize
+from .stores.base import Store
+from .vectors import normalize, stage_dims
 
-MIN_HEAD_DIM = 8
 GATHER_BUDGET = 64 * 2**20  # candidate floats gathered at once per stage (256 MiB)
-
-
-class ScheduleError(ValueError):
-    """A schedule that cannot work (fails before any search starts)."""
 
 
 @dataclass(frozen=True)
@@ -138,43 +135,6 @@ class Schedule:
         return ",".join(map(str, self.stages))
 
 
-def default_head_dim(full_dim: int) -> int:
-    """d/32 from the Matryoshka literature, but at least 8 (and at most d)."""
-    return min(full_dim, max(MIN_HEAD_DIM, full_dim // 32))
-
-
-def stage_dims(full_dim: int, head_dim: int | None = None) -> list[int]:
-    """Head dim, then doubling, ending exactly at ``full_dim`` (any dims, not only powers of two)."""
-    dim = head_dim or default_head_dim(full_dim)
-    dims = []
-    while dim < full_dim:
-        dims.append(dim)
-        dim *= 2
-    return dims + [full_dim]
-
-
-class FunnelStore(Protocol):
-    """What the funnel needs from a store (local folder or Milvus)."""
-
-    full_dim: int
-    head_dim: int
-    binary_head: bool  # the head holds sign bits searched by Hamming distance, not float prefixes
-
-    def __len__(self) -> int: ...
-
-    def head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` rows by the prefix of ``queries.shape[1]`` dims (fast when that is the stored head)."""
-
-    def rescore(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
-        """(nq, m) cosines of each query (nq, dim) with its ``rows``' re-normalised ``dim`` prefixes."""
-
-    def scores_in_place(self, dim: int) -> bool:
-        """Whether :meth:`rescore` at ``dim`` reads candidates where they lie (no gathered copy)."""
-
-    def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact full-dimension top ``k`` (scores, rows)."""
-
-
 @dataclass
 class SearchResult:
     """Top-k rows and cosines per query, with the time and shortlist size of each stage."""
@@ -190,19 +150,8 @@ class SearchResult:
         return float(sum(self.stage_seconds))
 
 
-def rerank(candidates: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Cosines between each query's prefix and its candidates' prefixes, both re-normalised.
-
-    ``candidates``: (nq, m, dim) raw prefixes; ``queries``: (nq, dim). One batched product.
-    """
-    queries = normalize(queries)
-    dots = np.matmul(candidates, queries[:, :, None])[:, :, 0]
-    norms = np.sqrt(np.einsum("qmd,qmd->qm", candidates, candidates))
-    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
-
-
 def funnel_search(
-    store: FunnelStore,
+    store: Store,
     queries: np.ndarray,
     schedule: Schedule,
     k: int,
@@ -232,7 +181,7 @@ def funnel_search(
                         [sum(p.stage_seconds[i] for p in parts) for i in range(len(parts[0].stage_seconds))])
 
 
-def check_head(schedule: Schedule, store: FunnelStore) -> None:
+def check_head(schedule: Schedule, store: Store) -> None:
     """A binary schedule needs the store's binary head, and a binary head answers only its own bits."""
     binary = getattr(store, "binary_head", False)
     if schedule.binary_head and not binary:
@@ -243,7 +192,7 @@ def check_head(schedule: Schedule, store: FunnelStore) -> None:
                             f"{store.head_dim}b:N, not {schedule.stages[0]}")
 
 
-def _funnel_chunk(store: FunnelStore, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int) -> SearchResult:
+def _funnel_chunk(store: Store, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int) -> SearchResult:
     result = SearchResult(np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32))
     started = time.perf_counter()
     first = schedule.stages[0]
@@ -287,9 +236,9 @@ def _as_batch(queries: np.ndarray, full_dim: int) -> np.ndarray:
     if queries.ndim == 1:
         queries = queries[None, :]
     if queries.ndim != 2 or queries.shape[1] != full_dim:
-        raise ValueError(f"queries must have shape (n, {full_dim}), got {queries.shape}")
+        raise StoreError(f"queries must have shape (n, {full_dim}), got {queries.shape}")
     if not np.isfinite(queries).all():
-        raise ValueError("queries contain NaN or infinite values")
+        raise StoreError("queries contain NaN or infinite values")
     return queries
 
 
@@ -320,6 +269,7 @@ class TuneResult:
     passed: bool = False  # reached the target with 95% confidence (else: the most accurate schedule tried)
 
 
+TUNE_MARGIN = 0.2  # share of the allowed misses (1 - target recall) that autotune holds back
 FIRST_CUTS = (2, 4, 8)  # how sharply autotune tries to cut the shortlist after the head
 BINARY_FIRST_CUTS = (2, 4, 8, 16)  # a binary head's shortlist is short already; it goes straight to d/2
 
@@ -340,7 +290,7 @@ def schedule_cost(schedule: Schedule, corpus_size: int, gather_penalty: float = 
 
 
 def autotune(
-    store: FunnelStore,
+    store: Store,
     sample_queries: np.ndarray,
     k: int = 10,
     target_recall: float = 0.99,
@@ -353,7 +303,10 @@ def autotune(
 ) -> TuneResult:
     """The cheapest schedule whose recall@k against exact search on ``sample_queries`` reaches
     ``target_recall`` with 95% confidence (the lower bound over queries, not just the mean, so
-    that new queries reach it too); falls back to the most accurate one tried if none does. For each head dim
+    that new queries reach it too) and a margin: the misses it may allow, ``1 - target_recall``,
+    are cut by ``TUNE_MARGIN``, because the cheapest of many schedules that pass on one sample is
+    the one most likely to have passed by luck. Falls back to the most accurate one tried if none
+    does. For each head dim
     it takes the shortest shortlist that reaches the target, cut after the head as sharply as
     the target allows (by 2, 4 or 8), then halving.
 
@@ -363,7 +316,8 @@ def autotune(
     ``two_stage`` tune an adapter's head: head in the adapter's space, then straight to the full
     original vectors."""
     if not 0 < target_recall <= 1:
-        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+        raise UsageError(f"target recall must be in (0, 1], got {target_recall}")
+    required = target_recall + TUNE_MARGIN * (1 - target_recall)
     queries = _as_batch(sample_queries, store.full_dim)
     n, full = len(store), store.full_dim
     if truth is None:
@@ -388,7 +342,7 @@ def autotune(
                 tried.append((str(schedule), recall, bound, cost))
                 if fallback is None or recall > fallback.recall:
                     fallback = TuneResult(schedule, recall, cost, ())
-                if bound < target_recall:
+                if bound < required:
                     break  # a sharper cut only loses more
                 passed = True
                 if best is None or cost < best.cost:
@@ -404,11 +358,6 @@ def two_stage_schedule(full_dim: int, k: int, shortlist: int, head_dim: int, bin
     if head_dim >= full_dim and not binary:
         return Schedule((Stage(full_dim, k),))
     return Schedule((Stage(head_dim, max(k, shortlist), binary), Stage(full_dim, k)))
-
-
-def head_candidates(full_dim: int) -> list[int]:
-    """Head dims autotune tries: d/32, d/16, d/8 and d/4 (each at least 8)."""
-    return sorted({min(full_dim, max(MIN_HEAD_DIM, full_dim // f)) for f in (32, 16, 8, 4)})
 
 
 def _shortlist_candidates(k: int, n: int) -> list[int]:

@@ -6,42 +6,33 @@ and documents are always encoded alike.
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .adapt import adapted_queries
-from .funnel import (Schedule, SearchResult, TuneResult, autotune, default_head_dim, funnel_search,
-                     head_candidates)
-from .models import Encoder, check_dim, load_model, normalize
-from .stores import IndexMeta, StoreError, check_ids, is_milvus_uri, open_store, validate_vectors
-from .stores.memory import HEAD_INDEXES, MemoryStore
+from .adapt import AdaptedEncoder, adapted_queries, load_adapter
+from .errors import MatryoshkaError, StoreError, UsageError
+from .funnel import Schedule, SearchResult, TuneResult, autotune, funnel_search
+from .models import MODEL_ALIASES, Encoder, load_model
+from .samples import AUTOTUNE_SAMPLE, pseudo_queries
+from .stores import HEAD_INDEXES, Autotune, IndexMeta, check_ids, open_builder, open_store
+from .stores.memory import MemoryStore
+from .vectors import check_dim, default_head_dim, head_candidates, normalize, validate_vectors
 
 ENCODE_CHUNK = 256
-AUTOTUNE_SAMPLE = 200
+VECTOR_CHUNK = 8192
 
 
 def _batches(encoder: Encoder | None, texts: Sequence[str], vectors: np.ndarray | None) -> Iterator[np.ndarray]:
     if vectors is not None:
-        for start in range(0, len(vectors), 8192):
-            yield vectors[start : start + 8192]
+        for start in range(0, len(vectors), VECTOR_CHUNK):
+            yield vectors[start : start + VECTOR_CHUNK]
         return
     for start in range(0, len(texts), ENCODE_CHUNK):
-        yield encoder.encode(texts[start : start + ENCODE_CHUNK], kind="document", show_progress=False)
-
-
-def _builder(db: str | Path, collection: str | None):
-    if is_milvus_uri(str(db)):
-        from .stores.milvus import DEFAULT_COLLECTION, MilvusBuilder
-
-        return MilvusBuilder(str(db), collection or DEFAULT_COLLECTION)
-    from .stores.local import LocalBuilder
-
-    return LocalBuilder(db)
+        yield encoder.encode(texts[start : start + ENCODE_CHUNK], kind="document")
 
 
 def build_index(
@@ -66,10 +57,10 @@ def build_index(
     All or nothing: the new index becomes visible only once complete. ``progress`` is called with
     the number of documents encoded (and, for Milvus, written) since the last call."""
     if encoder is None and vectors is None:
-        raise ValueError("give a model to encode the texts, or precomputed vectors")
-    adapter = getattr(encoder, "adapter", None)
-    adapter_path = getattr(encoder, "adapter_path", None)
-    encoder = getattr(encoder, "base", encoder)  # documents are stored as the model's own vectors
+        raise UsageError("give a model to encode the texts, or precomputed vectors")
+    adapter = encoder.adapter if isinstance(encoder, AdaptedEncoder) else None
+    adapter_path = encoder.adapter_path if isinstance(encoder, AdaptedEncoder) else None
+    encoder = encoder.base if isinstance(encoder, AdaptedEncoder) else encoder  # documents are stored as the model's own vectors
     ids = check_ids(ids)
     if len(texts) != len(ids):
         raise StoreError(f"{len(texts)} texts for {len(ids)} ids")
@@ -82,11 +73,12 @@ def build_index(
         full_dim=full_dim,
         head_dim=head_dim or default_head_dim(full_dim),
         count=len(ids),
+        head_index=head_index,
         query_prompt=getattr(encoder, "query_prompt", None),
         document_prompt=getattr(encoder, "document_prompt", None),
         adapter=adapter_path,
     )
-    builder = _builder(db, collection)
+    builder = open_builder(db, collection)
     try:
         full = builder.full_array(len(ids), full_dim)
         written = 0
@@ -106,10 +98,10 @@ def build_index(
         adapted = normalize(adapter.transform(np.asarray(full))) if adapter is not None else None
         tuned = tune(full, k=min(k, len(ids)), target_recall=target_recall, head_dims=[head_dim] if head_dim else None,
                      sample_queries=queries, adapter=adapter, adapted=adapted, head_index=head_index)
-        meta.head_dim, meta.schedule, meta.autotune_recall = tuned.schedule.head_dim, str(tuned.schedule), tuned.recall
-        meta.extra["autotune"] = {"k": min(k, len(ids)), "target_recall": target_recall, "queries": source,
-                                  "reached_with_95pct_confidence": tuned.passed}
-        builder.commit(full, ids, list(texts), meta, head_index=head_index, progress=progress, head_source=adapted)
+        meta = replace(meta, head_dim=tuned.schedule.head_dim, schedule=str(tuned.schedule),
+                       autotune=Autotune(k=min(k, len(ids)), target_recall=target_recall, recall=tuned.recall,
+                                         queries=source, passed=tuned.passed, corpus_size=len(ids)))
+        meta = builder.commit(full, ids, list(texts), meta, progress=progress, head_source=adapted)
     except BaseException:
         builder.abort()
         raise
@@ -132,45 +124,6 @@ def check_head_choice(head_index: str, head_dim: int | None, full_dim: int) -> i
         raise StoreError(f"a binary head takes whole bytes: {bits} bits is not a multiple of 8; give --head-dim "
                          f"{bits - bits % 8 or 8}")
     return bits
-
-
-def pseudo_queries(texts: Sequence[str], encoder: Encoder, count: int = AUTOTUNE_SAMPLE, seed: int = 0,
-                   unit: str = "window") -> np.ndarray:
-    """Query-like samples drawn from the corpus itself (``query_like_texts``), encoded as queries."""
-    return encoder.encode(query_like_texts(texts, count, seed, unit), kind="query", show_progress=False)
-
-
-def query_like_texts(texts: Sequence[str], count: int = AUTOTUNE_SAMPLE, seed: int = 0, unit: str = "window") -> list[str]:
-    """``unit="window"`` (autotune): a random window of 4 to 12 words from random documents. Whole
-    documents as queries would be found too easily (each is its own nearest neighbour) and would
-    pick a shortlist too short for real queries. ``unit="sentence"`` (adapter fitting): whole
-    sentences of 5 to 40 words, which read like the claims and questions users type; a corpus
-    with too few such sentences (titles, keywords) gets windows instead."""
-    rng = np.random.default_rng(seed)
-    samples = _sentences(texts, rng, count) if unit == "sentence" else []
-    if len(samples) < min(count, len(texts)) // 4:
-        samples = _windows(texts, rng, count)
-    return samples
-
-
-def _windows(texts: Sequence[str], rng: np.random.Generator, count: int) -> list[str]:
-    windows = []
-    for row in rng.choice(len(texts), size=min(count, len(texts)), replace=False):
-        words = texts[row].split()
-        width = int(rng.integers(4, 13))
-        start = int(rng.integers(0, max(1, len(words) - width + 1)))
-        windows.append(" ".join(words[start : start + width]) or texts[row])
-    return windows
-
-
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def _sentences(texts: Sequence[str], rng: np.random.Generator, count: int) -> list[str]:
-    found = [s for text in texts for s in SENTENCE_END.split(text) if 5 <= len(s.split()) <= 40]
-    if len(found) <= count:
-        return found
-    return [found[i] for i in rng.choice(len(found), size=count, replace=False)]
 
 
 def tune(full: np.ndarray, k: int, target_recall: float, head_dims: Sequence[int] | None = None,
@@ -208,6 +161,33 @@ class Hits:
     scores: list[float]
     texts: list[str]
 
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_list(self) -> list[dict]:
+        """``[{"rank", "id", "score", "text"}, ...]``, best first."""
+        return [{"rank": rank, "id": i, "score": s, "text": t}
+                for rank, (i, s, t) in enumerate(zip(self.ids, self.scores, self.texts), start=1)]
+
+    def __str__(self) -> str:
+        return "\n".join(f"{h['rank']:>3}  {h['score']:.4f}  {h['id']}  {h['text'][:80]}" for h in self.to_list())
+
+
+def search_mode(exact: bool = False, dim: int | None = None) -> str:
+    """``"funnel"``, ``"exact"`` (full-dimension scan) or ``"prefix"`` (a scan of ``dim``-prefixes)."""
+    return "prefix" if dim else "exact" if exact else "funnel"
+
+
+def answers_json(queries: Sequence[str], result: SearchResult, hits: Sequence[Hits], *, k: int, mode: str,
+                 dim: int, schedule: Schedule | None = None) -> list[dict]:
+    """One JSON object per query: what ``matryoshka search --json`` writes and ``POST /search``
+    answers. ``stages`` are the whole batch's (dim, keep, milliseconds) per funnel stage."""
+    stages = [{"dim": d, "keep": n, "ms": round(1000 * s, 3)}
+              for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)]
+    return [{"query": query, "k": k, "mode": mode, "dim": dim, "schedule": str(schedule) if schedule else None,
+             "hits": found.to_list(), "stages": stages, "batch_size": len(hits)}
+            for query, found in zip(queries, hits)]
+
 
 class Index:
     """An opened index plus the encoder it was built with."""
@@ -215,23 +195,18 @@ class Index:
     def __init__(self, db: str | Path, *, model: str | None = None, head_index: str | None = None,
                  collection: str | None = None, encoder: Encoder | None = None) -> None:
         """``encoder``: an already loaded model to reuse (checked against the index's, like ``model``)."""
-        options = {"head_index": head_index} if head_index else {}
-        if collection:
-            options["collection"] = collection
-        self.store = open_store(db, **options)
+        self.store = open_store(db, head_index=head_index, collection=collection)
         self.meta: IndexMeta = self.store.meta
         self.adapter = None
         if self.meta.adapter:
-            from .adapt import load_adapter
-
             try:
                 self.adapter = load_adapter(self.meta.adapter)
-            except ValueError as exc:
+            except MatryoshkaError as exc:
                 raise StoreError(f"this index was built with adapter {self.meta.adapter}, which cannot be loaded: {exc}") from None
-        given_adapter = getattr(encoder, "adapter_path", None)
+        given_adapter = encoder.adapter_path if isinstance(encoder, AdaptedEncoder) else None
         if given_adapter and given_adapter != self.meta.adapter:
             raise StoreError(f"this index was built with adapter {self.meta.adapter or '(none)'}, not {given_adapter}")
-        encoder = getattr(encoder, "base", encoder)  # queries are encoded as the model's own vectors
+        encoder = encoder.base if isinstance(encoder, AdaptedEncoder) else encoder  # queries: the model's own vectors
         model = encoder.name if encoder is not None and model is None else model
         if model is not None and self.meta.model is not None and _canonical(model) != _canonical(self.meta.model):
             raise StoreError(f"this index was built with model {self.meta.model!r}, not {model!r}; "
@@ -266,6 +241,19 @@ class Index:
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.encoder.encode(list(texts), kind="query")
+
+    def search(self, queries: str | Sequence[str], k: int = 10, *, schedule: Schedule | str | None = None,
+               exact: bool = False, dim: int | None = None) -> list[Hits]:
+        """Encode query texts with the index's model and search: one :class:`Hits` per query.
+
+        Example::
+
+            with Index("./my-index") as index:
+                print(index.search("what causes tides?", k=3)[0])
+        """
+        texts = [queries] if isinstance(queries, str) else list(queries)
+        plan = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
+        return self.hits(self.search_vectors(self.encode_queries(texts), k, schedule=plan, exact=exact, dim=dim))
 
     def search_vectors(self, queries: np.ndarray, k: int = 10, *, schedule: Schedule | None = None,
                        exact: bool = False, dim: int | None = None) -> SearchResult:
@@ -302,7 +290,5 @@ class Index:
 
 
 def _canonical(name: str) -> str:
-    from .models import MODEL_ALIASES
-
     alias = MODEL_ALIASES.get(name.lower())
     return {"minilm": "all-MiniLM-L6-v2"}.get(alias, alias or name)

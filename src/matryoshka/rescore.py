@@ -19,6 +19,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from .vectors import normalize
+
+
+def rerank(candidates: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Cosines between each query's prefix and its gathered candidates' prefixes, both re-normalised.
+
+    ``candidates``: (nq, m, dim) raw prefixes; ``queries``: (nq, dim). One batched product; the
+    fallback of :func:`prefix_cosines` for prefixes that cannot be read in place.
+    """
+    queries = normalize(queries)
+    dots = np.matmul(candidates, queries[:, :, None])[:, :, 0]
+    norms = np.sqrt(np.einsum("qmd,qmd->qm", candidates, candidates))
+    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
 
 def fusable(vectors: np.ndarray, dim: int) -> bool:
     """Whether :func:`prefix_cosines` can score ``dim``-prefixes of ``vectors`` in place."""

@@ -144,6 +144,29 @@ def scan_shortlist(queries: np.ndarray, head: np.ndarray, n: int) -> tuple[np.nd
     return out_scores, out_rows
 
 
+def _smallest_by_count(owner: np.ndarray, distances: np.ndarray, rows: np.ndarray, counts: np.ndarray, n: int,
+                       bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly ``n`` (rows, distances) per query with the smallest integer distances, from kept
+    triples grouped by query (``owner`` non-decreasing, ``counts[q] >= n``).
+
+    Distances are small integers (0..bits), so each query's n-th distance comes from a histogram
+    and a cumulative sum instead of a partial sort; ties at that distance are taken in the order
+    they were kept (row order), so the result is deterministic."""
+    queries = len(counts)
+    distances = distances.astype(np.int64)
+    histogram = np.bincount(owner * (bits + 1) + distances, minlength=queries * (bits + 1)).reshape(queries, bits + 1)
+    cumulative = np.cumsum(histogram, axis=1)
+    threshold = np.argmax(cumulative >= n, axis=1)
+    below = np.where(threshold > 0, cumulative[np.arange(queries), threshold - 1], 0)
+    limit = threshold[owner]
+    tied = distances == limit
+    tied_so_far = np.cumsum(tied)
+    starts = np.cumsum(counts) - counts
+    tie_rank = tied_so_far - 1 - (tied_so_far[starts] - tied[starts])[owner]
+    keep = (distances < limit) | (tied & (tie_rank < (n - below)[owner]))
+    return rows[keep].reshape(queries, n), distances[keep].reshape(queries, n)
+
+
 class HammingShortlist:
     """Exact top ``n`` rows by Hamming distance, for a binary head.
 
@@ -164,6 +187,7 @@ class HammingShortlist:
         self.index.use_heap = False  # the k-NN fallback counts distances: small integers
         self.index.add(np.ascontiguousarray(codes, dtype=np.uint8))
         self.sample = faiss.IndexBinaryFlat(self.bits)
+        self.sample.use_heap = False
         self.sample.add(np.ascontiguousarray(codes[_sample_columns(self.count)], dtype=np.uint8))
 
     def search(self, codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,8 +214,8 @@ class HammingShortlist:
             elif ok.any():
                 keep = np.repeat(ok, counts)
                 owner = np.repeat(np.cumsum(ok) - 1, counts)[keep]
-                picked, negated = _top_of_kept(owner, rows[keep], -distances[keep].astype(np.float32), counts[ok], n)
-                out_rows[members[ok]], out_distances[members[ok]] = picked, -negated
+                picked, picked_distances = _smallest_by_count(owner, distances[keep], rows[keep], counts[ok], n, self.bits)
+                out_rows[members[ok]], out_distances[members[ok]] = picked, picked_distances
         short = np.concatenate(short)
         if len(short):
             out_distances[short], out_rows[short] = self.index.search(codes[short], n)

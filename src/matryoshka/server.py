@@ -24,10 +24,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from .batching import MicroBatcher
-from .funnel import Schedule, ScheduleError, Stage, check_head, stage_dims
-from .index import Index
-from .models import ModelError, check_dim, truncate
-from .stores import StoreError
+from .errors import MatryoshkaError, ModelError, ScheduleError
+from .funnel import Schedule, Stage, check_head
+from .index import Index, answers_json, search_mode
+from .vectors import check_dim, halving_dims, truncate
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
@@ -102,7 +102,7 @@ class SearchService:
         self.index, self.limits = index, limits
         self.meta = index.meta
         self.full_dim = index.meta.full_dim
-        self.marks = stage_dims(self.full_dim, max(1, self.full_dim // 32))  # d/32 … d: slider marks, default dims
+        self.marks = sorted(halving_dims(self.full_dim, smallest=1))  # d/32 … d: slider marks, default dims
         self._encode_lock = threading.Lock()
         self._store_lock = threading.Lock()
 
@@ -175,7 +175,9 @@ class SearchService:
                 raise LimitError("schedule: give a schedule or exact, not both")
             schedule = self._schedule(request.schedule, k)
         dim = request.dim if request.dim not in (None, self.full_dim) else None
-        mode = "prefix" if dim else "exact" if request.exact or request.dim else "funnel"
+        mode = search_mode(exact=request.exact or request.dim is not None, dim=dim)
+        if mode == "funnel" and schedule is None:
+            schedule = self.index.schedule_for(k)
         return SearchPlan(request.query, k, mode, dim, schedule)
 
     def search(self, request: SearchRequest) -> dict:
@@ -201,26 +203,15 @@ class SearchService:
                     result = self.index.search_vectors(queries[positions], plan.k, schedule=plan.schedule,
                                                        exact=plan.mode == "exact", dim=plan.dim)
                     hits = self.index.hits(result)
-            except (StoreError, ModelError, ScheduleError) as exc:
+            except MatryoshkaError as exc:
                 for position in positions:
                     answers[position] = exc
                 continue
             search_ms = round(1000 * (time.perf_counter() - searched), 3)
-            stages = [{"dim": d, "keep": n, "ms": round(1000 * s, 3)}
-                      for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)]
-            for position, found in zip(positions, hits):
-                answers[position] = {
-                    "query": plans[position].query,
-                    "k": plan.k,
-                    "mode": plan.mode,
-                    "dim": plan.dim or self.full_dim,
-                    "hits": [{"rank": rank + 1, "id": i, "score": s, "text": t}
-                             for rank, (i, s, t) in enumerate(zip(found.ids, found.scores, found.texts))],
-                    "stages": stages,
-                    "encode_ms": encode_ms,
-                    "search_ms": search_ms,
-                    "batch_size": len(positions),
-                }
+            found = answers_json([plans[p].query for p in positions], result, hits, k=plan.k, mode=plan.mode,
+                                 dim=plan.dim or self.full_dim, schedule=plan.schedule)
+            for position, answer in zip(positions, found):
+                answers[position] = {**answer, "encode_ms": encode_ms, "search_ms": search_ms}
         return answers
 
     def _schedule(self, stages: list[tuple[int, int]], k: int) -> Schedule:
@@ -299,8 +290,7 @@ def create_app(index: Index, limits: Limits = Limits()) -> FastAPI:
     async def over_limit(request: Request, exc: LimitError):
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
-    @app.exception_handler(StoreError)
-    @app.exception_handler(ModelError)
+    @app.exception_handler(MatryoshkaError)
     async def bad_value(request: Request, exc: Exception):
         return JSONResponse({"error": str(exc)}, status_code=422)
 

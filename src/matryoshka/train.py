@@ -24,19 +24,17 @@ import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 from transformers import TrainerCallback
 
-from .data import DataError, Pairs, RetrievalData, is_beir_folder, is_sts_folder, read_beir, read_pairs, read_sts
-from .evaluate import EvaluationReport, default_dims, evaluate_retrieval, evaluate_sts
-from .models import ModelError, SentenceTransformerEncoder, load_model
+from .data import Pairs, RetrievalData, is_beir_folder, is_sts_folder, read_beir, read_pairs, read_sts
+from .errors import DataError, ModelError, TrainingError
+from .evaluate import EvaluationReport, evaluate_retrieval, evaluate_sts
+from .models import SentenceTransformerEncoder, load_model
+from .vectors import halving_dims, normalize
 
 LOSSES = ("auto", "mnrl", "cached-mnrl", "cosent")
 ROTATIONS = ("none", "pca", "orthogonal")
 ROTATION_TEMPERATURE = 0.02  # the listwise temperature of the rotation start, as benchmarks/train_sts.py measured it
 CACHED_FROM_BATCH = 128  # from this batch size on, MNRL is replaced by its gradient-cached variant
 MATRYOSHKA_CONFIG_KEY = "matryoshka_dims"
-
-
-class TrainingError(ValueError):
-    """Options or data that cannot train a model."""
 
 
 @dataclass
@@ -151,7 +149,7 @@ def build_loss(model, name: str, dims: Sequence[int] | None, weights: Sequence[f
 
 
 def check_dims(dims: Sequence[int] | None, weights: Sequence[float] | None, full_dim: int) -> tuple[list[int], list[float]]:
-    dims = sorted(set(int(d) for d in dims), reverse=True) if dims else default_dims(full_dim)
+    dims = sorted(set(int(d) for d in dims), reverse=True) if dims else halving_dims(full_dim)
     bad = [d for d in dims if not 1 <= d <= full_dim]
     if bad:
         raise TrainingError(f"dims {bad} are outside 1..{full_dim} (the model's full dimension)")
@@ -340,9 +338,8 @@ def add_rotation(encoder: SentenceTransformerEncoder, data: TrainingData, kind: 
     from tqdm.auto import tqdm
 
     from .adapt import FitSettings, make_adapter
-    from .models import normalize
 
-    vectors = normalize(encoder.encode(training_texts(data), kind="document", show_progress=show_progress))
+    vectors = normalize(encoder.encode(training_texts(data), kind="document"))
     settings = FitSettings(seed=seed, temperature=ROTATION_TEMPERATURE)
     with tqdm(total=settings.steps, desc=f"fitting the {kind} start", disable=not show_progress or kind == "pca") as bar:
         settings.progress = lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}"))

@@ -1,74 +1,182 @@
-"""What every store shares: the index's metadata and the checks on vectors coming in."""
+"""What every store shares: the index's metadata, the protocol a store follows, and the checks
+on what comes in.
+
+:class:`IndexMeta` is written with every index (the local store's manifest, Milvus's pointer
+row) and carries a format version that is checked on open, so that an index written by another
+version of the format is a clear error rather than a crash somewhere in a search.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Protocol, Sequence
 
 import numpy as np
 
-FORMAT_VERSION = 1
+from ..errors import StoreError
+
+FORMAT_VERSION = 2
+HEAD_INDEXES = ("flat", "hnsw", "binary")
 
 
-class StoreError(ValueError):
-    """An index that cannot be opened, built or searched as asked."""
+@dataclass(frozen=True)
+class Autotune:
+    """How the stored default schedule was chosen."""
+
+    k: int  # the k it was tuned for
+    target_recall: float  # recall@k against exact search it had to reach
+    recall: float  # mean recall@k of the chosen schedule on the tuning queries
+    queries: str  # what it was tuned on ("given queries", "word windows of corpus texts", ...)
+    passed: bool  # reached the target with 95% confidence (else: the most accurate schedule tried)
+    corpus_size: int  # documents in the index when it was tuned
 
 
-@dataclass
+@dataclass(frozen=True)
 class IndexMeta:
-    """Stored with the index so that search encodes queries the way indexing encoded documents."""
+    """Stored with the index so that search encodes queries the way indexing encoded documents.
+
+    ``head_dim`` is in dims for a float head and in bits for a binary one; ``prefix_norm_dims``
+    are the stage dims at which the store keeps every row's prefix norm."""
 
     model: str | None
     full_dim: int
     head_dim: int
     count: int
+    head_index: str = "flat"
     schedule: str | None = None
-    autotune_recall: float | None = None
+    autotune: Autotune | None = None
     query_prompt: str | None = None
     document_prompt: str | None = None
     adapter: str | None = None
+    prefix_norm_dims: tuple[int, ...] = ()
     created: str = ""
     format_version: int = FORMAT_VERSION
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.head_index not in HEAD_INDEXES:
+            raise StoreError(f"unknown head index {self.head_index!r}; choose one of {', '.join(HEAD_INDEXES)}")
+        object.__setattr__(self, "prefix_norm_dims", tuple(int(d) for d in self.prefix_norm_dims))
+
+    @property
+    def binary_head(self) -> bool:
+        return self.head_index == "binary"
+
+    @property
+    def autotune_recall(self) -> float | None:
+        return self.autotune.recall if self.autotune else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "IndexMeta":
-        data = json.loads(text)
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: object, where: str) -> "IndexMeta":
+        """Read what :meth:`to_dict` wrote, checking the format version and every field's type;
+        ``where`` names the index in the error."""
+        if not isinstance(data, dict):
+            raise StoreError(f"{where}: the index metadata is not a JSON object")
+        check_format_version(data.get("format_version", 1), where)
+        values = _typed_fields(cls, data, where)
+        if values.get("autotune") is not None:
+            values["autotune"] = cls._autotune(values["autotune"], where)
+        return cls(**values)
+
+    @staticmethod
+    def _autotune(data: object, where: str) -> Autotune:
+        if not isinstance(data, dict):
+            raise StoreError(f"{where}: metadata field 'autotune' is not a JSON object")
+        return Autotune(**_typed_fields(Autotune, data, f"{where} (autotune)"))
 
 
-def validate_vectors(vectors: np.ndarray, count: int | None = None, dim: int | None = None, what: str = "vectors") -> np.ndarray:
-    """Float32 unit rows, or a StoreError saying exactly what is wrong (shape, dtype, count, NaN, zero)."""
-    array = np.asarray(vectors)
-    if array.ndim != 2:
-        raise StoreError(f"{what} must be a 2-D array (rows x dims), got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise StoreError(f"{what} must be floating point (float32/float64/float16), got dtype {array.dtype}")
-    if count is not None and array.shape[0] != count:
-        raise StoreError(f"{what} has {array.shape[0]} rows but there are {count} texts/ids")
-    if dim is not None and array.shape[1] != dim:
-        raise StoreError(f"{what} has {array.shape[1]} dims but the index has {dim}")
-    if array.shape[0] == 0:
-        raise StoreError(f"{what} is empty")
-    bad = ~np.isfinite(array).all(axis=1)
-    if bad.any():
-        raise StoreError(f"{what} row {int(np.flatnonzero(bad)[0])} contains NaN or infinite values ({int(bad.sum())} rows in all)")
-    norms = np.linalg.norm(array.astype(np.float32), axis=1)
-    if (norms == 0).any():
-        raise StoreError(f"{what} row {int(np.flatnonzero(norms == 0)[0])} is all zeros and has no direction")
-    return (array / norms[:, None]).astype(np.float32)
+def check_format_version(version: object, where: str) -> None:
+    """An index written in another format is refused with what to do about it."""
+    if version != FORMAT_VERSION:
+        raise StoreError(f"{where} was written in index format {version}, and this version of matryoshka reads "
+                         f"format {FORMAT_VERSION}: re-index it with 'matryoshka index'")
 
 
-def binary_codes(vectors: np.ndarray, bits: int) -> np.ndarray:
-    """(n, bits/8) uint8: the sign bits of each row's first ``bits`` coordinates, packed."""
-    if bits % 8:
-        raise StoreError(f"a binary head takes whole bytes: {bits} bits is not a multiple of 8")
-    return np.packbits(np.asarray(vectors[:, :bits]) > 0, axis=1)
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _typed_fields(cls, data: dict, where: str) -> dict:
+    """The fields of dataclass ``cls`` from ``data``, each checked against its annotation."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise StoreError(f"{where}: unknown metadata field(s) {', '.join(unknown)}")
+    values = {}
+    for name, spec in known.items():
+        if name not in data:
+            if spec.default is spec.default_factory:  # both MISSING: a required field
+                raise StoreError(f"{where}: metadata field {name!r} is missing")
+            continue
+        value, annotation = data[name], str(spec.type)
+        optional = "None" in annotation
+        base = annotation.split(" |")[0]
+        if value is None and optional:
+            values[name] = None
+            continue
+        if base.startswith("tuple"):
+            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        elif base in _JSON_TYPES:
+            ok = isinstance(value, _JSON_TYPES[base]) and (base == "bool" or not isinstance(value, bool))
+        else:
+            ok = True  # nested dataclasses are checked by their own reader
+        if not ok:
+            raise StoreError(f"{where}: metadata field {name!r} should be {annotation}, got {value!r}")
+        values[name] = value
+    return values
+
+
+class Store(Protocol):
+    """Everything the funnel and the index ask of a store (local folder, memory, Milvus).
+
+    Rows are numbered 0..len-1 within the opened index. Scores are cosines (or, for a binary
+    head, Hamming similarities 1 - 2h/bits); a missing answer is row -1 with score -inf."""
+
+    kind: str  # "memory", "local" or "milvus"
+    meta: IndexMeta
+    full_dim: int
+    head_dim: int  # dims of the float head, or bits of the binary head
+    binary_head: bool  # the head holds sign bits searched by Hamming distance, not float prefixes
+
+    def __len__(self) -> int: ...
+
+    def head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each (nq, n): top ``n`` rows by the head for (nq, head_dim) unit
+        queries (a first stage of another dim may fall back to an exact prefix scan)."""
+        ...
+
+    def rescore(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """(nq, m) cosines of each query (nq, dim) with its ``rows``' re-normalised ``dim`` prefixes."""
+        ...
+
+    def scores_in_place(self, dim: int) -> bool:
+        """Whether :meth:`rescore` at ``dim`` reads candidates where they lie (no gathered copy)."""
+        ...
+
+    def exact_search(self, queries: np.ndarray, k: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows) of the exact top ``k`` by the full vectors, or by re-normalised ``dim`` prefixes."""
+        ...
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """Document ids (object array, the shape of ``rows``)."""
+        ...
+
+    def texts_of(self, rows: np.ndarray) -> list[list[str]]:
+        """Document texts, one list per row of ``rows``."""
+        ...
+
+    def memory_bytes(self) -> int:
+        """RAM this process holds for search, beyond memory-mapped or server-side vectors."""
+        ...
+
+    def close(self) -> None:
+        """Release files and connections."""
+        ...
 
 
 def check_head_kind(built: str, asked: str | None, where: str) -> None:
@@ -78,15 +186,8 @@ def check_head_kind(built: str, asked: str | None, where: str) -> None:
                          f"(rebuild it with --head-index {asked})")
 
 
-def hamming_similarity(distances: np.ndarray, bits: int) -> np.ndarray:
-    """Hamming distance h over b bits as a similarity in [-1, 1], like a cosine: 1 - 2h/b
-    (a missing answer, an infinite distance, stays last at -inf)."""
-    scores = (1.0 - 2.0 * np.asarray(distances, dtype=np.float64) / bits).astype(np.float32)
-    scores[np.isinf(distances)] = -np.inf
-    return scores
-
-
 def check_ids(ids: Sequence[str]) -> list[str]:
+    """Ids as strings, refusing an empty corpus and duplicates (naming the first)."""
     ids = [str(i) for i in ids]
     if not ids:
         raise StoreError("the corpus is empty")

@@ -8,18 +8,16 @@ from typing import Sequence
 
 import numpy as np
 
-from ..funnel import rerank
-from ..models import normalize
-from ..rescore import fusable, prefix_cosines
+from ..errors import StoreError
+from ..rescore import fusable, prefix_cosines, rerank
 from ..selection import HammingShortlist, scan_shortlist
-from .base import IndexMeta, StoreError, binary_codes, hamming_similarity
+from ..vectors import binary_codes, hamming_similarity, normalize, prefix_norms
+from .base import HEAD_INDEXES, IndexMeta
 
 EXACT_BLOCK = 65_536
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-
-
-HEAD_INDEXES = ("flat", "hnsw", "binary")
+HNSW_MIN_EF_SEARCH = 64
 
 
 def make_head_index(head: np.ndarray, kind: str = "flat"):
@@ -35,17 +33,6 @@ def make_head_index(head: np.ndarray, kind: str = "flat"):
         raise StoreError(f"unknown head index {kind!r}; choose one of {', '.join(HEAD_INDEXES)}")
     index.add(np.ascontiguousarray(head, dtype=np.float32))
     return index
-
-
-def prefix_norms(vectors: np.ndarray, dims: Sequence[int], block: int = EXACT_BLOCK) -> np.ndarray:
-    """(n, len(dims)) float32: the norm of every row's first ``dim`` coordinates for each of
-    ``dims``, in one pass over the rows (running sums of squares), a block of rows at a time."""
-    columns = np.asarray(dims, dtype=np.int64) - 1
-    parts = []
-    for start in range(0, len(vectors), block):
-        rows = np.asarray(vectors[start : start + block, : int(columns.max()) + 1], dtype=np.float32)
-        parts.append(np.sqrt(np.cumsum(rows * rows, axis=1, dtype=np.float64)[:, columns]))
-    return np.concatenate(parts).astype(np.float32)
 
 
 class MemoryStore:
@@ -77,6 +64,8 @@ class MemoryStore:
             raise StoreError(f"head dim {head_dim} is outside 1..{self.full_dim}")
         self.head_dim = int(head_dim)
         self.head_index_kind = head_index if isinstance(head_index, str) else "hnsw"
+        if self.head_index_kind not in HEAD_INDEXES:
+            raise StoreError(f"unknown head index {head_index!r}; choose one of {', '.join(HEAD_INDEXES)}")
         self.binary_head = self.head_index_kind == "binary"
         # the FAISS index keeps its own copy of the head; ours is not kept
         if self.binary_head:
@@ -90,7 +79,8 @@ class MemoryStore:
             self._head_index = head_index
         self._ids = None if ids is None else np.asarray(list(ids), dtype=object)
         self._texts = None if texts is None else list(texts)
-        self.meta = meta or IndexMeta(model=None, full_dim=self.full_dim, head_dim=self.head_dim, count=len(full))
+        self.meta = meta or IndexMeta(model=None, full_dim=self.full_dim, head_dim=self.head_dim, count=len(full),
+                                      head_index=self.head_index_kind)
 
     def __len__(self) -> int:
         return int(self.full.shape[0])
@@ -111,8 +101,10 @@ class MemoryStore:
         if queries.shape[1] != self.head_dim:
             return self.exact_search(queries, n, dim=queries.shape[1])
         if self.head_index_kind == "hnsw":
-            self._head_index.hnsw.efSearch = max(n, 64)
-            scores, rows = self._head_index.search(queries, n)
+            import faiss
+
+            params = faiss.SearchParametersHNSW(efSearch=max(n, HNSW_MIN_EF_SEARCH))  # per call, not shared state
+            scores, rows = self._head_index.search(queries, n, params=params)
             return scores, rows.astype(np.int64)
         return scan_shortlist(queries, self._head_matrix(), n)
 

@@ -16,15 +16,17 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..funnel import rerank
+from ..errors import StoreError
 from ..metrics import top_k
-from ..models import normalize
-from .base import IndexMeta, StoreError, binary_codes, check_head_kind, hamming_similarity
+from ..rescore import rerank
+from ..vectors import binary_codes, hamming_similarity, normalize
+from .base import IndexMeta, check_head_kind
 
 DEFAULT_COLLECTION = "matryoshka"
 INSERT_BATCH = 1000
@@ -84,7 +86,7 @@ def _read_pointer(client, collection: str) -> tuple[str, IndexMeta] | None:
     if not rows:
         return None
     value = json.loads(rows[0]["value"])
-    return value["generation"], IndexMeta.from_json(json.dumps(value["meta"]))
+    return value["generation"], IndexMeta.from_dict(value["meta"], f"index {collection!r}")
 
 
 def _write_pointer(client, collection: str, generation: str, meta: IndexMeta) -> None:
@@ -99,7 +101,7 @@ def _write_pointer(client, collection: str, generation: str, meta: IndexMeta) ->
         index = client.prepare_index_params()
         index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
         client.create_collection(name, schema=schema, index_params=index)
-    value = json.dumps({"generation": generation, "meta": json.loads(meta.to_json())})
+    value = json.dumps({"generation": generation, "meta": meta.to_dict()})
     client.upsert(name, [{"key": "current", "value": value, "vector": [0.0, 0.0]}])
     client.flush(name)
 
@@ -117,8 +119,8 @@ class MilvusStore:
             raise StoreError(f"no matryoshka index {collection!r} at {uri}; run 'matryoshka index --db {uri}' first")
         self.generation, self.meta = pointer
         self.full_dim, self.head_dim = self.meta.full_dim, self.meta.head_dim
-        self.binary_head = self.meta.extra.get("head_index") == "binary"
-        check_head_kind(self.meta.extra.get("head_index", "flat"), head_index, f"index {collection!r} at {uri}")
+        self.binary_head = self.meta.binary_head
+        check_head_kind(self.meta.head_index, head_index, f"index {collection!r} at {uri}")
         self.head_name, self.full_name = _names(collection, self.generation)
         for name in (self.head_name, self.full_name):
             self.client.load_collection(name)
@@ -207,9 +209,6 @@ class MilvusStore:
         documents = self._documents(rows)
         return [[documents[int(r)]["text"] for r in row] for row in rows]
 
-    def save_meta(self) -> None:
-        _write_pointer(self.client, self.collection, self.generation, self.meta)
-
     def memory_bytes(self) -> int:
         return 0  # held by the Milvus process, not ours
 
@@ -232,12 +231,12 @@ class MilvusBuilder:
         return np.lib.format.open_memmap(self.staging / "full.npy", mode="w+", dtype=np.float32, shape=(count, dim))
 
     def commit(self, full: np.ndarray, ids: Sequence[str], texts: Sequence[str], meta: IndexMeta,
-               head_index: str = "flat", progress=None, head_source: np.ndarray | None = None) -> str:
-        """``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
+               progress=None, head_source: np.ndarray | None = None) -> IndexMeta:
+        """Write a new generation and switch the pointer to it; returns the metadata as stored.
+        ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
         from pymilvus import DataType, MilvusClient
 
-        from ..models import normalize
-
+        head_index = meta.head_index
         head_name, full_name = _names(self.collection, self.generation)
         head_schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         head_schema.add_field("row", DataType.INT64, is_primary=True)
@@ -276,14 +275,12 @@ class MilvusBuilder:
         for name in (head_name, full_name):
             self.client.flush(name)
             self.client.load_collection(name)
-        meta.extra["head_index"] = head_index
-        meta.extra["collection"] = self.collection
-        meta.created = time.strftime("%Y-%m-%dT%H:%M:%S")
+        meta = replace(meta, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
         _write_pointer(self.client, self.collection, self.generation, meta)
         self.created = []
         self._drop_other_generations(keep=self.generation)
         shutil.rmtree(self.staging, ignore_errors=True)
-        return self.generation
+        return meta
 
     def _drop_other_generations(self, keep: str) -> None:
         prefix = f"{self.collection}_g"

@@ -1,0 +1,141 @@
+"""Vector math and dimension lists that every layer shares: numpy only.
+
+A Matryoshka prefix is used by slicing the first ``dim`` coordinates and re-normalising them;
+these helpers do that, check vectors coming in, pack sign bits for a binary head, and name the
+prefix dims the rest of the project works with (evaluation's halvings, the funnel's stages).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .errors import ModelError, StoreError
+
+MIN_HEAD_DIM = 8
+
+
+# --------------------------------------------------------------------------- vectors
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """Scale rows to unit length as float32; all-zero rows stay zero instead of becoming NaN."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+
+
+def check_dim(dim: int, full_dim: int) -> int:
+    """Validate a prefix dimension: any integer in 1..full_dim."""
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise ModelError(f"dimension must be an integer, got {dim!r}")
+    if not 1 <= int(dim) <= full_dim:
+        raise ModelError(f"dimension {dim} is outside 1..{full_dim} (the model's full dimension)")
+    return int(dim)
+
+
+def truncate(vectors: np.ndarray, dim: int | None) -> np.ndarray:
+    """First ``dim`` coordinates of each row, re-normalised to unit length (the Matryoshka prefix)."""
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2:
+        raise ModelError(f"expected a 2-D array of vectors, got shape {vectors.shape}")
+    full_dim = vectors.shape[1]
+    dim = full_dim if dim is None else check_dim(dim, full_dim)
+    return normalize(vectors[:, :dim])
+
+
+def validate_vectors(
+    vectors: np.ndarray, count: int | None = None, dim: int | None = None, what: str = "vectors"
+) -> np.ndarray:
+    """Float32 unit rows, or a StoreError saying exactly what is wrong (shape, dtype, count, NaN, zero)."""
+    array = np.asarray(vectors)
+    if array.ndim != 2:
+        raise StoreError(f"{what} must be a 2-D array (rows x dims), got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise StoreError(f"{what} must be floating point (float32/float64/float16), got dtype {array.dtype}")
+    if count is not None and array.shape[0] != count:
+        raise StoreError(f"{what} has {array.shape[0]} rows but there are {count} texts/ids")
+    if dim is not None and array.shape[1] != dim:
+        raise StoreError(f"{what} has {array.shape[1]} dims but the index has {dim}")
+    if array.shape[0] == 0:
+        raise StoreError(f"{what} is empty")
+    bad = ~np.isfinite(array).all(axis=1)
+    if bad.any():
+        first, total = int(np.flatnonzero(bad)[0]), int(bad.sum())
+        raise StoreError(f"{what} row {first} contains NaN or infinite values ({total} rows in all)")
+    norms = np.linalg.norm(array.astype(np.float32), axis=1)
+    if (norms == 0).any():
+        raise StoreError(f"{what} row {int(np.flatnonzero(norms == 0)[0])} is all zeros and has no direction")
+    return (array / norms[:, None]).astype(np.float32)
+
+
+def binary_codes(vectors: np.ndarray, bits: int) -> np.ndarray:
+    """(n, bits/8) uint8: the sign bits of each row's first ``bits`` coordinates, packed."""
+    if bits % 8:
+        raise StoreError(f"a binary head takes whole bytes: {bits} bits is not a multiple of 8")
+    return np.packbits(np.asarray(vectors[:, :bits]) > 0, axis=1)
+
+
+def hamming_similarity(distances: np.ndarray, bits: int) -> np.ndarray:
+    """Hamming distance h over b bits as a similarity in [-1, 1], like a cosine: 1 - 2h/b
+    (a missing answer, an infinite distance, stays last at -inf)."""
+    scores = (1.0 - 2.0 * np.asarray(distances, dtype=np.float64) / bits).astype(np.float32)
+    scores[np.isinf(distances)] = -np.inf
+    return scores
+
+
+# --------------------------------------------------------------------------- dimension lists
+
+
+def halving_dims(full_dim: int, smallest: int = MIN_HEAD_DIM) -> list[int]:
+    """The dims a model is evaluated and trained at: d, d/2, … down to d/32 (but not below
+    ``smallest``), stopping early at an odd dim. Largest first."""
+    dims, dim = [], full_dim
+    while dim >= max(smallest, full_dim // 32) and dim >= 1:
+        dims.append(dim)
+        if dim % 2:
+            break
+        dim //= 2
+    return dims
+
+
+def default_head_dim(full_dim: int) -> int:
+    """d/32 from the Matryoshka literature, but at least 8 (and at most d)."""
+    return min(full_dim, max(MIN_HEAD_DIM, full_dim // 32))
+
+
+def stage_dims(full_dim: int, head_dim: int | None = None) -> list[int]:
+    """A funnel's stage dims: the head dim, doubling, ending exactly at ``full_dim`` (any dims,
+    not only powers of two). Smallest first."""
+    dim = head_dim or default_head_dim(full_dim)
+    dims = []
+    while dim < full_dim:
+        dims.append(dim)
+        dim *= 2
+    return dims + [full_dim]
+
+
+def head_candidates(full_dim: int) -> list[int]:
+    """Head dims autotune tries: d/32, d/16, d/8 and d/4 (each at least 8)."""
+    return sorted({min(full_dim, max(MIN_HEAD_DIM, full_dim // f)) for f in (32, 16, 8, 4)})
+
+
+def prefix_norm_dims(full_dim: int) -> list[int]:
+    """Stage dims below full that the default and autotuned schedules can use and that re-ranking
+    reads in place (those that divide the full dim): a store keeps each row's norm at these."""
+    dims = {dim for head in head_candidates(full_dim) for dim in stage_dims(full_dim, head)} - {full_dim}
+    return sorted(dim for dim in dims if full_dim % dim == 0)
+
+
+def prefix_norms(vectors: np.ndarray, dims: Sequence[int], block: int = 65_536) -> np.ndarray:
+    """(n, len(dims)) float32: the norm of every row's first ``dim`` coordinates for each of
+    ``dims``, in one pass over the rows (running sums of squares), a block of rows at a time."""
+    columns = np.asarray(dims, dtype=np.int64) - 1
+    if not len(columns):
+        return np.zeros((len(vectors), 0), np.float32)
+    parts = []
+    for start in range(0, len(vectors), block):
+        rows = np.asarray(vectors[start : start + block, : int(columns.max()) + 1], dtype=np.float32)
+        parts.append(np.sqrt(np.cumsum(rows * rows, axis=1, dtype=np.float64)[:, columns]))
+    return np.concatenate(parts).astype(np.float32)
