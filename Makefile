@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo serve test clean
+.PHONY: install demo serve check test test-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,19 @@ demo: install
 serve: install
 	$(BIN)/matryoshka demo --serve
 
-test: install $(MILVUS_SERVER_VENV)/.installed $(CHROMIUM)
+# Lint, format and the import-layer contract: quick, and run first by every test target.
+check: install
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/lint-imports
+
+# Everything, as CI runs it.
+test: check $(MILVUS_SERVER_VENV)/.installed $(CHROMIUM)
 	MATRYOSHKA_MILVUS_SERVER_PYTHON=$(MILVUS_SERVER_VENV)/bin/python $(BIN)/python -m pytest -q
 
+# The quick tier for development: no real servers, no browser, no whole demo (under 2 minutes).
+test-quick: check
+	$(BIN)/python -m pytest -q -m "not slow and not milvus_server and not browser"
+
 clean:
-	rm -rf $(VENV) $(MILVUS_SERVER_VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(MILVUS_SERVER_VENV) build src/*.egg-info .pytest_cache matryoshka-demo test-artifacts

@@ -33,20 +33,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from common import machine  # noqa: E402
+
 from matryoshka import metrics  # noqa: E402
 from matryoshka.adapt import FitSettings, adapted_queries, fit_query_heads, make_adapter  # noqa: E402
 from matryoshka.data import read_beir, read_sts  # noqa: E402
 from matryoshka.evaluate import ranking_metrics  # noqa: E402
 from matryoshka.funnel import recall_at_k  # noqa: E402
-from matryoshka.samples import pseudo_queries  # noqa: E402
-from matryoshka.vectors import halving_dims, head_candidates  # noqa: E402
 from matryoshka.models import load_model  # noqa: E402
-from matryoshka.vectors import truncate  # noqa: E402
+from matryoshka.samples import pseudo_queries  # noqa: E402
+from matryoshka.vectors import (  # noqa: E402
+    halving_dims,
+    head_candidates,
+    truncate,  # noqa: E402
+)
 
 DATA = ROOT.parent / "shared" / "data"
 SHORTLISTS = (100, 200, 500)
-VARIANTS = [("truncate", None, False), ("pca", "pca", False), ("orthogonal", "orthogonal", False),
-            ("learned", "learned", False), ("orthogonal+pairs", "orthogonal", True), ("learned+pairs", "learned", True)]
+VARIANTS = [
+    ("truncate", None, False),
+    ("pca", "pca", False),
+    ("orthogonal", "orthogonal", False),
+    ("learned", "learned", False),
+    ("orthogonal+pairs", "orthogonal", True),
+    ("learned+pairs", "learned", True),
+]
 
 
 def head_recall(queries, documents, transform, head_dim: int, truth, query_transform=None) -> dict[str, float]:
@@ -91,21 +101,45 @@ def scifact(model_name: str, args, results: list[dict]) -> None:
         scifact_row(name, fit_s, queries, documents, transform, None, encoder, dims, test, truth, full_ndcg, results)
         if kind is not None:  # the same adapter with query heads fitted on the train queries (documents unchanged)
             started = time.perf_counter()
-            fit_query_heads(adapter, documents, train_vectors, [d for d in head_candidates(encoder.full_dim)
-                                                                if d < encoder.full_dim], anchors=anchors)
-            print(f"  query heads kept at {sorted(adapter.query_heads_)}; held-out train-query recall before/after: "
-                  f"{ {d: (round(b, 3), round(a, 3)) for d, (b, a) in adapter.query_head_validation_.items()} }")
+            fit_query_heads(
+                adapter,
+                documents,
+                train_vectors,
+                [d for d in head_candidates(encoder.full_dim) if d < encoder.full_dim],
+                anchors=anchors,
+            )
+            print(
+                f"  query heads kept at {sorted(adapter.query_heads_)}; held-out train-query recall before/after: "
+                f"{ {d: (round(b, 3), round(a, 3)) for d, (b, a) in adapter.query_head_validation_.items()} }"
+            )
             heads_s = fit_s + time.perf_counter() - started
-            scifact_row(f"{name}+query heads", heads_s, queries, documents, transform, adapter, encoder, dims, test, truth,
-                        full_ndcg, results)
+            scifact_row(
+                f"{name}+query heads",
+                heads_s,
+                queries,
+                documents,
+                transform,
+                adapter,
+                encoder,
+                dims,
+                test,
+                truth,
+                full_ndcg,
+                results,
+            )
 
 
 def scifact_row(name, fit_s, queries, documents, transform, heads, encoder, dims, test, truth, full_ndcg, results):
     """nDCG@10 per dim and head recall for one method; ``heads``: an adapter whose query heads
     map the queries at the dims it has them for."""
     d = transform(documents)
-    row = {"model": encoder.name, "data": "scifact", "method": name, "fit_seconds": round(fit_s, 1),
-           "full_ndcg@10": full_ndcg}
+    row = {
+        "model": encoder.name,
+        "data": "scifact",
+        "method": name,
+        "fit_seconds": round(fit_s, 1),
+        "full_ndcg@10": full_ndcg,
+    }
     for dim in dims:
         q = transform(queries) if heads is None else adapted_queries(heads, queries, dim)
         ranked = metrics.top_k(truncate(q, dim) @ truncate(d, dim).T, 10)
@@ -137,7 +171,12 @@ def sts(model_name: str, args, results: list[dict]) -> None:
         else:
             # STS compares sentence to sentence: the sentences themselves are the anchors
             transform = make_adapter(kind, FitSettings(steps=args.steps)).fit(fit_vectors).transform
-        row = {"model": encoder.name, "data": "stsb", "method": name, "fit_seconds": round(time.perf_counter() - started, 1)}
+        row = {
+            "model": encoder.name,
+            "data": "stsb",
+            "method": name,
+            "fit_seconds": round(time.perf_counter() - started, 1),
+        }
         rotated = transform(vectors)
         for dim in dims:
             prefix = truncate(rotated, dim)
@@ -150,7 +189,10 @@ def print_row(row: dict, dims: list[int], metric: str) -> None:
     full = row.get(f"full_{metric}", row.get(f"{metric}_{dims[0]}"))
     cells = " ".join(f"{100 * row[f'{metric}_{d}'] / full:6.1f}" for d in dims)
     recall = " ".join(f"{row[f'recall@10_shortlist_{n}']:.3f}" for n in SHORTLISTS if f"recall@10_shortlist_{n}" in row)
-    print(f"{row['model'][:18]:<18} {row['data']:<8} {row['method']:<29} {cells}   {recall}   fit {row['fit_seconds']}s", flush=True)
+    print(
+        f"{row['model'][:18]:<18} {row['data']:<8} {row['method']:<29} {cells}   {recall}   fit {row['fit_seconds']}s",
+        flush=True,
+    )
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -186,7 +228,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapter.json")
     args = parser.parse_args()
     results: list[dict] = []
-    print("model              data     method                        % of full per dim (d … d/32)   head d/8 recall@10 (100/200/500)")
+    print(
+        "model              data     method                        % of full per dim (d … d/32)   head d/8 recall@10 (100/200/500)"
+    )
     for model in args.models.split(","):
         scifact(model, args, results)
         if not args.skip_sts:

@@ -39,13 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from common import machine  # noqa: E402
+
 from matryoshka.funnel import funnel_search, recall_at_k  # noqa: E402
-from matryoshka.rescore import rerank  # noqa: E402
 from matryoshka.index import tune  # noqa: E402
 from matryoshka.models import load_model  # noqa: E402
-from matryoshka.vectors import normalize  # noqa: E402
+from matryoshka.rescore import rerank  # noqa: E402
 from matryoshka.selection import scan_shortlist, select_shortlist  # noqa: E402
 from matryoshka.stores.memory import MemoryStore  # noqa: E402
+from matryoshka.vectors import normalize  # noqa: E402
 
 K = 10
 HNSW_M = 32
@@ -121,9 +122,18 @@ def rss_mb() -> float:
 
 
 def row(method, n, dim, batch, recall, seconds, queries, ram_mb, build_s, **extra):
-    return {"method": method, "n": int(n), "dim": int(dim), "batch": int(batch), "recall@10": round(float(recall), 4),
-            "qps": round(queries / seconds, 1), "ms_per_query": round(1000 * seconds / queries, 4),
-            "ram_mb": round(float(ram_mb), 1), "build_s": round(float(build_s), 2), **extra}
+    return {
+        "method": method,
+        "n": int(n),
+        "dim": int(dim),
+        "batch": int(batch),
+        "recall@10": round(float(recall), 4),
+        "qps": round(queries / seconds, 1),
+        "ms_per_query": round(1000 * seconds / queries, 4),
+        "ram_mb": round(float(ram_mb), 1),
+        "build_s": round(float(build_s), 2),
+        **extra,
+    }
 
 
 def bench_size(corpus, queries, tune_queries, args, results):
@@ -139,7 +149,19 @@ def bench_size(corpus, queries, tune_queries, args, results):
 
     build, flat = timed(lambda: _flat(corpus))
     seconds, (_, found) = timed(lambda: flat.search(queries, K), repeats=2)
-    results.append(row("exact FAISS IndexFlatIP", n, dim, len(queries), recall_at_k(found, truth), seconds, len(queries), full_mb, build))
+    results.append(
+        row(
+            "exact FAISS IndexFlatIP",
+            n,
+            dim,
+            len(queries),
+            recall_at_k(found, truth),
+            seconds,
+            len(queries),
+            full_mb,
+            build,
+        )
+    )
     seconds, _ = timed(lambda: [flat.search(q[None], K) for q in single])
     results.append(row("exact FAISS IndexFlatIP", n, dim, 1, 1.0, seconds, len(single), full_mb, build))
     flat = None  # free the index before the next one is built
@@ -151,21 +173,69 @@ def bench_size(corpus, queries, tune_queries, args, results):
         for ef in args.hnsw_ef:
             hnsw.hnsw.efSearch = ef
             seconds, (_, found) = timed(lambda: hnsw.search(queries, K), repeats=2)
-            results.append(row("FAISS HNSW full-dim", n, dim, len(queries), recall_at_k(found, truth), seconds, len(queries), graph_mb, build, ef_search=ef, **graph))
+            results.append(
+                row(
+                    "FAISS HNSW full-dim",
+                    n,
+                    dim,
+                    len(queries),
+                    recall_at_k(found, truth),
+                    seconds,
+                    len(queries),
+                    graph_mb,
+                    build,
+                    ef_search=ef,
+                    **graph,
+                )
+            )
             seconds, found1 = timed(lambda: np.concatenate([hnsw.search(q[None], K)[1] for q in single]))
-            results.append(row("FAISS HNSW full-dim", n, dim, 1, recall_at_k(found1, truth[: len(single)]), seconds, len(single), graph_mb, build, ef_search=ef, **graph))
+            results.append(
+                row(
+                    "FAISS HNSW full-dim",
+                    n,
+                    dim,
+                    1,
+                    recall_at_k(found1, truth[: len(single)]),
+                    seconds,
+                    len(single),
+                    graph_mb,
+                    build,
+                    ef_search=ef,
+                    **graph,
+                )
+            )
         hnsw = None
 
     notebook_queries = queries[: args.notebook_queries]
     seconds, found = timed(lambda: np.stack([notebook_funnel(corpus, q, dim) for q in notebook_queries]))
-    results.append(row("notebook funnel (pandas)", n, dim, 1, recall_at_k(found, truth[: len(notebook_queries)]), seconds, len(notebook_queries), full_mb, 0))
+    results.append(
+        row(
+            "notebook funnel (pandas)",
+            n,
+            dim,
+            1,
+            recall_at_k(found, truth[: len(notebook_queries)]),
+            seconds,
+            len(notebook_queries),
+            full_mb,
+            0,
+        )
+    )
 
     tune_s, tuned = timed(lambda: tune(corpus, K, args.target_recall, sample_queries=tune_queries))
     print(f"autotune: {tuned.schedule} (recall {tuned.recall:.4f} on tuning queries) in {tune_s:.1f} s", flush=True)
-    binary_tune_s, binary_tuned = timed(lambda: tune(corpus, K, args.target_recall, sample_queries=tune_queries,
-                                                     head_index="binary"))
-    print(f"autotune, binary head: {binary_tuned.schedule} (recall {binary_tuned.recall:.4f}) in {binary_tune_s:.1f} s", flush=True)
-    factors = {"flat": (0.5, 1.4, 2.0), "hnsw": (0.5,), "binary": (0.05, 0.1, 0.2, 0.5, 1.4, 2.0, 3.0, 4.0)}  # binary: across HNSW's recall range
+    binary_tune_s, binary_tuned = timed(
+        lambda: tune(corpus, K, args.target_recall, sample_queries=tune_queries, head_index="binary")
+    )
+    print(
+        f"autotune, binary head: {binary_tuned.schedule} (recall {binary_tuned.recall:.4f}) in {binary_tune_s:.1f} s",
+        flush=True,
+    )
+    factors = {
+        "flat": (0.5, 1.4, 2.0),
+        "hnsw": (0.5,),
+        "binary": (0.05, 0.1, 0.2, 0.5, 1.4, 2.0, 3.0, 4.0),
+    }  # binary: across HNSW's recall range
     for kind in ("flat", "hnsw", "binary"):
         chosen, chosen_s = (binary_tuned, binary_tune_s) if kind == "binary" else (tuned, tune_s)
         head = chosen.schedule.head_dim
@@ -178,13 +248,42 @@ def bench_size(corpus, queries, tune_queries, args, results):
             seconds, result = timed(lambda: funnel_search(store, queries, schedule, K), repeats=2)
             ram = store.memory_bytes() / 2**20  # with the prefix norms the stages computed
             stage_ms = [round(1000 * s, 1) for s in result.stage_seconds]
-            results.append(row(f"funnel local ({kind} head)", n, dim, len(queries), recall_at_k(result.rows, truth), seconds,
-                               len(queries), ram, build + chosen_s, schedule=label, tuned=label == str(chosen.schedule), stage_ms=stage_ms))
+            results.append(
+                row(
+                    f"funnel local ({kind} head)",
+                    n,
+                    dim,
+                    len(queries),
+                    recall_at_k(result.rows, truth),
+                    seconds,
+                    len(queries),
+                    ram,
+                    build + chosen_s,
+                    schedule=label,
+                    tuned=label == str(chosen.schedule),
+                    stage_ms=stage_ms,
+                )
+            )
             for q in single[:5]:  # warm up the one-query path (thread pools, caches) as the batch warmed up its own
                 funnel_search(store, q[None], schedule, K)
-            seconds, rows = timed(lambda: np.concatenate([funnel_search(store, q[None], schedule, K).rows for q in single]))
-            results.append(row(f"funnel local ({kind} head)", n, dim, 1, recall_at_k(rows, truth[: len(single)]), seconds,
-                               len(single), ram, build + chosen_s, schedule=label, tuned=label == str(chosen.schedule)))
+            seconds, rows = timed(
+                lambda: np.concatenate([funnel_search(store, q[None], schedule, K).rows for q in single])
+            )
+            results.append(
+                row(
+                    f"funnel local ({kind} head)",
+                    n,
+                    dim,
+                    1,
+                    recall_at_k(rows, truth[: len(single)]),
+                    seconds,
+                    len(single),
+                    ram,
+                    build + chosen_s,
+                    schedule=label,
+                    tuned=label == str(chosen.schedule),
+                )
+            )
         if kind == "flat":
             rerank_anatomy(store, queries, tuned.schedule, results)
         store = None
@@ -210,13 +309,26 @@ def anatomy(corpus, queries, schedule, results):
     index = faiss.IndexFlatIP(head.shape[1])
     index.add(head)
     fused, _ = timed(lambda: index.search(q, schedule.shortlist))
-    results.append({"method": "anatomy of the head stage", "n": len(corpus), "dim": schedule.head_dim, "batch": len(queries),
-                    "numpy_product_ms": round(1000 * gemm, 1), "numpy_argpartition_ms": round(1000 * select, 1),
-                    "sampled_threshold_select_ms": round(1000 * sampled, 1), "tiled_scan_ms": round(1000 * tiled, 1),
-                    "faiss_flat_search_ms": round(1000 * fused, 1), "shortlist": schedule.shortlist})
-    print(f"head stage, batch {len(queries)}, shortlist {schedule.shortlist}: numpy product {1000 * gemm:.0f} ms; "
-          f"selection by argpartition {1000 * select:.0f} ms, by sampled threshold (ours) {1000 * sampled:.0f} ms; "
-          f"product and selection in cache-sized tiles (ours, what the store runs) {1000 * tiled:.0f} ms; FAISS IndexFlatIP search (product + heap) {1000 * fused:.0f} ms", flush=True)
+    results.append(
+        {
+            "method": "anatomy of the head stage",
+            "n": len(corpus),
+            "dim": schedule.head_dim,
+            "batch": len(queries),
+            "numpy_product_ms": round(1000 * gemm, 1),
+            "numpy_argpartition_ms": round(1000 * select, 1),
+            "sampled_threshold_select_ms": round(1000 * sampled, 1),
+            "tiled_scan_ms": round(1000 * tiled, 1),
+            "faiss_flat_search_ms": round(1000 * fused, 1),
+            "shortlist": schedule.shortlist,
+        }
+    )
+    print(
+        f"head stage, batch {len(queries)}, shortlist {schedule.shortlist}: numpy product {1000 * gemm:.0f} ms; "
+        f"selection by argpartition {1000 * select:.0f} ms, by sampled threshold (ours) {1000 * sampled:.0f} ms; "
+        f"product and selection in cache-sized tiles (ours, what the store runs) {1000 * tiled:.0f} ms; FAISS IndexFlatIP search (product + heap) {1000 * fused:.0f} ms",
+        flush=True,
+    )
 
 
 def rerank_anatomy(store, queries, schedule, results):
@@ -230,11 +342,22 @@ def rerank_anatomy(store, queries, schedule, results):
     q = queries[:, :dim]
     gathered, _ = timed(lambda: rerank(store.gather(rows, dim), q))
     in_place, _ = timed(lambda: store.rescore(rows, q))
-    results.append({"method": "anatomy of a re-rank stage", "n": len(store), "dim": dim, "batch": len(queries),
-                    "candidates": n, "numpy_gather_and_product_ms": round(1000 * gathered, 1),
-                    "faiss_in_place_ms": round(1000 * in_place, 1)})
-    print(f"re-rank of {n} candidates at {dim} dims, batch {len(queries)}: numpy gather + product {1000 * gathered:.0f} ms; "
-          f"FAISS in place (ours) {1000 * in_place:.0f} ms", flush=True)
+    results.append(
+        {
+            "method": "anatomy of a re-rank stage",
+            "n": len(store),
+            "dim": dim,
+            "batch": len(queries),
+            "candidates": n,
+            "numpy_gather_and_product_ms": round(1000 * gathered, 1),
+            "faiss_in_place_ms": round(1000 * in_place, 1),
+        }
+    )
+    print(
+        f"re-rank of {n} candidates at {dim} dims, batch {len(queries)}: numpy gather + product {1000 * gathered:.0f} ms; "
+        f"FAISS in place (ours) {1000 * in_place:.0f} ms",
+        flush=True,
+    )
 
 
 def milvus(corpus, queries, single, truth, schedule, results, head_index="flat"):
@@ -243,18 +366,47 @@ def milvus(corpus, queries, single, truth, schedule, results, head_index="flat")
     with tempfile.TemporaryDirectory() as folder:
         db = f"{folder}/bench.db"
         ids = [str(i) for i in range(len(corpus))]
-        build, _ = timed(lambda: build_index(db, ids, [""] * len(ids), vectors=corpus, head_dim=schedule.head_dim,
-                                             head_index=head_index))
+        build, _ = timed(
+            lambda: build_index(
+                db, ids, [""] * len(ids), vectors=corpus, head_dim=schedule.head_dim, head_index=head_index
+            )
+        )
         with Index(db) as index:
             batch = queries[:100]
             seconds, result = timed(lambda: index.search_vectors(batch, K, schedule=schedule))
             method = "funnel Milvus Lite" + (f" ({head_index} head)" if head_index != "flat" else "")
-            results.append(row(method, len(corpus), corpus.shape[1], len(batch),
-                               recall_at_k(result.rows, truth[: len(batch)]), seconds, len(batch), 0, build, schedule=str(schedule)))
+            results.append(
+                row(
+                    method,
+                    len(corpus),
+                    corpus.shape[1],
+                    len(batch),
+                    recall_at_k(result.rows, truth[: len(batch)]),
+                    seconds,
+                    len(batch),
+                    0,
+                    build,
+                    schedule=str(schedule),
+                )
+            )
             few = single[:50]
-            seconds, rows = timed(lambda: np.concatenate([index.search_vectors(q[None], K, schedule=schedule).rows for q in few]))
-            results.append(row(method, len(corpus), corpus.shape[1], 1, recall_at_k(rows, truth[: len(few)]),
-                               seconds, len(few), 0, build, schedule=str(schedule)))
+            seconds, rows = timed(
+                lambda: np.concatenate([index.search_vectors(q[None], K, schedule=schedule).rows for q in few])
+            )
+            results.append(
+                row(
+                    method,
+                    len(corpus),
+                    corpus.shape[1],
+                    1,
+                    recall_at_k(rows, truth[: len(few)]),
+                    seconds,
+                    len(few),
+                    0,
+                    build,
+                    schedule=str(schedule),
+                )
+            )
 
 
 def _flat(corpus):
@@ -289,11 +441,19 @@ def targets(results: list[dict], n: int) -> list[dict]:
 
     def verdict(goal, base, target, *, ram_target=None) -> dict:
         found = fastest(base["batch"], target.get("recall", base["recall@10"]))
-        entry = {"goal": goal, "baseline": base["method"], "baseline_setting": base.get("schedule") or base.get("ef_search"),
-                 "batch": base["batch"], "baseline_recall": base["recall@10"], "baseline_qps": base["qps"],
-                 "funnel": found and f"{found['method']} {found.get('schedule', '')}".strip(),
-                 "funnel_recall": found and found["recall@10"], "funnel_qps": found and found["qps"],
-                 "speedup": found and round(found["qps"] / base["qps"], 2), "target_speedup": target["speedup"]}
+        entry = {
+            "goal": goal,
+            "baseline": base["method"],
+            "baseline_setting": base.get("schedule") or base.get("ef_search"),
+            "batch": base["batch"],
+            "baseline_recall": base["recall@10"],
+            "baseline_qps": base["qps"],
+            "funnel": found and f"{found['method']} {found.get('schedule', '')}".strip(),
+            "funnel_recall": found and found["recall@10"],
+            "funnel_qps": found and found["qps"],
+            "speedup": found and round(found["qps"] / base["qps"], 2),
+            "target_speedup": target["speedup"],
+        }
         met = found is not None and found["qps"] >= target["speedup"] * base["qps"]
         if ram_target is not None:
             entry["ram_ratio"] = found and round(base["ram_mb"] / max(found["ram_mb"], 1e-9), 1)
@@ -305,10 +465,16 @@ def targets(results: list[dict], n: int) -> list[dict]:
     verdicts = []
     for batch in sorted({r["batch"] for r in rows if r["method"] == "exact numpy BLAS"}, reverse=True):
         for base in baseline("exact numpy BLAS", batch):
-            goal = ">= 5x exact BLAS at recall >= 0.99" if batch > 1 else ">= 20x lower latency than exact at recall >= 0.99"
+            goal = (
+                ">= 5x exact BLAS at recall >= 0.99"
+                if batch > 1
+                else ">= 20x lower latency than exact at recall >= 0.99"
+            )
             verdicts.append(verdict(goal, base, {"recall": 0.99, "speedup": 5 if batch > 1 else 20}))
         for base in baseline("FAISS HNSW full-dim", batch):
-            verdicts.append(verdict(">= 2x HNSW's QPS at its recall, >= 4x less RAM", base, {"speedup": 2}, ram_target=4))
+            verdicts.append(
+                verdict(">= 2x HNSW's QPS at its recall, >= 4x less RAM", base, {"speedup": 2}, ram_target=4)
+            )
         for base in baseline("notebook funnel (pandas)", 1):
             verdicts.append(verdict(">= 100x the notebook at its recall", {**base, "batch": batch}, {"speedup": 100}))
     return verdicts
@@ -325,8 +491,17 @@ def print_table(results):
         if "qps" not in r:
             continue
         setting = r.get("schedule") or (f"ef={r['ef_search']}" if "ef_search" in r else "")
-        table.add_row(r["method"], f"{r['n']:,}", str(r["batch"]), setting, f"{r['recall@10']:.4f}", f"{r['qps']:,.0f}",
-                      f"{r['ms_per_query']:.3f}", f"{r['ram_mb']:,.0f}", f"{r['build_s']:.1f}")
+        table.add_row(
+            r["method"],
+            f"{r['n']:,}",
+            str(r["batch"]),
+            setting,
+            f"{r['recall@10']:.4f}",
+            f"{r['qps']:,.0f}",
+            f"{r['ms_per_query']:.3f}",
+            f"{r['ram_mb']:,.0f}",
+            f"{r['build_s']:.1f}",
+        )
     Console(width=160).print(table)
 
 
@@ -335,14 +510,35 @@ def print_targets(verdicts: list[dict], n: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"Targets at n = {n:,}: the fastest funnel setting at the recall each asks for")
-    for column in ("goal", "batch", "baseline", "its recall", "its QPS", "funnel", "recall", "QPS", "speed-up", "RAM ratio", "met"):
+    for column in (
+        "goal",
+        "batch",
+        "baseline",
+        "its recall",
+        "its QPS",
+        "funnel",
+        "recall",
+        "QPS",
+        "speed-up",
+        "RAM ratio",
+        "met",
+    ):
         table.add_column(column, justify="left" if column in ("goal", "baseline", "funnel") else "right")
     for v in verdicts:
         setting = f" ({v['baseline_setting']})" if v["baseline_setting"] is not None else ""
-        table.add_row(v["goal"], str(v["batch"]), v["baseline"] + setting, f"{v['baseline_recall']:.4f}", f"{v['baseline_qps']:,.0f}",
-                      v["funnel"] or "none reaches that recall", f"{v['funnel_recall']:.4f}" if v["funnel"] else "",
-                      f"{v['funnel_qps']:,.0f}" if v["funnel"] else "", f"{v['speedup']}x / {v['target_speedup']}x" if v["funnel"] else "",
-                      f"{v['ram_ratio']}x / {v['target_ram_ratio']}x" if v.get("ram_ratio") else "", "yes" if v["met"] else "no")
+        table.add_row(
+            v["goal"],
+            str(v["batch"]),
+            v["baseline"] + setting,
+            f"{v['baseline_recall']:.4f}",
+            f"{v['baseline_qps']:,.0f}",
+            v["funnel"] or "none reaches that recall",
+            f"{v['funnel_recall']:.4f}" if v["funnel"] else "",
+            f"{v['funnel_qps']:,.0f}" if v["funnel"] else "",
+            f"{v['speedup']}x / {v['target_speedup']}x" if v["funnel"] else "",
+            f"{v['ram_ratio']}x / {v['target_ram_ratio']}x" if v.get("ram_ratio") else "",
+            "yes" if v["met"] else "no",
+        )
     Console(width=200).print(table)
 
 
@@ -354,16 +550,27 @@ def plot(results, path: Path):
 
     sizes = sorted({r["n"] for r in results if "qps" in r})
     methods = list(dict.fromkeys(r["method"] for r in results if "qps" in r))
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}  # one colour per method, batch or single
+    colours = {
+        m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)
+    }  # one colour per method, batch or single
     fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.6), constrained_layout=True, squeeze=False)
     for axis, n in zip(axes[0], sizes):
         for batch, marker in ((1000, "o"), (1, "s")):
             for method in dict.fromkeys(r["method"] for r in results if r.get("n") == n and "qps" in r):
-                points = sorted((r["recall@10"], r["qps"]) for r in results
-                                if r["method"] == method and r["n"] == n and r["batch"] in ((batch,) if batch == 1 else (100, 1000)))
+                points = sorted(
+                    (r["recall@10"], r["qps"])
+                    for r in results
+                    if r["method"] == method and r["n"] == n and r["batch"] in ((batch,) if batch == 1 else (100, 1000))
+                )
                 if points:
-                    axis.plot([p[1] for p in points], [p[0] for p in points], marker=marker, linestyle="-" if batch > 1 else ":",
-                              color=colours[method], label=f"{method}, {'batch' if batch > 1 else 'single'}")
+                    axis.plot(
+                        [p[1] for p in points],
+                        [p[0] for p in points],
+                        marker=marker,
+                        linestyle="-" if batch > 1 else ":",
+                        color=colours[method],
+                        label=f"{method}, {'batch' if batch > 1 else 'single'}",
+                    )
         axis.set_xscale("log")
         axis.set_xlabel("queries per second (log)")
         axis.set_ylabel("recall@10 vs exact")
@@ -376,18 +583,30 @@ def plot(results, path: Path):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--replot", action="store_true", help="only redraw the plot and the targets table from --out's JSON")
-    parser.add_argument("--sizes", default="117659,1000000", help="corpus sizes; above 117,659 the jittered copies are added")
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the plot and the targets table from --out's JSON"
+    )
+    parser.add_argument(
+        "--sizes", default="117659,1000000", help="corpus sizes; above 117,659 the jittered copies are added"
+    )
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--single", type=int, default=200, help="queries timed one at a time")
     parser.add_argument("--notebook-queries", type=int, default=50)
     parser.add_argument("--jitter", type=float, default=0.5)
     parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--skip-hnsw", action="store_true")
-    parser.add_argument("--hnsw-ef", type=lambda text: [int(v) for v in text.split(",")], default=[32, 64, 128, 256, 512, 1024, 2048, 4096],
-                        help="HNSW efSearch values; the large ones find where HNSW's recall meets the funnel's")
-    parser.add_argument("--hnsw-ef-construction", type=int, default=200,
-                        help="HNSW build effort: 200 reaches recall 0.97 at efSearch 256 on the 1M set, where 64 stops at 0.90")
+    parser.add_argument(
+        "--hnsw-ef",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[32, 64, 128, 256, 512, 1024, 2048, 4096],
+        help="HNSW efSearch values; the large ones find where HNSW's recall meets the funnel's",
+    )
+    parser.add_argument(
+        "--hnsw-ef-construction",
+        type=int,
+        default=200,
+        help="HNSW build effort: 200 reaches recall 0.97 at efSearch 256 on the 1M set, where 64 stops at 0.90",
+    )
     parser.add_argument("--milvus-max", type=int, default=117_659, help="largest n also run on Milvus Lite")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "funnel.json")
     args = parser.parse_args()
@@ -416,10 +635,17 @@ def main() -> None:
         corpus = documents if copies == 0 else expand(documents, copies, args.jitter)[:size]
         bench_size(np.ascontiguousarray(corpus[:size]), queries, tune_queries, args, results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(), "model": "wordllama (256-d)", "corpus": "WordNet 3.0 glosses (+ jittered copies above 117,659)",
-               "queries": f"{args.queries} WordNet lemmas; 200 more for autotune", "k": K, "encode_s": round(encode_s, 1),
-               "peak_rss_mb": round(rss_mb()), "results": results,
-               "targets": {str(n): targets(results, n) for n in sorted({r["n"] for r in results if "qps" in r})}}
+    payload = {
+        "machine": machine(),
+        "model": "wordllama (256-d)",
+        "corpus": "WordNet 3.0 glosses (+ jittered copies above 117,659)",
+        "queries": f"{args.queries} WordNet lemmas; 200 more for autotune",
+        "k": K,
+        "encode_s": round(encode_s, 1),
+        "peak_rss_mb": round(rss_mb()),
+        "results": results,
+        "targets": {str(n): targets(results, n) for n in sorted({r["n"] for r in results if "qps" in r})},
+    }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print_table(results)
     for n, verdicts in payload["targets"].items():

@@ -57,8 +57,11 @@ def proc_memory_mb(pid: int, field: str) -> float:
 
 
 def start_server(db: Path, port: int, log: Path) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "matryoshka", "serve", "--db", str(db), "--port", str(port)],
-                               stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "matryoshka", "serve", "--db", str(db), "--port", str(port)],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 180
     while True:
         if process.poll() is not None:
@@ -68,7 +71,7 @@ def start_server(db: Path, port: int, log: Path) -> subprocess.Popen:
                 return process
         except OSError:
             if time.time() > deadline:
-                raise SystemExit("server did not become healthy in 180 s")
+                raise SystemExit("server did not become healthy in 180 s") from None
             time.sleep(0.5)
 
 
@@ -89,7 +92,7 @@ async def run_load(url: str, questions: list[str], clients: int, duration: float
                     if response.status != 200:
                         errors.append(f"HTTP {response.status}: {payload[:200]!r}")
                         continue
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             latencies.append(time.perf_counter() - started)
@@ -131,8 +134,13 @@ def bench_store(name: str, db: Path, questions: list[str], args, work: Path) -> 
         load_in_child(url, questions, min(args.clients, 8), args.warmup, args.k)  # warm-up, not counted
         idle_mb = proc_memory_mb(server.pid, "VmRSS")
         result = load_in_child(url, questions, args.clients, args.duration, args.k)
-        result.update(store=name, clients=args.clients, k=args.k, idle_rss_mb=idle_mb,
-                      peak_rss_mb=proc_memory_mb(server.pid, "VmHWM"))
+        result.update(
+            store=name,
+            clients=args.clients,
+            k=args.k,
+            idle_rss_mb=idle_mb,
+            peak_rss_mb=proc_memory_mb(server.pid, "VmHWM"),
+        )
     finally:
         server.terminate()
         try:
@@ -147,13 +155,17 @@ def print_table(results: list[dict]) -> None:
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['store']:<7}{r['clients']:>8}{r['requests']:>10}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}"
-              f"{r['p99_ms']:>9.1f}{r['errors']:>8}{r['peak_rss_mb']:>13.0f}")
+        print(
+            f"{r['store']:<7}{r['clients']:>8}{r['requests']:>10}{r['rps']:>9.1f}{r['p50_ms']:>9.1f}{r['p90_ms']:>9.1f}"
+            f"{r['p99_ms']:>9.1f}{r['errors']:>8}{r['peak_rss_mb']:>13.0f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stores", default="local,lite", help="Comma-separated: local (folder) and/or lite (Milvus Lite file).")
+    parser.add_argument(
+        "--stores", default="local,lite", help="Comma-separated: local (folder) and/or lite (Milvus Lite file)."
+    )
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds of load per store.")
     parser.add_argument("--warmup", type=float, default=5.0)
@@ -182,8 +194,13 @@ def main() -> None:
             print(f"{name}: {args.clients} clients for {args.duration:.0f} s …", flush=True)
             results.append(bench_store(name, db, data.query_texts, args, work))
     print_table(results)
-    payload = {"machine": machine(), "model": encoder.name, "documents": len(data.corpus),
-               "questions": len(data.query_texts), "results": results}
+    payload = {
+        "machine": machine(),
+        "model": encoder.name,
+        "documents": len(data.corpus),
+        "questions": len(data.query_texts),
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"machine: {payload['machine']}\nwritten: {args.out}")

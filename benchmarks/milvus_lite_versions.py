@@ -39,8 +39,13 @@ def main() -> None:
         client.insert("head", [{"row": i, "vector": vectors[i].tolist()} for i in range(start, min(N, start + 5000))])
     client.flush("head")
     client.load_collection("head")
-    row = {"milvus_lite": version("milvus-lite"), "pymilvus": version("pymilvus"), "n": N, "dim": DIM,
-           "insert_s": round(time.perf_counter() - started, 2)}
+    row = {
+        "milvus_lite": version("milvus-lite"),
+        "pymilvus": version("pymilvus"),
+        "n": N,
+        "dim": DIM,
+        "insert_s": round(time.perf_counter() - started, 2),
+    }
     for limit in (10, 1000):
         client.search("head", data=[vectors[0].tolist()], limit=limit, output_fields=[])
         started = time.perf_counter()
@@ -54,7 +59,9 @@ def main() -> None:
     rows = json.loads(OUT.read_text())["results"] if OUT.exists() else []
     rows = [r for r in rows if r["milvus_lite"] != row["milvus_lite"]] + [row]
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"machine": "2 cores, 24 GiB (the project's CI-class machine)", "results": rows}, indent=2) + "\n")
+    OUT.write_text(
+        json.dumps({"machine": "2 cores, 24 GiB (the project's CI-class machine)", "results": rows}, indent=2) + "\n"
+    )
     for r in rows:
         print("  ".join(f"{k}={v}" for k, v in r.items()))
 

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from common import machine  # noqa: E402
+
 from matryoshka.data import read_sts  # noqa: E402
 from matryoshka.evaluate import evaluate_sts  # noqa: E402
 from matryoshka.models import load_model  # noqa: E402
@@ -72,38 +73,75 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="MatryoshkaLoss weights for 384,192,96,48,24,12")
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--seed", type=int, default=12)
-    parser.add_argument("--rotation", default="none", choices=["none", "pca", "orthogonal"],
-                        help="start both models from an adapter's rotation fitted on the train sentences "
-                        "(the product's default is orthogonal; none reproduces the blog's experiment)")
+    parser.add_argument(
+        "--rotation",
+        default="none",
+        choices=["none", "pca", "orthogonal"],
+        help="start both models from an adapter's rotation fitted on the train sentences "
+        "(the product's default is orthogonal; none reproduces the blog's experiment)",
+    )
     parser.add_argument("--skip-plain", action="store_true", help="train only the Matryoshka model (for tuning runs)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_sts.json")
     args = parser.parse_args()
     data = read_training_data(STSB)
     test = read_sts(STSB, "test")
     weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    rows = [{"name": "all-MiniLM-L6-v2 (no fine-tuning)", "spearman": {str(d): s for d, s in score("default", test).items()}}]
+    rows = [
+        {
+            "name": "all-MiniLM-L6-v2 (no fine-tuning)",
+            "spearman": {str(d): s for d, s in score("default", test).items()},
+        }
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         variants = [("CoSENT", False), ("MatryoshkaLoss(CoSENT)", True)][1 if args.skip_plain else 0 :]
         for name, matryoshka in variants:
-            settings = TrainSettings(dims=DIMS, weights=weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                     matryoshka=matryoshka, max_steps=args.max_steps, seed=args.seed, save_steps=10**9,
-                                     rotation=args.rotation)
+            settings = TrainSettings(
+                dims=DIMS,
+                weights=weights,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                matryoshka=matryoshka,
+                max_steps=args.max_steps,
+                seed=args.seed,
+                save_steps=10**9,
+                rotation=args.rotation,
+            )
             result = train("default", data, Path(tmp) / name, settings)
             scores = score(str(Path(tmp) / name), test)
-            rows.append({"name": name, "steps": result.steps, "seconds": round(result.seconds, 1),
-                         "seconds_per_step": result.seconds / result.steps, "spearman": {str(d): s for d, s in scores.items()}})
+            rows.append(
+                {
+                    "name": name,
+                    "steps": result.steps,
+                    "seconds": round(result.seconds, 1),
+                    "seconds_per_step": result.seconds / result.steps,
+                    "spearman": {str(d): s for d, s in scores.items()},
+                }
+            )
     trained = {row["name"]: row for row in rows[1:]}
-    cost = (trained["MatryoshkaLoss(CoSENT)"]["seconds_per_step"] / trained["CoSENT"]["seconds_per_step"]
-            if "CoSENT" in trained else None)
+    cost = (
+        trained["MatryoshkaLoss(CoSENT)"]["seconds_per_step"] / trained["CoSENT"]["seconds_per_step"]
+        if "CoSENT" in trained
+        else None
+    )
     print(f"\n{'model':<36}" + "".join(f"{d:>9}" for d in DIMS) + f"{'s/step':>9}")
     for row in rows:
         scores = [row["spearman"][str(d)] for d in DIMS]
-        print(f"{row['name']:<36}" + "".join(f"{s:>9.4f}" for s in scores) + f"{row.get('seconds_per_step', float('nan')):>9.3f}")
+        print(
+            f"{row['name']:<36}"
+            + "".join(f"{s:>9.4f}" for s in scores)
+            + f"{row.get('seconds_per_step', float('nan')):>9.3f}"
+        )
         print(f"{'  % of own 384':<36}" + "".join(f"{100 * s / scores[0]:>8.1f}%" for s in scores))
     if cost is not None:
         print(f"MatryoshkaLoss step cost: {cost:.2f}x the plain CoSENT step")
-    payload = {"machine": machine(), "settings": vars(args) | {"out": str(args.out)}, "dims": DIMS, "rows": rows,
-               "matryoshka_step_cost": cost}
+    payload = {
+        "machine": machine(),
+        "settings": vars(args) | {"out": str(args.out)},
+        "dims": DIMS,
+        "rows": rows,
+        "matryoshka_step_cost": cost,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     plot(rows, args.out.with_suffix(".png"))

@@ -73,8 +73,11 @@ def wordnet(source: Path) -> None:
     with gzip.open(source / "synsets.jsonl.gz", "rt", encoding="utf-8") as handle:
         for synset in map(json.loads, handle):
             lemmas = list(dict.fromkeys(ADJECTIVE_MARKER.sub("", lemma) for lemma in synset["lemmas"]))
-            record = {"id": f"{lemmas[0]}.{synset['id'][0]}.{synset['id'][1:]}",
-                      "lemmas": [lemma.replace("_", " ") for lemma in lemmas], "text": synset["gloss"]}
+            record = {
+                "id": f"{lemmas[0]}.{synset['id'][0]}.{synset['id'][1:]}",
+                "lemmas": [lemma.replace("_", " ") for lemma in lemmas],
+                "text": synset["gloss"],
+            }
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
     with gzip.GzipFile(target / "glosses.jsonl.gz", "wb", mtime=0, compresslevel=9) as raw:
         raw.write("".join(lines).encode())

@@ -16,6 +16,30 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# fixtures that make a test slow (a real server, the whole demo); tests using them are marked so
+SLOW_FIXTURES = {
+    "demo_server",
+    "lite_server",
+    "milvus_server",
+    "tiny_model",
+    "scifact_slice",
+    "scifact_vectors",
+    "sample_vectors",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark tests by what they use, so the quick tier (``make test-quick``) can leave them out."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if "milvus_server" in used:
+            item.add_marker(pytest.mark.milvus_server)
+        if "browser" in used:
+            item.add_marker(pytest.mark.browser)
+        if used & SLOW_FIXTURES or item.get_closest_marker("milvus_server"):
+            item.add_marker(pytest.mark.slow)
+
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -73,8 +97,9 @@ def scifact_slice(shared_data: Path, tmp_path_factory) -> Path:
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the installed console command for real, in a child process."""
     command = [sys.executable, "-m", "matryoshka", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "160"})
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=cwd, timeout=timeout, env={**os.environ, "COLUMNS": "160"}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -103,8 +128,12 @@ def milvus_server(tmp_path_factory):
     port = free_port()
     data = tmp_path_factory.mktemp("milvus-server")
     log = open(data / "server.log", "w")
-    process = subprocess.Popen([python, str(REPO / "tests" / "milvus_server.py"), str(data), str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [python, str(REPO / "tests" / "milvus_server.py"), str(data), str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
     while "READY" not in (data / "server.log").read_text():
         assert process.poll() is None, f"Milvus server exited: {(data / 'server.log').read_text()[-2000:]}"
@@ -130,9 +159,14 @@ class RunningServer:
     def __init__(self, args: list[str], log_path: Path, url: str, cwd: Path | None = None) -> None:
         self.url, self.log_path = url, log_path
         self._log = open(log_path, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "matryoshka", *args], stdout=self._log,
-                                        stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
-                                        env={**os.environ, "COLUMNS": "160"})
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "matryoshka", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            env={**os.environ, "COLUMNS": "160"},
+        )
 
     @property
     def log(self) -> str:
@@ -176,8 +210,11 @@ def lite_server(minilm, squad_sample, tmp_path_factory):
     db = folder / "squad.db"
     build_index(db, squad_sample.corpus.ids[:150], squad_sample.corpus.texts[:150], encoder=minilm)
     port = free_port()
-    server = RunningServer(["serve", "--db", str(db), "--port", str(port), "--max-k", "20", "--max-texts", "8",
-                            "--max-text-chars", "500"], folder / "server.log", f"http://127.0.0.1:{port}/")
+    server = RunningServer(
+        ["serve", "--db", str(db), "--port", str(port), "--max-k", "20", "--max-texts", "8", "--max-text-chars", "500"],
+        folder / "server.log",
+        f"http://127.0.0.1:{port}/",
+    )
     try:
         server.wait_healthy()
         yield server
@@ -190,8 +227,12 @@ def demo_server(tmp_path_factory):
     """``matryoshka demo --serve``: the whole demo, then its local index served on loopback."""
     folder = tmp_path_factory.mktemp("demo")
     port = free_port()
-    server = RunningServer(["demo", "--output-dir", str(folder / "demo"), "--serve", "--port", str(port)],
-                           folder / "demo.log", f"http://127.0.0.1:{port}/", cwd=folder)
+    server = RunningServer(
+        ["demo", "--output-dir", str(folder / "demo"), "--serve", "--port", str(port)],
+        folder / "demo.log",
+        f"http://127.0.0.1:{port}/",
+        cwd=folder,
+    )
     server.output_dir = folder / "demo"
     try:
         server.wait_healthy(timeout=600)
@@ -213,8 +254,14 @@ def tiny_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny")
     backbone = folder / "backbone"
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     import torch
 
     torch.manual_seed(0)

@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from matryoshka.adapt import (
+    AdapterError,
+    FitSettings,
+    LearnedAdapter,
+    OrthogonalAdapter,
+    load_adapter,
+    make_adapter,
+    with_adapter,
+)
 from matryoshka.errors import ModelError
-from matryoshka.adapt import (AdapterError, FitSettings, LearnedAdapter, OrthogonalAdapter, load_adapter, with_adapter,
-                              make_adapter)
 from matryoshka.metrics import top_k
 from matryoshka.models import load_model
 from matryoshka.vectors import normalize, truncate
@@ -45,7 +52,9 @@ def test_refined_adapters_start_from_pca_and_move(sample_vectors):
     assert np.abs(trained.transform(queries) - pca.transform(queries)).max() > 1e-3
 
 
-@pytest.mark.parametrize("kind,options", [("pca", {}), ("orthogonal", {}), ("learned", {}), ("learned", {"hidden": 32})])
+@pytest.mark.parametrize(
+    "kind,options", [("pca", {}), ("orthogonal", {}), ("learned", {}), ("learned", {"hidden": 32})]
+)
 def test_each_adapter_kind_round_trips_through_its_file(tmp_path, sample_vectors, kind, options):
     documents, queries = sample_vectors
     rows = np.arange(20)
@@ -84,8 +93,9 @@ def test_load_model_with_an_adapter_encodes_prefixes_of_f(tmp_path, minilm, samp
 
 @pytest.mark.parametrize("kind", ["pca", "orthogonal", "learned"])
 @pytest.mark.parametrize("store", ["local", "lite"])
-def test_an_index_with_any_adapter_returns_the_models_own_full_dim_top_k(tmp_path, squad_sample, sample_vectors,
-                                                                          kind, store):
+def test_an_index_with_any_adapter_returns_the_models_own_full_dim_top_k(
+    tmp_path, squad_sample, sample_vectors, kind, store
+):
     from matryoshka.funnel import two_stage_schedule
     from matryoshka.index import Index, build_index
 
@@ -113,13 +123,35 @@ def test_an_index_with_any_adapter_returns_the_models_own_full_dim_top_k(tmp_pat
 
 def test_adapt_cli_on_real_scifact_then_evaluate_index_and_search(tmp_path, scifact_slice):
     adapter = tmp_path / "scifact.npz"
-    result = run_cli("adapt", "--corpus", str(scifact_slice), "--kind", "orthogonal", "--steps", "30",
-                     "--query-samples", "300", "--output", str(adapter))
+    result = run_cli(
+        "adapt",
+        "--corpus",
+        str(scifact_slice),
+        "--kind",
+        "orthogonal",
+        "--steps",
+        "30",
+        "--query-samples",
+        "300",
+        "--output",
+        str(adapter),
+    )
     assert result.returncode == 0, result.stderr
     assert "orthogonal adapter for all-MiniLM-L6-v2 fitted on" in result.stdout and adapter.exists()
     report_path = tmp_path / "eval.json"
-    result = run_cli("evaluate", "--task", "retrieval", "--data", str(scifact_slice), "--dims", "384,48,12",
-                     "--adapter", str(adapter), "--json", str(report_path))
+    result = run_cli(
+        "evaluate",
+        "--task",
+        "retrieval",
+        "--data",
+        str(scifact_slice),
+        "--dims",
+        "384,48,12",
+        "--adapter",
+        str(adapter),
+        "--json",
+        str(report_path),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())
     by_method = {(r["method"], r["dim"]): r["ndcg@10"] for r in report["results"]}
@@ -132,7 +164,9 @@ def test_adapt_cli_on_real_scifact_then_evaluate_index_and_search(tmp_path, scif
     result = run_cli("search", "--db", str(db), "--query", "vitamin D and bone density", "--k", "5", "--json", str(out))
     assert result.returncode == 0, result.stderr
     exact = tmp_path / "exact.json"
-    run_cli("search", "--db", str(db), "--query", "vitamin D and bone density", "--k", "5", "--exact", "--json", str(exact))
+    run_cli(
+        "search", "--db", str(db), "--query", "vitamin D and bone density", "--k", "5", "--exact", "--json", str(exact)
+    )
     first_ids = [[h["id"] for h in json.loads(path.read_text())["results"][0]["hits"]] for path in (out, exact)]
     assert first_ids[0] == first_ids[1]
 
@@ -149,19 +183,43 @@ def test_adapt_cli_with_pairs_and_queries_fits_and_reports_query_heads(tmp_path,
                 handle.write(json.dumps({"query": text, "document": texts[doc_id]}) + "\n")
     questions.write_text("\n".join(data.query_texts[20:]) + "\n")  # real queries without relevant documents
     adapter = tmp_path / "sup.npz"
-    result = run_cli("adapt", "--corpus", str(scifact_slice), "--pairs", str(pairs), "--queries", str(questions),
-                     "--kind", "pca", "--query-samples", "300", "--output", str(adapter))
+    result = run_cli(
+        "adapt",
+        "--corpus",
+        str(scifact_slice),
+        "--pairs",
+        str(pairs),
+        "--queries",
+        str(questions),
+        "--kind",
+        "pca",
+        "--query-samples",
+        "300",
+        "--output",
+        str(adapter),
+    )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("query head at")]
     assert [line.split()[3] for line in lines] == ["12", "24", "48", "96"]  # d/32 … d/4
     kept = sorted(int(line.split()[3]) for line in lines if line.endswith("kept"))
     assert sorted(getattr(load_adapter(adapter), "query_heads_", {})) == kept
-    result = run_cli("adapt", "--corpus", str(scifact_slice), "--queries", str(questions), "--no-query-heads",
-                     "--kind", "pca", "--output", str(tmp_path / "none.npz"))
+    result = run_cli(
+        "adapt",
+        "--corpus",
+        str(scifact_slice),
+        "--queries",
+        str(questions),
+        "--no-query-heads",
+        "--kind",
+        "pca",
+        "--output",
+        str(tmp_path / "none.npz"),
+    )
     assert result.returncode == 0 and "query head at" not in result.stdout
     assert not hasattr(load_adapter(tmp_path / "none.npz"), "query_heads_")
 
 
+@pytest.mark.slow
 def test_adapt_cli_refuses_bad_input(tmp_path, scifact_slice):
     result = run_cli("adapt", "--corpus", str(scifact_slice), "--kind", "zca", "--output", str(tmp_path / "a.npz"))
     assert result.returncode == 2 and "unknown adapter kind 'zca'" in result.stderr
@@ -169,19 +227,28 @@ def test_adapt_cli_refuses_bad_input(tmp_path, scifact_slice):
     bad.write_text('{"query": "q", "document": "d"}\n{"query": "q2"}\n')
     result = run_cli("adapt", "--corpus", str(scifact_slice), "--pairs", str(bad), "--output", str(tmp_path / "a.npz"))
     assert result.returncode == 2 and "pairs.jsonl:2" in result.stderr
-    result = run_cli("evaluate", "--task", "retrieval", "--data", str(scifact_slice), "--adapter", str(tmp_path / "none.npz"))
+    result = run_cli(
+        "evaluate", "--task", "retrieval", "--data", str(scifact_slice), "--adapter", str(tmp_path / "none.npz")
+    )
     assert result.returncode == 2 and "no such adapter file" in result.stderr
 
 
 def test_adapter_anchors_are_corpus_sentences_or_windows_when_there_are_none():
     from matryoshka.samples import query_like_texts
 
-    corpus = ["Tides are caused by the moon. The sun matters less for them! Short one.",
-              "Protein folding is hard to predict from sequence alone. It took decades of work to get there?"]
+    corpus = [
+        "Tides are caused by the moon. The sun matters less for them! Short one.",
+        "Protein folding is hard to predict from sequence alone. It took decades of work to get there?",
+    ]
     sentences = query_like_texts(corpus, count=10, unit="sentence")
-    assert sorted(sentences) == sorted(["Tides are caused by the moon.", "The sun matters less for them!",
-                                        "Protein folding is hard to predict from sequence alone.",
-                                        "It took decades of work to get there?"])
+    assert sorted(sentences) == sorted(
+        [
+            "Tides are caused by the moon.",
+            "The sun matters less for them!",
+            "Protein folding is hard to predict from sequence alone.",
+            "It took decades of work to get there?",
+        ]
+    )
     assert len(query_like_texts(corpus * 20, count=5, unit="sentence")) == 5
     titles = ["tide tables", "protein folding", "moon phases and tides"] * 4
     windows = query_like_texts(titles, count=6, unit="sentence")  # no sentences of 5+ words: word windows
@@ -201,7 +268,8 @@ def _head_recall(adapter, documents, queries, truth, dim: int, shortlist: int, h
 
 
 def test_query_heads_are_kept_only_where_held_out_queries_gain_and_travel_with_the_adapter(
-        tmp_path, minilm, squad_sample, sample_vectors):
+    tmp_path, minilm, squad_sample, sample_vectors
+):
     """Query heads on real SQuAD questions: each head dim is kept only if the held-out fifth of the
     fitting questions gained head recall, and questions never seen do not lose it. A kept head is
     saved and loaded with the adapter, and an index built with it searches its head with it and
@@ -239,8 +307,14 @@ def test_query_heads_are_kept_only_where_held_out_queries_gain_and_travel_with_t
     assert sorted(loaded.query_heads_) == [24]
     np.testing.assert_allclose(adapted_queries(loaded, unseen, 24), moved, atol=1e-6)
     encoder = with_adapter(load_model("default"), path)
-    meta = build_index(tmp_path / "index", squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=encoder,
-                       vectors=documents, head_dim=24)
+    meta = build_index(
+        tmp_path / "index",
+        squad_sample.corpus.ids,
+        squad_sample.corpus.texts,
+        encoder=encoder,
+        vectors=documents,
+        head_dim=24,
+    )
     with Index(tmp_path / "index") as index:
         whole = two_stage_schedule(384, 10, len(documents), meta.head_dim)
         np.testing.assert_array_equal(index.search_vectors(unseen, 10, schedule=whole).rows, truth)

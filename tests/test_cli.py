@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from conftest import run_cli, write_jsonl
 
@@ -20,8 +21,9 @@ def test_demo_runs_offline_end_to_end_and_serves(demo_server):
     report = json.loads((demo / "demo.json").read_text())
     quality = report["quality"]
     assert set(quality) == {"wordllama truncate", "MiniLM truncate", "MiniLM pca"}
-    minilm = {(name, r["dim"]): r["ndcg@10"] for name in ("MiniLM truncate", "MiniLM pca")
-              for r in quality[name]["results"]}
+    minilm = {
+        (name, r["dim"]): r["ndcg@10"] for name in ("MiniLM truncate", "MiniLM pca") for r in quality[name]["results"]
+    }
     assert minilm["MiniLM truncate", 384] > 0.8  # questions find their own paragraph
     assert minilm["MiniLM pca", 12] > minilm["MiniLM truncate", 12]  # not Matryoshka-trained: PCA prefixes win
     wordllama = {r["dim"]: r["ndcg@10"] for r in quality["wordllama truncate"]["results"]}
@@ -35,6 +37,7 @@ def test_demo_runs_offline_end_to_end_and_serves(demo_server):
     assert (demo / "wordnet-index" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_encode_writes_unit_vectors_and_ids(tmp_path):
     source = write_jsonl(tmp_path / "docs.jsonl", [{"id": f"d{i}", "text": f"document number {i}"} for i in range(5)])
     out = tmp_path / "vectors" / "docs.npy"

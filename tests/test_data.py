@@ -62,7 +62,9 @@ def test_real_beir_scifact(shared_data):
 
 
 def _beir(tmp_path: Path, qrels: str, corpus=None, queries=None) -> Path:
-    write_jsonl(tmp_path / "corpus.jsonl", corpus or [{"_id": "d1", "title": "T", "text": "one"}, {"_id": "d2", "text": "two"}])
+    write_jsonl(
+        tmp_path / "corpus.jsonl", corpus or [{"_id": "d1", "title": "T", "text": "one"}, {"_id": "d2", "text": "two"}]
+    )
     write_jsonl(tmp_path / "queries.jsonl", queries or [{"_id": "q1", "text": "first?"}])
     (tmp_path / "qrels").mkdir(exist_ok=True)
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
@@ -160,7 +162,9 @@ def test_pairs_and_scored_pairs(tmp_path):
     (tmp_path / "bad.csv").write_text("sentence1,sentence2,score\na,b,high\n")
     err = _error(read_pairs, tmp_path / "bad.csv")
     assert err.line == 2 and "score 'high' is not a number" in str(err)
-    write_jsonl(tmp_path / "mixed.jsonl", [{"anchor": "a", "positive": "b"}, {"anchor": "a", "positive": "b", "score": 1}])
+    write_jsonl(
+        tmp_path / "mixed.jsonl", [{"anchor": "a", "positive": "b"}, {"anchor": "a", "positive": "b", "score": 1}]
+    )
     assert "different set of fields" in str(_error(read_pairs, tmp_path / "mixed.jsonl"))
     write_jsonl(tmp_path / "wrong.jsonl", [{"left": "a", "right": "b"}])
     assert "a pair needs one of" in str(_error(read_pairs, tmp_path / "wrong.jsonl"))

@@ -24,6 +24,7 @@ def test_default_and_parsed_dims():
             parse_dims(bad, 384)
 
 
+@pytest.mark.slow
 def test_retrieval_encodes_once_and_scores_every_dim(minilm, scifact_slice):
     calls = []
     original = minilm.encode
@@ -52,6 +53,7 @@ def test_retrieval_encodes_once_and_scores_every_dim(minilm, scifact_slice):
         assert 0 <= row["recall@10"] <= row["recall@100"] <= 1
 
 
+@pytest.mark.slow
 def test_sts_spearman_on_real_slice(minilm, shared_data):
     pairs = read_sts(shared_data / "stsb", "test")
     from matryoshka.data import Pairs
@@ -64,11 +66,28 @@ def test_sts_spearman_on_real_slice(minilm, shared_data):
     assert any("500" in n or "training" in n for n in report.notes)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_writes_the_json_contract_and_plot(scifact_slice, tmp_path):
     out, plot = tmp_path / "out.json", tmp_path / "plot.png"
-    result = run_cli("evaluate", "--model", "default", "--task", "retrieval", "--data", str(scifact_slice),
-                     "--split", "test", "--dims", "384,48,12", "--methods", "truncate,pca",
-                     "--json", str(out), "--plot", str(plot))
+    result = run_cli(
+        "evaluate",
+        "--model",
+        "default",
+        "--task",
+        "retrieval",
+        "--data",
+        str(scifact_slice),
+        "--split",
+        "test",
+        "--dims",
+        "384,48,12",
+        "--methods",
+        "truncate,pca",
+        "--json",
+        str(out),
+        "--plot",
+        str(plot),
+    )
     assert result.returncode == 0, result.stderr
     assert "ndcg@10" in result.stdout and "% full" in result.stdout
     report = json.loads(out.read_text())
@@ -80,12 +99,17 @@ def test_evaluate_cli_writes_the_json_contract_and_plot(scifact_slice, tmp_path)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 20_000
 
 
+@pytest.mark.slow
 def test_evaluate_cli_sts_json(shared_data, tmp_path):
     sts = tmp_path / "sts.csv"
     rows = read_sts(shared_data / "stsb", "dev")
-    sts.write_text("sentence1\tsentence2\tscore\n".replace("\t", ",") + "".join(
-        f'"{a.replace(chr(34), chr(34) * 2)}","{b.replace(chr(34), chr(34) * 2)}",{s}\n'
-        for a, b, s in zip(rows.first[:150], rows.second[:150], rows.scores[:150])))
+    sts.write_text(
+        "sentence1\tsentence2\tscore\n".replace("\t", ",")
+        + "".join(
+            f'"{a.replace(chr(34), chr(34) * 2)}","{b.replace(chr(34), chr(34) * 2)}",{s}\n'
+            for a, b, s in zip(rows.first[:150], rows.second[:150], rows.scores[:150])
+        )
+    )
     out = tmp_path / "sts.json"
     result = run_cli("evaluate", "--task", "sts", "--data", str(sts), "--dims", "384,48,12", "--json", str(out))
     assert result.returncode == 0, result.stderr
@@ -95,6 +119,7 @@ def test_evaluate_cli_sts_json(shared_data, tmp_path):
     assert np.isfinite([r["spearman"] for r in report["results"]]).all()
 
 
+@pytest.mark.slow
 def test_evaluate_cli_errors_name_file_and_line(tmp_path, scifact_slice):
     broken = tmp_path / "broken"
     broken.mkdir()

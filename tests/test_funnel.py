@@ -7,12 +7,15 @@ import pytest
 
 from matryoshka.errors import ScheduleError, StoreError
 from matryoshka.funnel import Schedule, Stage, autotune, funnel_search, recall_at_k
-from matryoshka.vectors import stage_dims
 from matryoshka.stores.memory import MemoryStore
+from matryoshka.vectors import stage_dims
 
 
 def test_schedule_validation():
-    assert str(Schedule.parse("12:2000,24:1000,48:500,96:250,192:100,384:10")) == "12:2000,24:1000,48:500,96:250,192:100,384:10"
+    assert (
+        str(Schedule.parse("12:2000,24:1000,48:500,96:250,192:100,384:10"))
+        == "12:2000,24:1000,48:500,96:250,192:100,384:10"
+    )
     with pytest.raises(ScheduleError, match="strictly increasing"):
         Schedule.parse("24:100,24:50")
     with pytest.raises(ScheduleError, match="must not increase"):
@@ -167,8 +170,7 @@ def test_shortlist_selection_is_exact_including_ties_and_fallback():
 
 
 def test_in_place_rescoring_equals_gathered_prefix_cosines(scifact_vectors, tmp_path):
-    from matryoshka.rescore import rerank
-    from matryoshka.rescore import fusable, prefix_cosines
+    from matryoshka.rescore import fusable, prefix_cosines, rerank
 
     documents, queries = scifact_vectors
     np.save(tmp_path / "full.npy", documents)
@@ -191,8 +193,9 @@ def test_in_place_rescoring_equals_gathered_prefix_cosines(scifact_vectors, tmp_
     assert prefix_cosines(documents, rows, queries[:, :100]) is None and not store.scores_in_place(100)
     assert not fusable(documents.astype(np.float64), 12)
     gathered = store.rescore(rows, queries[:, :100])
-    np.testing.assert_allclose(gathered[valid], rerank(store.gather(np.maximum(rows, 0), 100), queries[:, :100])[valid],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        gathered[valid], rerank(store.gather(np.maximum(rows, 0), 100), queries[:, :100])[valid], atol=1e-6
+    )
     assert np.isneginf(gathered[~valid]).all()
 
 
@@ -246,10 +249,12 @@ def test_binary_head_schedules_parse_and_validate():
     schedule.check(256, 10, 5000)
     # the stages after a binary head start again from any dim, and must increase among themselves
     Schedule.parse("256b:100,256:10").check(256, 10, 5000)
-    for text, message in (("256b:100,128:50,64:10", "strictly increasing"),
-                          ("64:100,128b:50,256:10", "only the first stage"),
-                          ("256b:10", "follow 256b:10 with a stage at the full dimension"),
-                          ("100b:50,256:10", "100 bits is not a multiple of 8")):
+    for text, message in (
+        ("256b:100,128:50,64:10", "strictly increasing"),
+        ("64:100,128b:50,256:10", "only the first stage"),
+        ("256b:10", "follow 256b:10 with a stage at the full dimension"),
+        ("100b:50,256:10", "100 bits is not a multiple of 8"),
+    ):
         with pytest.raises(ScheduleError, match=message):
             Schedule.parse(text)
     with pytest.raises(ScheduleError, match="head uses 512 dims but the vectors have 256"):
@@ -281,8 +286,9 @@ def test_binary_head_is_an_exact_hamming_search_and_a_wide_funnel_equals_exact(s
     np.testing.assert_allclose(wide.scores, exact_scores, atol=1e-5)
     # sign bits of 384 dims keep MiniLM's ranking far better than its 12-dim prefix, in the same bytes
     binary = recall_at_k(funnel_search(store, queries, Schedule.parse("384b:30,384:10"), 10).rows, exact_rows)
-    truncated = recall_at_k(funnel_search(MemoryStore(documents, 12), queries, Schedule.parse("12:30,384:10"), 10).rows,
-                            exact_rows)
+    truncated = recall_at_k(
+        funnel_search(MemoryStore(documents, 12), queries, Schedule.parse("12:30,384:10"), 10).rows, exact_rows
+    )
     assert binary > truncated + 0.2, (binary, truncated)
     # a float schedule cannot run on a binary head, nor a binary one on a float head
     with pytest.raises(ScheduleError, match="head is binary \\(384 bits\\): start the schedule with 384b:N"):

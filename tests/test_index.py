@@ -17,11 +17,17 @@ import pytest
 from conftest import run_cli, write_jsonl
 from matryoshka.errors import ScheduleError, StoreError
 from matryoshka.funnel import Schedule, recall_at_k
-from matryoshka.vectors import stage_dims
 from matryoshka.index import Index, build_index
+from matryoshka.vectors import stage_dims
 
 
-@pytest.fixture(params=["local", "lite", "server"])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("lite", marks=pytest.mark.slow),
+        pytest.param("server", marks=pytest.mark.milvus_server),
+    ]
+)
 def db(request, tmp_path):
     """A fresh --db value for each store."""
     if request.param == "local":
@@ -37,15 +43,23 @@ def _collection(db: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def squad_vectors(wordllama, squad_sample):
-    return (wordllama.encode(squad_sample.corpus.texts, kind="document"),
-            wordllama.encode(squad_sample.query_texts, kind="query"))
+    return (
+        wordllama.encode(squad_sample.corpus.texts, kind="document"),
+        wordllama.encode(squad_sample.query_texts, kind="query"),
+    )
 
 
 def test_funnel_matches_exact_on_every_store(db, wordllama, squad_sample, squad_vectors):
     documents, queries = squad_vectors
     collection = _collection(db)
-    meta = build_index(db, squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=wordllama, vectors=documents,
-                       collection=collection)
+    meta = build_index(
+        db,
+        squad_sample.corpus.ids,
+        squad_sample.corpus.texts,
+        encoder=wordllama,
+        vectors=documents,
+        collection=collection,
+    )
     assert meta.model == "wordllama" and meta.full_dim == 256 and meta.count == len(squad_sample.corpus)
     assert meta.autotune_recall >= 0.99 and Schedule.parse(meta.schedule).full_dim == 256
     index = Index(db, collection=collection)
@@ -77,8 +91,15 @@ def test_binary_head_on_every_store(db, wordllama, squad_sample, squad_vectors):
     FAISS binary index over packed codes in the local store; re-ranked by float prefixes."""
     documents, queries = squad_vectors
     collection = _collection(db)
-    meta = build_index(db, squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=wordllama, vectors=documents,
-                       head_index="binary", collection=collection)
+    meta = build_index(
+        db,
+        squad_sample.corpus.ids,
+        squad_sample.corpus.texts,
+        encoder=wordllama,
+        vectors=documents,
+        head_index="binary",
+        collection=collection,
+    )
     tuned = Schedule.parse(meta.schedule)
     assert meta.head_dim == 256 and tuned.binary_head and tuned.head_dim == 256 and meta.head_index == "binary"
     with Index(db, collection=collection) as index:
@@ -107,14 +128,16 @@ def _segment(db) -> Path:
     return Path(db) / "segments" / manifest["segments"][0]["name"]
 
 
-def test_local_store_scores_candidates_in_place_as_gathering_would(tmp_path, wordllama, squad_sample, squad_vectors,
-                                                                   monkeypatch):
+def test_local_store_scores_candidates_in_place_as_gathering_would(
+    tmp_path, wordllama, squad_sample, squad_vectors, monkeypatch
+):
     import matryoshka.stores.memory as memory
     from matryoshka.vectors import prefix_norm_dims
 
     documents, queries = squad_vectors
-    meta = build_index(tmp_path / "index", squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=wordllama,
-                       vectors=documents)
+    meta = build_index(
+        tmp_path / "index", squad_sample.corpus.ids, squad_sample.corpus.texts, encoder=wordllama, vectors=documents
+    )
     assert list(meta.prefix_norm_dims) == prefix_norm_dims(256) == [8, 16, 32, 64, 128]
     index = Index(tmp_path / "index")
     stored = np.load(_segment(tmp_path / "index") / "prefix_norms.npy")
@@ -139,15 +162,27 @@ def test_search_uses_the_indexing_model(tmp_path, wordllama, squad_sample, squad
 
 def test_bring_your_own_vectors(tmp_path, squad_sample, squad_vectors):
     documents, queries = squad_vectors
-    corpus = write_jsonl(tmp_path / "corpus.jsonl",
-                         [{"id": i, "text": t} for i, t in zip(squad_sample.corpus.ids, squad_sample.corpus.texts)])
+    corpus = write_jsonl(
+        tmp_path / "corpus.jsonl",
+        [{"id": i, "text": t} for i, t in zip(squad_sample.corpus.ids, squad_sample.corpus.texts)],
+    )
     np.save(tmp_path / "docs.npy", documents.astype(np.float64) * 3.0)  # any float dtype and scale
     np.save(tmp_path / "queries.npy", queries[:5])
-    result = run_cli("index", "--corpus", str(corpus), "--vectors", str(tmp_path / "docs.npy"), "--db", str(tmp_path / "db"))
+    result = run_cli(
+        "index", "--corpus", str(corpus), "--vectors", str(tmp_path / "docs.npy"), "--db", str(tmp_path / "db")
+    )
     assert result.returncode == 0, result.stderr
     out = tmp_path / "hits.json"
-    result = run_cli("search", "--db", str(tmp_path / "db"), "--query-vectors", str(tmp_path / "queries.npy"),
-                     "--exact", "--json", str(out))
+    result = run_cli(
+        "search",
+        "--db",
+        str(tmp_path / "db"),
+        "--query-vectors",
+        str(tmp_path / "queries.npy"),
+        "--exact",
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["results"]
     top = np.argsort(-(queries[:5] @ documents.T), axis=1)[:, :10]
@@ -170,32 +205,49 @@ def test_bring_your_own_vectors(tmp_path, squad_sample, squad_vectors):
 
 def test_cli_binary_head(tmp_path, squad_sample, squad_vectors):
     documents, queries = squad_vectors
-    corpus = write_jsonl(tmp_path / "corpus.jsonl",
-                         [{"id": i, "text": t} for i, t in zip(squad_sample.corpus.ids, squad_sample.corpus.texts)])
+    corpus = write_jsonl(
+        tmp_path / "corpus.jsonl",
+        [{"id": i, "text": t} for i, t in zip(squad_sample.corpus.ids, squad_sample.corpus.texts)],
+    )
     np.save(tmp_path / "docs.npy", documents)
     np.save(tmp_path / "queries.npy", queries[:20])
     db = str(tmp_path / "db")
-    result = run_cli("index", "--corpus", str(corpus), "--vectors", str(tmp_path / "docs.npy"), "--db", db,
-                     "--head-index", "binary")
+    result = run_cli(
+        "index", "--corpus", str(corpus), "--vectors", str(tmp_path / "docs.npy"), "--db", db, "--head-index", "binary"
+    )
     assert result.returncode == 0, result.stderr
     assert "head 256 bits (binary)" in result.stdout and "Default schedule 256b:" in result.stdout
     reports = {}
-    for name, extra in (("exact", ["--exact"]), ("wide", ["--schedule", f"256b:{len(documents)},256:10"]), ("tuned", [])):
+    for name, extra in (
+        ("exact", ["--exact"]),
+        ("wide", ["--schedule", f"256b:{len(documents)},256:10"]),
+        ("tuned", []),
+    ):
         out = tmp_path / f"{name}.json"
-        result = run_cli("search", "--db", db, "--query-vectors", str(tmp_path / "queries.npy"), "--json", str(out), *extra)
+        result = run_cli(
+            "search", "--db", db, "--query-vectors", str(tmp_path / "queries.npy"), "--json", str(out), *extra
+        )
         assert result.returncode == 0, result.stderr
         reports[name] = json.loads(out.read_text())
     ids = {name: [[h["id"] for h in r["hits"]] for r in report["results"]] for name, report in reports.items()}
     assert ids["wide"] == ids["exact"]
-    assert reports["tuned"]["results"][0]["schedule"].startswith("256b:") and reports["exact"]["results"][0]["mode"] == "exact"
-    result = run_cli("search", "--db", db, "--query-vectors", str(tmp_path / "queries.npy"), "--schedule", "8:100,256:10")
+    assert (
+        reports["tuned"]["results"][0]["schedule"].startswith("256b:")
+        and reports["exact"]["results"][0]["mode"] == "exact"
+    )
+    result = run_cli(
+        "search", "--db", db, "--query-vectors", str(tmp_path / "queries.npy"), "--schedule", "8:100,256:10"
+    )
     assert result.returncode == 2 and "start the schedule with 256b:N" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_index_and_search_with_the_default_model(tmp_path, squad_sample):
     """The real default model end to end through the command line: index, funnel, exact, JSON."""
-    corpus = write_jsonl(tmp_path / "corpus.jsonl", [
-        {"id": i, "text": t} for i, t in list(zip(squad_sample.corpus.ids, squad_sample.corpus.texts))[:120]])
+    corpus = write_jsonl(
+        tmp_path / "corpus.jsonl",
+        [{"id": i, "text": t} for i, t in list(zip(squad_sample.corpus.ids, squad_sample.corpus.texts))[:120]],
+    )
     db = tmp_path / "db"
     result = run_cli("index", "--corpus", str(corpus), "--db", str(db))
     assert result.returncode == 0, result.stderr
@@ -206,7 +258,9 @@ def test_cli_index_and_search_with_the_default_model(tmp_path, squad_sample):
     questions.write_text("Who won Super Bowl 50?\nWhat is the capital of Poland?\n")
     for extra in ([], ["--exact"], ["--schedule", "12:120,24:60,48:30,96:20,192:15,384:10"]):
         out = tmp_path / f"out{len(extra)}.json"
-        result = run_cli("search", "--db", str(db), "--queries", str(questions), "--k", "10", "--json", str(out), *extra)
+        result = run_cli(
+            "search", "--db", str(db), "--queries", str(questions), "--k", "10", "--json", str(out), *extra
+        )
         assert result.returncode == 0, result.stderr
         report = json.loads(out.read_text())
         assert len(report["results"]) == 2
@@ -219,11 +273,16 @@ def test_cli_index_and_search_with_the_default_model(tmp_path, squad_sample):
 
 
 def _start_index(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "matryoshka", "index", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "matryoshka", "index", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
 
 
-@pytest.mark.parametrize("kind", ["local", "lite"])
+@pytest.mark.parametrize("kind", ["local", pytest.param("lite", marks=pytest.mark.slow)])
 def test_kill_mid_ingest_leaves_previous_index_answering(kind, tmp_path, squad_sample):
     rng = np.random.default_rng(0)
     small = rng.normal(size=(300, 64)).astype(np.float32)
@@ -236,14 +295,21 @@ def test_kill_mid_ingest_leaves_previous_index_answering(kind, tmp_path, squad_s
     staging = tmp_path / "staging"
     staging.mkdir()
     env = {**os.environ, "TMPDIR": str(staging)}
-    result = run_cli("index", "--corpus", str(tmp_path / "small.txt"), "--vectors", str(tmp_path / "small.npy"), "--db", db)
+    result = run_cli(
+        "index", "--corpus", str(tmp_path / "small.txt"), "--vectors", str(tmp_path / "small.npy"), "--db", db
+    )
     assert result.returncode == 0, result.stderr
     with Index(db) as index:
         expected = index.search_vectors(small[:5], 5, exact=True).rows
 
-    process = _start_index(["--corpus", str(tmp_path / "big.txt"), "--vectors", str(tmp_path / "big.npy"), "--db", db], env)
-    partial = (lambda: list((Path(db) / "segments").glob("*.partial/full.npy"))) if kind == "local" else \
-        (lambda: list(staging.glob("matryoshka-milvus-*/full.npy")))
+    process = _start_index(
+        ["--corpus", str(tmp_path / "big.txt"), "--vectors", str(tmp_path / "big.npy"), "--db", db], env
+    )
+    partial = (
+        (lambda: list((Path(db) / "segments").glob("*.partial/full.npy")))
+        if kind == "local"
+        else (lambda: list(staging.glob("matryoshka-milvus-*/full.npy")))
+    )
     deadline = time.time() + 120
     while not partial():
         assert process.poll() is None, process.stderr.read().decode()
@@ -259,7 +325,9 @@ def test_kill_mid_ingest_leaves_previous_index_answering(kind, tmp_path, squad_s
         np.testing.assert_array_equal(index.search_vectors(small[:5], 5).rows, expected)
     if kind == "local":
         # a later build cleans up what the killed one left behind
-        result = run_cli("index", "--corpus", str(tmp_path / "small.txt"), "--vectors", str(tmp_path / "small.npy"), "--db", db)
+        result = run_cli(
+            "index", "--corpus", str(tmp_path / "small.txt"), "--vectors", str(tmp_path / "small.npy"), "--db", db
+        )
         assert result.returncode == 0, result.stderr
         assert not list((Path(db) / "segments").glob("*.partial")) and len(list((Path(db) / "segments").iterdir())) == 1
 
@@ -285,12 +353,22 @@ def test_bad_inputs_get_clear_errors_and_leave_nothing(tmp_path, milvus_server):
         (["index", "--corpus", str(noid), "--vectors", str(good), "--db", db], f"{noid}:2: empty id"),
         (["index", "--corpus", str(corpus), "--vectors", str(vectors), "--db", db], "row 1 contains NaN"),
         (["index", "--corpus", str(corpus), "--vectors", str(zeros), "--db", db], "row 1 is all zeros"),
-        (["index", "--corpus", str(corpus), "--vectors", str(good), "--db", str(not_lite)], "is not a Milvus Lite file"),
-        (["index", "--corpus", str(corpus), "--vectors", str(good), "--db", "http://127.0.0.1:9"], "could not reach the Milvus server"),
-        (["index", "--corpus", str(corpus), "--vectors", str(good), "--db", db, "--head-index", "ivf"],
-         "unknown head index 'ivf'; choose one of flat, hnsw, binary"),
-        (["index", "--corpus", str(corpus), "--vectors", str(good), "--db", db, "--head-index", "binary"],
-         "4 bits is not a multiple of 8"),
+        (
+            ["index", "--corpus", str(corpus), "--vectors", str(good), "--db", str(not_lite)],
+            "is not a Milvus Lite file",
+        ),
+        (
+            ["index", "--corpus", str(corpus), "--vectors", str(good), "--db", "http://127.0.0.1:9"],
+            "could not reach the Milvus server",
+        ),
+        (
+            ["index", "--corpus", str(corpus), "--vectors", str(good), "--db", db, "--head-index", "ivf"],
+            "unknown head index 'ivf'; choose one of flat, hnsw, binary",
+        ),
+        (
+            ["index", "--corpus", str(corpus), "--vectors", str(good), "--db", db, "--head-index", "binary"],
+            "4 bits is not a multiple of 8",
+        ),
     ]
     for args, message in cases:
         result = run_cli(*args)
@@ -305,9 +383,18 @@ def test_bad_inputs_get_clear_errors_and_leave_nothing(tmp_path, milvus_server):
     np.save(tmp_path / "q.npy", np.eye(1, 4, dtype=np.float32))
     search_cases = [
         (["--queries", str(queries)], f"{queries}:2: invalid JSON"),
-        (["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "1:2,2:1", "--k", "1"], "must end at the full dimension 4"),
-        (["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "8b:2,4:1", "--k", "1"], "head uses 8 dims but the vectors have 4"),
-        (["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "3b:2,4:1", "--k", "1"], "3 bits is not a multiple of 8"),
+        (
+            ["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "1:2,2:1", "--k", "1"],
+            "must end at the full dimension 4",
+        ),
+        (
+            ["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "8b:2,4:1", "--k", "1"],
+            "head uses 8 dims but the vectors have 4",
+        ),
+        (
+            ["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "3b:2,4:1", "--k", "1"],
+            "3 bits is not a multiple of 8",
+        ),
         (["--query-vectors", str(tmp_path / "q.npy"), "--k", "5"], "k=5 is larger than the corpus (2 documents)"),
         (["--query-vectors", str(tmp_path / "q.npy"), "--k", "5", "--exact"], "k=5 is larger than the corpus"),
         (["--query-vectors", str(vectors)], "row 1 contains NaN"),

@@ -70,8 +70,12 @@ def test_prompts_are_applied_to_queries_and_documents(minilm):
     prompted = SentenceTransformerEncoder(minilm.model, "p", query_prompt="query: ", document_prompt="passage: ")
     plain = minilm.encode(text)
     assert not np.allclose(prompted.encode(text, kind="query"), plain, atol=1e-4)
-    np.testing.assert_allclose(prompted.encode(text, kind="query"), minilm.encode(["query: what causes tides"]), atol=1e-5)
-    np.testing.assert_allclose(prompted.encode(text, kind="document"), minilm.encode(["passage: what causes tides"]), atol=1e-5)
+    np.testing.assert_allclose(
+        prompted.encode(text, kind="query"), minilm.encode(["query: what causes tides"]), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        prompted.encode(text, kind="document"), minilm.encode(["passage: what causes tides"]), atol=1e-5
+    )
     # the bundled model has empty prompts: query/document encoding equals plain encoding
     np.testing.assert_allclose(minilm.encode(text, kind="query"), plain, atol=1e-5)
 

@@ -77,7 +77,9 @@ def test_search_with_a_schedule_of_its_own(client):
 
 def test_similarity_gives_each_texts_cosine_at_each_dim(client, minilm):
     texts = ["The giant panda is a bear native to China.", "Shares fell sharply on Monday."]
-    answer = client.post("/similarity", json={"query": "what is a panda?", "texts": texts, "dims": [12, 96, 384]}).json()
+    answer = client.post(
+        "/similarity", json={"query": "what is a panda?", "texts": texts, "dims": [12, 96, 384]}
+    ).json()
     table = np.asarray(answer["similarities"])
     assert table.shape == (2, 3) and answer["dims"] == [12, 96, 384]
     query = minilm.encode(["what is a panda?"], kind="query")
@@ -107,7 +109,12 @@ def test_similarity_gives_each_texts_cosine_at_each_dim(client, minilm):
         ("/embed", {"texts": []}, 422, "texts: give at least one text"),
         ("/embed", {"texts": ["ok", "y" * 600]}, 413, "texts[1]: 600 characters"),
         ("/embed", {"texts": ["a"], "dim": 0}, 422, "dim: dimension 0 is outside 1..384"),
-        ("/similarity", {"query": "a", "texts": ["b"], "dims": list(range(1, 70))}, 413, "dims: 69 dims is more than the limit of 64"),
+        (
+            "/similarity",
+            {"query": "a", "texts": ["b"], "dims": list(range(1, 70))},
+            413,
+            "dims: 69 dims is more than the limit of 64",
+        ),
         ("/similarity", {"query": "a", "texts": ["b"], "dims": [12, 999]}, 422, "dims[1]: dimension 999 is outside"),
     ],
 )
@@ -164,11 +171,20 @@ def test_a_binary_head_index_is_served(wordllama, squad_sample, tmp_path):
     from matryoshka.index import build_index
 
     documents = wordllama.encode(squad_sample.corpus.texts[:200], kind="document")
-    build_index(tmp_path / "index", squad_sample.corpus.ids[:200], squad_sample.corpus.texts[:200], encoder=wordllama,
-                vectors=documents, head_index="binary")
+    build_index(
+        tmp_path / "index",
+        squad_sample.corpus.ids[:200],
+        squad_sample.corpus.texts[:200],
+        encoder=wordllama,
+        vectors=documents,
+        head_index="binary",
+    )
     port = free_port()
-    server = RunningServer(["serve", "--db", str(tmp_path / "index"), "--port", str(port)], tmp_path / "server.log",
-                           f"http://127.0.0.1:{port}/")
+    server = RunningServer(
+        ["serve", "--db", str(tmp_path / "index"), "--port", str(port)],
+        tmp_path / "server.log",
+        f"http://127.0.0.1:{port}/",
+    )
     try:
         server.wait_healthy()
         with httpx.Client(base_url=server.url, timeout=60) as client:

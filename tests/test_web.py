@@ -12,8 +12,15 @@ from conftest import REPO
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
 # no sandbox as root; no background networking: this machine's network is closed
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +44,10 @@ def _ids(page, list_id: str) -> list[str]:
 
 def _wait_for_dim(page, dim: int) -> None:
     """Until the results at ``dim`` have arrived and are no longer marked stale."""
-    page.wait_for_function(f"document.getElementById('overlap').dataset.dim === '{dim}' && "
-                           "document.getElementById('results-dim').getAttribute('aria-busy') === 'false'")
+    page.wait_for_function(
+        f"document.getElementById('overlap').dataset.dim === '{dim}' && "
+        "document.getElementById('results-dim').getAttribute('aria-busy') === 'false'"
+    )
 
 
 def test_slider_changes_results_and_overlap(browser, demo_server):
@@ -55,8 +64,10 @@ def test_slider_changes_results_and_overlap(browser, demo_server):
     page.locator("#query").click()
     page.keyboard.type("a machine that converts steam into motion")
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelectorAll('#results-full li').length === 10 && "
-                           "document.querySelectorAll('#results-dim li').length === 10")
+    page.wait_for_function(
+        "document.querySelectorAll('#results-full li').length === 10 && "
+        "document.querySelectorAll('#results-dim li').length === 10"
+    )
     assert page.locator("#funnel tbody tr").count() >= 2  # every funnel stage is shown
     assert page.locator("#funnel tbody tr").last.locator("td").nth(1).inner_text() == "256"
     full_ids = _ids(page, "results-full")
@@ -89,8 +100,11 @@ def test_slider_changes_results_and_overlap(browser, demo_server):
     page.locator("#dim").focus()
     page.keyboard.press("Home")
     page.wait_for_function("document.getElementById('compare').dataset.dim === '1'")
-    page.wait_for_function("before => JSON.stringify([...document.querySelectorAll('#compare tbody tr td:nth-child(2)')]"
-                           ".map(c => c.innerText)) !== JSON.stringify(before)", arg=at_32)
+    page.wait_for_function(
+        "before => JSON.stringify([...document.querySelectorAll('#compare tbody tr td:nth-child(2)')]"
+        ".map(c => c.innerText)) !== JSON.stringify(before)",
+        arg=at_32,
+    )
     assert page.locator("#compare tbody tr td:nth-child(2)").all_inner_texts() != at_32
     _wait_for_dim(page, 1)
     page.locator("#mark-buttons button", has_text="16 (d/16)").click()

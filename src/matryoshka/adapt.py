@@ -26,9 +26,9 @@ unchanged; only the head's query side moves.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -63,8 +63,9 @@ class PCAAdapter:
 
     kind = "pca"
 
-    def fit(self, vectors: np.ndarray, queries: np.ndarray | None = None,
-            pairs: tuple[np.ndarray, np.ndarray] | None = None) -> "PCAAdapter":
+    def fit(
+        self, vectors: np.ndarray, queries: np.ndarray | None = None, pairs: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> PCAAdapter:
         """``queries`` and ``pairs`` are accepted for a common signature and not used."""
         vectors = _check_vectors(vectors).astype(np.float64)
         self.mean_ = vectors.mean(axis=0)
@@ -125,8 +126,9 @@ class _RefinedAdapter:
     def _export(self) -> None:
         raise NotImplementedError
 
-    def fit(self, vectors: np.ndarray, queries: np.ndarray | None = None,
-            pairs: tuple[np.ndarray, np.ndarray] | None = None) -> "_RefinedAdapter":
+    def fit(
+        self, vectors: np.ndarray, queries: np.ndarray | None = None, pairs: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> _RefinedAdapter:
         """``vectors``: the corpus' document vectors (unit rows). ``queries``: query-like vectors
         (default: the documents themselves). ``pairs``: (query vectors, row index of a relevant
         document in ``vectors``), for the supervised ranking loss."""
@@ -159,7 +161,9 @@ class _RefinedAdapter:
             loss = self._listwise_loss(anchors_t[pick], docs_t, candidates, dims)
             if pairs is not None and s.supervised_weight > 0:
                 chosen = torch.from_numpy(rng.choice(len(pair_docs), min(s.batch_size, len(pair_docs)), replace=False))
-                loss = loss + s.supervised_weight * self._ranking_loss(pair_queries[chosen], docs_t, pair_docs[chosen], dims)
+                loss = loss + s.supervised_weight * self._ranking_loss(
+                    pair_queries[chosen], docs_t, pair_docs[chosen], dims
+                )
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -271,7 +275,9 @@ class LearnedAdapter(_RefinedAdapter):
         self._weight = torch.tensor(start.astype(np.float32), requires_grad=True)
         self._mlp = None
         if self.hidden:
-            self._mlp = torch.nn.Sequential(torch.nn.Linear(d, self.hidden), torch.nn.GELU(), torch.nn.Linear(self.hidden, d))
+            self._mlp = torch.nn.Sequential(
+                torch.nn.Linear(d, self.hidden), torch.nn.GELU(), torch.nn.Linear(self.hidden, d)
+            )
             torch.nn.init.zeros_(self._mlp[2].weight)
             torch.nn.init.zeros_(self._mlp[2].bias)
 
@@ -358,7 +364,9 @@ def load_adapter(path: Path | str) -> Adapter:
     except (OSError, ValueError) as exc:
         raise AdapterError(f"{path}: not an adapter file ({exc})") from None
     kind = str(state.pop("kind", ""))
-    heads = {int(key[len(QUERY_HEAD_PREFIX):]): state.pop(key) for key in list(state) if key.startswith(QUERY_HEAD_PREFIX)}
+    heads = {
+        int(key[len(QUERY_HEAD_PREFIX) :]): state.pop(key) for key in list(state) if key.startswith(QUERY_HEAD_PREFIX)
+    }
     if kind not in KINDS:
         raise AdapterError(f"{path}: unknown adapter kind {kind!r}")
     if kind == "learned":
@@ -393,7 +401,7 @@ QUERY_HEAD_PREFIX = "query_head_"
 
 @dataclass
 class QueryHeadSettings:
-    """How query heads are trained (measured on SciFact with MiniLM: 20 s per head dim on 2 cores)."""
+    """How query heads are trained."""
 
     shortlist: int = 200  # each query's full top-10 should rank inside this many head results
     top: int = 10
@@ -405,9 +413,16 @@ class QueryHeadSettings:
     seed: int = 0
 
 
-def fit_query_heads(adapter: Adapter, documents: np.ndarray, queries: np.ndarray, dims: Sequence[int],
-                    settings: QueryHeadSettings | None = None, *, anchors: np.ndarray | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> dict[int, np.ndarray]:
+def fit_query_heads(
+    adapter: Adapter,
+    documents: np.ndarray,
+    queries: np.ndarray,
+    dims: Sequence[int],
+    settings: QueryHeadSettings | None = None,
+    *,
+    anchors: np.ndarray | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[int, np.ndarray]:
     """Fit a query-side head ``G_k`` for each of ``dims`` and attach those that help (``query_heads_``).
 
     ``queries``: real queries. A fifth of them (when there are 10 or more) is held out; a head is
@@ -427,7 +442,7 @@ def fit_query_heads(adapter: Adapter, documents: np.ndarray, queries: np.ndarray
     torch.manual_seed(s.seed)
     order = rng.permutation(len(queries))
     held = order[: len(queries) // 5] if len(queries) >= 10 else order[:0]
-    train = queries[order[len(held):]]
+    train = queries[order[len(held) :]]
     if anchors is not None:
         train = np.concatenate([train, _check_vectors(anchors, "anchor vectors")])
     top = min(s.top, len(documents))
@@ -459,8 +474,14 @@ def fit_query_heads(adapter: Adapter, documents: np.ndarray, queries: np.ndarray
     return heads
 
 
-def _train_query_head(start: np.ndarray, queries: np.ndarray, docs_head: np.ndarray, positives: np.ndarray,
-                      s: QueryHeadSettings, rng: np.random.Generator) -> np.ndarray:
+def _train_query_head(
+    start: np.ndarray,
+    queries: np.ndarray,
+    docs_head: np.ndarray,
+    positives: np.ndarray,
+    s: QueryHeadSettings,
+    rng: np.random.Generator,
+) -> np.ndarray:
     import torch
 
     queries_t, docs_t, positives_t = torch.from_numpy(queries), torch.from_numpy(docs_head), torch.from_numpy(positives)
@@ -531,8 +552,14 @@ def fit_on_texts(
     adapter.fit(documents, queries=anchors, pairs=pairs)
     if real_queries:
         dims = [d for d in head_candidates(documents.shape[1]) if d < documents.shape[1]]
-        fit_query_heads(adapter, documents, encoder.encode(real_queries, kind="query"), dims, anchors=anchors,
-                        progress=head_progress)
+        fit_query_heads(
+            adapter,
+            documents,
+            encoder.encode(real_queries, kind="query"),
+            dims,
+            anchors=anchors,
+            progress=head_progress,
+        )
     return adapter
 
 
@@ -553,8 +580,15 @@ class AdaptedEncoder:
     def full_dim(self) -> int:
         return self.base.full_dim
 
-    def encode(self, texts: Sequence[str], dim: int | None = None, *, kind: TextKind | None = None,
-               batch_size: int | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        dim: int | None = None,
+        *,
+        kind: TextKind | None = None,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
         if dim is not None:
             check_dim(dim, self.full_dim)
         original = self.base.encode(texts, kind=kind, batch_size=batch_size, progress=progress)

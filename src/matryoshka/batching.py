@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Answer = TypeVar("Answer")
@@ -23,8 +24,9 @@ _STOP = object()
 class MicroBatcher(Generic[Item, Answer]):
     """``submit(item)`` returns a Future; ``answer_batch(items)`` returns one answer (or exception) per item."""
 
-    def __init__(self, answer_batch: Callable[[Sequence[Item]], Sequence[Answer | BaseException]],
-                 max_batch: int = 64) -> None:
+    def __init__(
+        self, answer_batch: Callable[[Sequence[Item]], Sequence[Answer | BaseException]], max_batch: int = 64
+    ) -> None:
         self._answer_batch = answer_batch
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()

@@ -6,13 +6,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# before any library sets up logging: their INFO chatter would bury the results
-logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 import typer
 from rich.console import Console
@@ -23,6 +19,11 @@ from .data import read_texts, read_vectors, write_vectors
 from .display import TaskProgress, progress_display
 from .errors import DataError, MatryoshkaError, UsageError
 from .models import DEFAULT_MODEL
+
+# before any model library is imported (they are, lazily, inside the commands): tokenizers would
+# warn about forked workers, and libraries that set up logging would bury the results in INFO lines
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 app = typer.Typer(
     name="matryoshka",
@@ -37,13 +38,21 @@ console = Console(stderr=False, width=None if sys.stdout.isatty() or "COLUMNS" i
 errors = Console(stderr=True)
 
 ModelOption = typer.Option(
-    DEFAULT_MODEL, "--model", "-m",
+    DEFAULT_MODEL,
+    "--model",
+    "-m",
     help="'default' (all-MiniLM-L6-v2, bundled), 'wordllama' (bundled, Matryoshka-trained), a local "
     "sentence-transformers folder, or a hub name (needs a network).",
 )
-QueryPromptOption = typer.Option(None, help="Text prepended to queries, e.g. 'search_query: ' (default: the model's own 'query' prompt).")
-DocumentPromptOption = typer.Option(None, help="Text prepended to documents (default: the model's own 'document' prompt).")
-BatchOption = typer.Option(None, min=1, help="Texts per encoding batch (default: the model's own, 32 for transformers).")
+QueryPromptOption = typer.Option(
+    None, help="Text prepended to queries, e.g. 'search_query: ' (default: the model's own 'query' prompt)."
+)
+DocumentPromptOption = typer.Option(
+    None, help="Text prepended to documents (default: the model's own 'document' prompt)."
+)
+BatchOption = typer.Option(
+    None, min=1, help="Texts per encoding batch (default: the model's own, 32 for transformers)."
+)
 
 
 @contextmanager
@@ -53,7 +62,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except MatryoshkaError as exc:
-        errors.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
+        errors.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
@@ -70,7 +79,9 @@ def _numbers(text: str | None, cast, option: str) -> list | None:
     return values
 
 
-AdapterOption = typer.Option(None, "--adapter", help="An adapter file from 'matryoshka adapt': prefixes of f(x) instead of x.")
+AdapterOption = typer.Option(
+    None, "--adapter", help="An adapter file from 'matryoshka adapt': prefixes of f(x) instead of x."
+)
 
 
 def _load(model: str, query_prompt: str | None, document_prompt: str | None, adapter: Path | None = None):
@@ -107,18 +118,28 @@ def _progress():
 
 @app.command()
 def evaluate(
-    task: str = typer.Option(..., "--task", "-t", help="'retrieval' (nDCG@10, recall@10/100, MRR@10) or 'sts' (cosine Spearman)."),
-    data: Path = typer.Option(..., "--data", "-d", help="A BEIR folder (retrieval), an STS Benchmark folder, or a JSONL/CSV/TSV of scored pairs (sts)."),
+    task: str = typer.Option(
+        ..., "--task", "-t", help="'retrieval' (nDCG@10, recall@10/100, MRR@10) or 'sts' (cosine Spearman)."
+    ),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="A BEIR folder (retrieval), an STS Benchmark folder, or a JSONL/CSV/TSV of scored pairs (sts).",
+    ),
     split: str = typer.Option("test", help="Which split: qrels/<split>.tsv for BEIR, sts-<split>.csv for STS."),
-    dims: Optional[str] = typer.Option(None, help="Comma-separated prefix dims, e.g. 384,96,24. Default: d, d/2, … d/32."),
-    methods: str = typer.Option("truncate,pca", help="Comma-separated: truncate (plain prefix), pca (prefix after a PCA rotation), adapter (prefix of f(x), with --adapter; added when --adapter is given)."),
+    dims: str | None = typer.Option(None, help="Comma-separated prefix dims, e.g. 384,96,24. Default: d, d/2, … d/32."),
+    methods: str = typer.Option(
+        "truncate,pca",
+        help="Comma-separated: truncate (plain prefix), pca (prefix after a PCA rotation), adapter (prefix of f(x), with --adapter; added when --adapter is given).",
+    ),
     model: str = ModelOption,
-    adapter: Optional[Path] = AdapterOption,
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the per-dimension results as JSON here."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a two-panel PNG (score, and % of full) here."),
-    query_prompt: Optional[str] = QueryPromptOption,
-    document_prompt: Optional[str] = DocumentPromptOption,
-    batch_size: Optional[int] = BatchOption,
+    adapter: Path | None = AdapterOption,
+    json_path: Path | None = typer.Option(None, "--json", help="Write the per-dimension results as JSON here."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a two-panel PNG (score, and % of full) here."),
+    query_prompt: str | None = QueryPromptOption,
+    document_prompt: str | None = DocumentPromptOption,
+    batch_size: int | None = BatchOption,
 ) -> None:
     """Score a model at every prefix dimension, encoding each text only once.
 
@@ -145,8 +166,17 @@ def evaluate(
         dim_list = parse_dims(dims, encoder.full_dim)
         with _progress() as progress:
             step = progress.add_task("Scoring dimensions", total=planned_steps(dim_list, method_list, encoder.full_dim))
-            report = run_evaluation(encoder, task, data, split, dim_list, method_list, batch_size=batch_size,
-                                    progress=lambda n: progress.advance(step, n), adapter=fitted)
+            report = run_evaluation(
+                encoder,
+                task,
+                data,
+                split,
+                dim_list,
+                method_list,
+                batch_size=batch_size,
+                progress=lambda n: progress.advance(step, n),
+                adapter=fitted,
+            )
         console.print(report_table(report))
         for note in report.notes:
             console.print(f"[dim]· {note}[/dim]")
@@ -160,15 +190,22 @@ def evaluate(
 
 @app.command()
 def encode(
-    input: Path = typer.Option(..., "--input", "-i", help="Texts: JSONL/CSV/TSV with a 'text' column (optional 'id', 'title'), or TXT, one text per line."),
-    output: Path = typer.Option(..., "--output", "-o", help="Where to write the float32 .npy (ids go beside it in <output>.ids.txt)."),
-    dim: Optional[int] = typer.Option(None, help="Keep the first DIM dimensions (re-normalised). Default: full."),
+    input: Path = typer.Option(
+        ...,
+        "--input",
+        "-i",
+        help="Texts: JSONL/CSV/TSV with a 'text' column (optional 'id', 'title'), or TXT, one text per line.",
+    ),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="Where to write the float32 .npy (ids go beside it in <output>.ids.txt)."
+    ),
+    dim: int | None = typer.Option(None, help="Keep the first DIM dimensions (re-normalised). Default: full."),
     kind: str = typer.Option("document", help="'document', 'query' or 'plain': which of the model's prompts to apply."),
     model: str = ModelOption,
-    adapter: Optional[Path] = AdapterOption,
-    query_prompt: Optional[str] = QueryPromptOption,
-    document_prompt: Optional[str] = DocumentPromptOption,
-    batch_size: Optional[int] = BatchOption,
+    adapter: Path | None = AdapterOption,
+    query_prompt: str | None = QueryPromptOption,
+    document_prompt: str | None = DocumentPromptOption,
+    batch_size: int | None = BatchOption,
 ) -> None:
     """Encode texts to a float32 .npy of unit vectors.
 
@@ -187,31 +224,66 @@ def encode(
         encoder = _load(model, query_prompt, document_prompt, adapter)
         with _progress() as progress:
             step = progress.add_task("Encoding", total=len(corpus))
-            vectors = encoder.encode(corpus.texts, dim, kind=None if kind == "plain" else kind, batch_size=batch_size,
-                                     progress=lambda n: progress.advance(step, n))
+            vectors = encoder.encode(
+                corpus.texts,
+                dim,
+                kind=None if kind == "plain" else kind,
+                batch_size=batch_size,
+                progress=lambda n: progress.advance(step, n),
+            )
         write_vectors(output, vectors, corpus.ids)
         console.print(f"{vectors.shape[0]} × {vectors.shape[1]} float32 vectors written to [bold]{output}[/bold]")
 
 
-DbOption = typer.Option(..., "--db", help="Where the index lives: a folder (the embedded local store), a Milvus Lite "
-                        "file ending in .db, or a Milvus server URI such as http://127.0.0.1:19530.")
+DbOption = typer.Option(
+    ...,
+    "--db",
+    help="Where the index lives: a folder (the embedded local store), a Milvus Lite "
+    "file ending in .db, or a Milvus server URI such as http://127.0.0.1:19530.",
+)
 CollectionOption = typer.Option(None, help="Milvus only: the index's collection name prefix (default 'matryoshka').")
 
 
 @app.command()
 def index(
-    corpus: Path = typer.Option(..., "--corpus", "-c", help="Documents: JSONL/CSV/TSV with 'text' (+ 'id', 'title'), TXT, or a BEIR folder."),
+    corpus: Path = typer.Option(
+        ..., "--corpus", "-c", help="Documents: JSONL/CSV/TSV with 'text' (+ 'id', 'title'), TXT, or a BEIR folder."
+    ),
     db: str = DbOption,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model that encodes the corpus (default: 'default'). "
-                                        "With --vectors: the model those vectors came from, so text queries work."),
-    vectors: Optional[Path] = typer.Option(None, help="Precomputed corpus vectors (.npy, one row per document, in corpus order)."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", help="An adapter file from 'matryoshka adapt': the head searches prefixes of f(x); the last stage the model's own full vectors."),
-    head_dim: Optional[int] = typer.Option(None, help="Dims of the head searched first (bits, for a binary head). Default: autotuned among d/32, d/16, d/8, d/4; all d bits for a binary head."),
-    head_index: str = typer.Option("flat", help="Head search: 'flat' (float prefixes, exact scan), 'hnsw' (graph over them; for large corpora) or 'binary' (sign bits searched by Hamming distance: d bits cost the RAM of a d/32 float head and keep far more of the ranking; the fastest head at a million rows)."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model that encodes the corpus (default: 'default'). "
+        "With --vectors: the model those vectors came from, so text queries work.",
+    ),
+    vectors: Path | None = typer.Option(
+        None, help="Precomputed corpus vectors (.npy, one row per document, in corpus order)."
+    ),
+    adapter: Path | None = typer.Option(
+        None,
+        "--adapter",
+        help="An adapter file from 'matryoshka adapt': the head searches prefixes of f(x); the last stage the model's own full vectors.",
+    ),
+    head_dim: int | None = typer.Option(
+        None,
+        help="Dims of the head searched first (bits, for a binary head). Default: autotuned among d/32, d/16, d/8, d/4; all d bits for a binary head.",
+    ),
+    head_index: str = typer.Option(
+        "flat",
+        help="Head search: 'flat' (float prefixes, exact scan), 'hnsw' (graph over them; for large corpora) or 'binary' (sign bits searched by Hamming distance: d bits cost the RAM of a d/32 float head and keep far more of the ranking; the fastest head at a million rows).",
+    ),
     k: int = typer.Option(10, min=1, help="The k that autotune tunes the default schedule for."),
-    target_recall: float = typer.Option(0.99, min=0.01, max=1.0, help="Recall@k against exact search that autotune must reach, with 95% confidence over its tuning queries."),
-    tune_queries: Optional[Path] = typer.Option(None, help="Real queries to autotune on (text file as for --queries). Default: word windows of the corpus."),
-    collection: Optional[str] = CollectionOption,
+    target_recall: float = typer.Option(
+        0.99,
+        min=0.01,
+        max=1.0,
+        help="Recall@k against exact search that autotune must reach, with 95% confidence over its tuning queries.",
+    ),
+    tune_queries: Path | None = typer.Option(
+        None, help="Real queries to autotune on (text file as for --queries). Default: word windows of the corpus."
+    ),
+    collection: str | None = CollectionOption,
 ) -> None:
     """Encode a corpus once and store it for funnel search: a contiguous head prefix beside the full
     vectors, with an autotuned default schedule. All or nothing: the previous index stays searchable
@@ -234,7 +306,9 @@ def index(
     with user_errors():
         documents = read_texts(corpus)
         if adapter is not None and model is None and vectors is not None:
-            raise UsageError("--adapter with --vectors needs --model: the adapter belongs to the model the vectors came from")
+            raise UsageError(
+                "--adapter with --vectors needs --model: the adapter belongs to the model the vectors came from"
+            )
         encoder = _load(model or DEFAULT_MODEL, None, None, adapter) if (model or vectors is None) else None
         array = read_vectors(vectors, "corpus vectors") if vectors else None
         tune = None
@@ -248,33 +322,66 @@ def index(
         work = ("Storing" if array is not None else "Encoding") + (", then writing to Milvus" if milvus else "")
         with _progress() as progress:
             step = progress.add_task(work, total=len(documents) * (2 if milvus else 1))
-            meta = build_index(db, documents.ids, documents.texts, encoder=encoder, vectors=array, head_dim=head_dim,
-                               head_index=head_index, k=k, target_recall=target_recall, tune_queries=tune,
-                               collection=collection, progress=lambda n: progress.advance(step, n))
-        console.print(f"Indexed [bold]{meta.count}[/bold] documents into [bold]{db}[/bold]: model {meta.model or '(vectors)'}, "
-                      f"{meta.full_dim} dims, head {meta.head_dim}{' bits (binary)' if meta.binary_head else ''}")
+            meta = build_index(
+                db,
+                documents.ids,
+                documents.texts,
+                encoder=encoder,
+                vectors=array,
+                head_dim=head_dim,
+                head_index=head_index,
+                k=k,
+                target_recall=target_recall,
+                tune_queries=tune,
+                collection=collection,
+                progress=lambda n: progress.advance(step, n),
+            )
+        console.print(
+            f"Indexed [bold]{meta.count}[/bold] documents into [bold]{db}[/bold]: model {meta.model or '(vectors)'}, "
+            f"{meta.full_dim} dims, head {meta.head_dim}{' bits (binary)' if meta.binary_head else ''}"
+        )
         tuned = meta.autotune
-        console.print(f"Default schedule [bold]{meta.schedule}[/bold] (recall@{tuned.k} "
-                      f"{tuned.recall:.3f} vs exact on {tuned.queries})")
+        console.print(
+            f"Default schedule [bold]{meta.schedule}[/bold] (recall@{tuned.k} "
+            f"{tuned.recall:.3f} vs exact on {tuned.queries})"
+        )
         if not tuned.passed:
-            console.print(f"[yellow]No schedule tried reached recall {target_recall} with 95% confidence; this is the "
-                          "most accurate one. Search with --exact, or pass a wider --schedule.[/yellow]")
+            console.print(
+                f"[yellow]No schedule tried reached recall {target_recall} with 95% confidence; this is the "
+                "most accurate one. Search with --exact, or pass a wider --schedule.[/yellow]"
+            )
 
 
 @app.command()
 def search(
     db: str = DbOption,
-    query: Optional[str] = typer.Option(None, "--query", "-q", help="One query text."),
-    queries: Optional[Path] = typer.Option(None, help="Many queries: JSONL/CSV/TSV with 'text' (+ 'id'), or TXT, one per line."),
-    query_vectors: Optional[Path] = typer.Option(None, help="Precomputed query vectors (.npy), for indexes of your own vectors."),
+    query: str | None = typer.Option(None, "--query", "-q", help="One query text."),
+    queries: Path | None = typer.Option(
+        None, help="Many queries: JSONL/CSV/TSV with 'text' (+ 'id'), or TXT, one per line."
+    ),
+    query_vectors: Path | None = typer.Option(
+        None, help="Precomputed query vectors (.npy), for indexes of your own vectors."
+    ),
     k: int = typer.Option(10, min=1, help="How many results per query."),
-    schedule: Optional[str] = typer.Option(None, help="Funnel stages DIM:KEEP, e.g. 12:2000,24:1000,48:500,96:250,192:100,384:10; a binary head is written BITSb:KEEP, e.g. 384b:2000,192:250,384:10. Default: the index's autotuned one."),
-    exact: bool = typer.Option(False, "--exact", help="Exact full-dimension search instead of the funnel (for comparison)."),
-    dim: Optional[int] = typer.Option(None, help="Search only the first DIM dimensions (exact scan of the re-normalised prefixes): what a DIM-dim index would return."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Must match the indexing model (checked); default: the index's own."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write one row per query (ids, scores, per-stage time) here."),
+    schedule: str | None = typer.Option(
+        None,
+        help="Funnel stages DIM:KEEP, e.g. 12:2000,24:1000,48:500,96:250,192:100,384:10; a binary head is written BITSb:KEEP, e.g. 384b:2000,192:250,384:10. Default: the index's autotuned one.",
+    ),
+    exact: bool = typer.Option(
+        False, "--exact", help="Exact full-dimension search instead of the funnel (for comparison)."
+    ),
+    dim: int | None = typer.Option(
+        None,
+        help="Search only the first DIM dimensions (exact scan of the re-normalised prefixes): what a DIM-dim index would return.",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Must match the indexing model (checked); default: the index's own."
+    ),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Write one row per query (ids, scores, per-stage time) here."
+    ),
     show: int = typer.Option(3, help="How many queries to print as tables."),
-    collection: Optional[str] = CollectionOption,
+    collection: str | None = CollectionOption,
 ) -> None:
     """Search an index with the funnel (or --exact), printing results and the time spent per stage.
 
@@ -309,10 +416,16 @@ def search(
         for label, found in list(zip(labels, hits))[:show]:
             console.print(hits_table(label, found))
         described = f"{dim}-dim prefix" if dim else "exact" if exact else str(plan)
-        per_stage = "  ".join(f"{d}d→{n}: {1000 * s:.1f} ms"
-                              for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds))
-        console.print(Text.assemble(f"{len(hits)} queries, {described}: {1000 * result.seconds / len(hits):.2f} ms/query  ",
-                                    (f"({per_stage}, whole batch)", "dim")))
+        per_stage = "  ".join(
+            f"{d}d→{n}: {1000 * s:.1f} ms"
+            for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)
+        )
+        console.print(
+            Text.assemble(
+                f"{len(hits)} queries, {described}: {1000 * result.seconds / len(hits):.2f} ms/query  ",
+                (f"({per_stage}, whole batch)", "dim"),
+            )
+        )
         if json_path:
             answers = answers_json(labels, result, hits, k=k, mode=mode, dim=dim or opened.meta.full_dim, schedule=plan)
             write_json(json_path, {"db": str(db), "results": answers})
@@ -333,17 +446,36 @@ def hits_table(label: str, found) -> Table:
 
 @app.command()
 def adapt(
-    corpus: Path = typer.Option(..., "--corpus", "-c", help="The documents the adapter is fitted to: JSONL/CSV/TSV with 'text', TXT, or a BEIR folder."),
+    corpus: Path = typer.Option(
+        ...,
+        "--corpus",
+        "-c",
+        help="The documents the adapter is fitted to: JSONL/CSV/TSV with 'text', TXT, or a BEIR folder.",
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Where to write the adapter (.npz, a few hundred KB)."),
     model: str = ModelOption,
-    kind: str = typer.Option("learned", help="pca (rotation onto the corpus' principal axes), orthogonal (PCA refined, cosines unchanged) or learned (free linear map, optional residual MLP)."),
-    pairs: Optional[Path] = typer.Option(None, help="(query, relevant document) pairs for the supervised loss: JSONL/CSV/TSV pairs, or a BEIR folder (its train qrels)."),
+    kind: str = typer.Option(
+        "learned",
+        help="pca (rotation onto the corpus' principal axes), orthogonal (PCA refined, cosines unchanged) or learned (free linear map, optional residual MLP).",
+    ),
+    pairs: Path | None = typer.Option(
+        None,
+        help="(query, relevant document) pairs for the supervised loss: JSONL/CSV/TSV pairs, or a BEIR folder (its train qrels).",
+    ),
     steps: int = typer.Option(300, min=1, help="Optimiser steps (orthogonal, learned)."),
     lr: float = typer.Option(5e-4, min=0.0, help="Adam learning rate."),
     hidden: int = typer.Option(0, min=0, help="learned only: units of the residual MLP (0: a linear map)."),
-    query_samples: int = typer.Option(5000, min=10, help="Query-like sentences of the corpus used as anchors (word windows where it has none)."),
-    queries: Optional[Path] = typer.Option(None, help="Real queries, no relevant documents needed (text file as for search --queries): they fit query heads."),
-    query_heads: bool = typer.Option(True, help="With --pairs or --queries: also fit a query-side head for each head dim (d/32 … d/4) on those real queries, so that each query's full top-10 lands in the funnel head's shortlist; a head is kept only if a held-out fifth of the queries gains. Documents and the index are unchanged."),
+    query_samples: int = typer.Option(
+        5000, min=10, help="Query-like sentences of the corpus used as anchors (word windows where it has none)."
+    ),
+    queries: Path | None = typer.Option(
+        None,
+        help="Real queries, no relevant documents needed (text file as for search --queries): they fit query heads.",
+    ),
+    query_heads: bool = typer.Option(
+        True,
+        help="With --pairs or --queries: also fit a query-side head for each head dim (d/32 … d/4) on those real queries, so that each query's full top-10 lands in the funnel head's shortlist; a head is kept only if a held-out fifth of the queries gains. Documents and the index are unchanged.",
+    ),
 ) -> None:
     """Fit a post-hoc adapter f so that the prefixes of f(x) keep what a model's full vectors know,
     for a model that was not trained with Matryoshka loss (MiniLM, an API model's vectors).
@@ -388,45 +520,77 @@ def adapt(
             def head_progress(done: int, total: int) -> None:
                 progress.update(heads, completed=done, total=total, visible=True)
 
-            settings = FitSettings(steps=steps, lr=lr, progress=lambda step, loss: progress.update(task, completed=step))
+            settings = FitSettings(
+                steps=steps, lr=lr, progress=lambda step, loss: progress.update(task, completed=step)
+            )
             started = time.perf_counter()
-            fitted = fit_on_texts(encoder, documents.texts, kind, pair_queries=pair_queries, pair_documents=pair_documents,
-                                  settings=settings, query_samples=query_samples, hidden=hidden, query_heads=query_heads,
-                                  queries=read_texts(queries).texts if queries is not None else None,
-                                  head_progress=head_progress,
-                                  encode_progress=lambda n: progress.advance(encoding, n))
+            fitted = fit_on_texts(
+                encoder,
+                documents.texts,
+                kind,
+                pair_queries=pair_queries,
+                pair_documents=pair_documents,
+                settings=settings,
+                query_samples=query_samples,
+                hidden=hidden,
+                query_heads=query_heads,
+                queries=read_texts(queries).texts if queries is not None else None,
+                head_progress=head_progress,
+                encode_progress=lambda n: progress.advance(encoding, n),
+            )
         path = fitted.save(output)
         losses = getattr(fitted, "loss_history_", None)
         trained = f", loss {losses[0]:.4f} → {losses[-1]:.4f}" if losses else ""
-        console.print(f"{kind} adapter for {encoder.name} fitted on {len(documents)} documents"
-                      f"{f' and {len(pair_queries)} pairs' if pair_queries else ''} in {time.perf_counter() - started:.0f} s"
-                      f"{trained}: [bold]{path}[/bold]")
+        console.print(
+            f"{kind} adapter for {encoder.name} fitted on {len(documents)} documents"
+            f"{f' and {len(pair_queries)} pairs' if pair_queries else ''} in {time.perf_counter() - started:.0f} s"
+            f"{trained}: [bold]{path}[/bold]"
+        )
         kept = getattr(fitted, "query_heads_", {})
         for dim, (before, after) in getattr(fitted, "query_head_validation_", {}).items():
-            console.print(f"query head at {dim} dims: held-out queries' top-10 in the head shortlist {before:.3f} → "
-                          f"{after:.3f}, {'kept' if dim in kept else 'not kept (no gain)'}")
+            console.print(
+                f"query head at {dim} dims: held-out queries' top-10 in the head shortlist {before:.3f} → "
+                f"{after:.3f}, {'kept' if dim in kept else 'not kept (no gain)'}"
+            )
 
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., "--data", "-d", help="Training rows: JSONL/CSV/TSV pairs (anchor, positive[, negative]) or scored pairs (sentence1, sentence2, score), an STS Benchmark folder, or a BEIR folder (train qrels)."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="Training rows: JSONL/CSV/TSV pairs (anchor, positive[, negative]) or scored pairs (sentence1, sentence2, score), an STS Benchmark folder, or a BEIR folder (train qrels).",
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the trained model (and checkpoints/)."),
     model: str = ModelOption,
-    dims: Optional[str] = typer.Option(None, help="Matryoshka dims, e.g. 384,192,96,48,24,12. Default: d, d/2, … d/32 (at least 8)."),
-    weights: Optional[str] = typer.Option(None, help="One loss weight per dim, e.g. 1,1,1,1,1,1. Default: all 1."),
+    dims: str | None = typer.Option(
+        None, help="Matryoshka dims, e.g. 384,192,96,48,24,12. Default: d, d/2, … d/32 (at least 8)."
+    ),
+    weights: str | None = typer.Option(None, help="One loss weight per dim, e.g. 1,1,1,1,1,1. Default: all 1."),
     epochs: float = typer.Option(1.0, min=0.0, help="Passes over the data."),
     batch_size: int = typer.Option(16, min=2, help="Rows per step (in-batch negatives for contrastive data)."),
     lr: float = typer.Option(2e-5, min=0.0, help="Peak learning rate (linear warm-up and decay)."),
-    loss: str = typer.Option("auto", help="auto (cosent for scored pairs; mnrl, or cached-mnrl from batch 128, for contrastive rows), mnrl, cached-mnrl or cosent."),
-    eval_data: Optional[Path] = typer.Option(None, help="Per-dimension evaluation during training: an STS folder, a BEIR folder or scored pairs."),
-    eval_steps: Optional[int] = typer.Option(None, min=1, help="Evaluate every N steps (default: once per epoch)."),
+    loss: str = typer.Option(
+        "auto",
+        help="auto (cosent for scored pairs; mnrl, or cached-mnrl from batch 128, for contrastive rows), mnrl, cached-mnrl or cosent.",
+    ),
+    eval_data: Path | None = typer.Option(
+        None, help="Per-dimension evaluation during training: an STS folder, a BEIR folder or scored pairs."
+    ),
+    eval_steps: int | None = typer.Option(None, min=1, help="Evaluate every N steps (default: once per epoch)."),
     save_steps: int = typer.Option(500, min=1, help="Checkpoint every N steps (under OUTPUT/checkpoints)."),
     max_steps: int = typer.Option(-1, help="Stop after N steps (overrides --epochs)."),
-    plain: bool = typer.Option(False, "--no-matryoshka", help="Train the base loss alone, without MatryoshkaLoss (a baseline)."),
+    plain: bool = typer.Option(
+        False, "--no-matryoshka", help="Train the base loss alone, without MatryoshkaLoss (a baseline)."
+    ),
     seed: int = typer.Option(12, help="Random seed (data order, initialisation of new layers)."),
-    rotation: str = typer.Option("orthogonal", help="Start from an adapter's rotation fitted on the training texts: orthogonal "
-                                 "(the default: prefixes start better than truncation, full-dim cosines unchanged), pca, "
-                                 "or none (the model as it is)."),
+    rotation: str = typer.Option(
+        "orthogonal",
+        help="Start from an adapter's rotation fitted on the training texts: orthogonal "
+        "(the default: prefixes start better than truncation, full-dim cosines unchanged), pca, "
+        "or none (the model as it is).",
+    ),
 ) -> None:
     """Fine-tune a sentence-transformers model with MatryoshkaLoss so that every prefix of its
     vectors works as an embedding. Ctrl-C stops and saves the weights reached so far.
@@ -445,23 +609,39 @@ def train(
         weight_list = _numbers(weights, float, "--weights")
         rows = read_training_data(data)
         evaluation = read_eval_data(eval_data) if eval_data else None
-        settings = TrainSettings(dims=dim_list, weights=weight_list, epochs=epochs, batch_size=batch_size, lr=lr,
-                                 loss=loss, matryoshka=not plain, max_steps=max_steps, eval_steps=eval_steps,
-                                 save_steps=save_steps, seed=seed, rotation=rotation)
+        settings = TrainSettings(
+            dims=dim_list,
+            weights=weight_list,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            loss=loss,
+            matryoshka=not plain,
+            max_steps=max_steps,
+            eval_steps=eval_steps,
+            save_steps=save_steps,
+            seed=seed,
+            rotation=rotation,
+        )
         console.print(f"Training [bold]{model}[/bold] on {len(rows)} {rows.kind} rows from {rows.source}")
         result = run_training(model, rows, output, settings, eval_data=evaluation, show_progress=console.is_terminal)
         if result.final is not None:
             console.print(report_table(result.final))
         state = "[yellow]interrupted[/yellow] after" if result.interrupted else "trained for"
-        console.print(f"{state} {result.steps} steps in {result.seconds:.0f} s ({result.loss}"
-                      f"{', MatryoshkaLoss at ' + ','.join(map(str, result.dims)) if not plain else ''}): "
-                      f"[bold]{output}[/bold] (loads with load_model or SentenceTransformer)")
+        console.print(
+            f"{state} {result.steps} steps in {result.seconds:.0f} s ({result.loss}"
+            f"{', MatryoshkaLoss at ' + ','.join(map(str, result.dims)) if not plain else ''}): "
+            f"[bold]{output}[/bold] (loads with load_model or SentenceTransformer)"
+        )
         if result.interrupted:
             raise typer.Exit(code=130)
 
 
-HostOption = typer.Option("127.0.0.1", help="Address to bind. The default, loopback, is reachable from this machine only; "
-                          "use 0.0.0.0 to expose it (behind your own proxy and auth).")
+HostOption = typer.Option(
+    "127.0.0.1",
+    help="Address to bind. The default, loopback, is reachable from this machine only; "
+    "use 0.0.0.0 to expose it (behind your own proxy and auth).",
+)
 PortOption = typer.Option(8000, min=1, max=65535, help="TCP port.")
 
 
@@ -469,8 +649,10 @@ def _serve(opened, host: str, port: int, limits) -> None:
     from .server import serve as run_server
 
     url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
-    console.print(f"Serving [bold]{opened.meta.count}[/bold] documents ({opened.meta.model or 'vectors'}) at "
-                  f"[bold link={url}]{url}[/bold link]   API docs: {url}docs   Ctrl-C stops.")
+    console.print(
+        f"Serving [bold]{opened.meta.count}[/bold] documents ({opened.meta.model or 'vectors'}) at "
+        f"[bold link={url}]{url}[/bold link]   API docs: {url}docs   Ctrl-C stops."
+    )
     run_server(opened, host=host, port=port, limits=limits)
 
 
@@ -479,7 +661,7 @@ def serve(
     db: str = DbOption,
     host: str = HostOption,
     port: int = PortOption,
-    collection: Optional[str] = CollectionOption,
+    collection: str | None = CollectionOption,
     max_k: int = typer.Option(100, min=1, help="Largest k a /search may ask for."),
     max_texts: int = typer.Option(64, min=1, help="Most texts per /embed or /similarity request."),
     max_text_chars: int = typer.Option(2000, min=1, help="Longest text (characters) any request may send."),
@@ -507,13 +689,17 @@ def serve(
 
 @app.command()
 def demo(
-    output_dir: Path = typer.Option(Path("matryoshka-demo"), help="Where the plot, the JSON of every figure and the demo index go."),
-    serve_after: bool = typer.Option(False, "--serve", help="End by serving the WordNet index: the API and the slider page."),
+    output_dir: Path = typer.Option(
+        Path("matryoshka-demo"), help="Where the plot, the JSON of every figure and the demo index go."
+    ),
+    serve_after: bool = typer.Option(
+        False, "--serve", help="End by serving the WordNet index: the API and the slider page."
+    ),
     host: str = HostOption,
     port: int = PortOption,
 ) -> None:
-    """Show what Matryoshka embeddings buy, offline and measured live (about a minute and a half on
-    two cores): quality at every prefix of a Matryoshka-trained model (wordllama) beside a standard
+    """Show what Matryoshka embeddings buy, offline, every figure measured in the run (a minute or two
+    on a laptop): quality at every prefix of a Matryoshka-trained model (wordllama) beside a standard
     one (all-MiniLM-L6-v2, plain prefixes and PCA), then funnel search against exact search over all
     117,659 WordNet 3.0 glosses, with real lemma queries.
 
@@ -529,38 +715,53 @@ def demo(
         started = time.perf_counter()
         output_dir.mkdir(parents=True, exist_ok=True)
         console.rule("[bold]matryoshka demo")
-        console.print("[bold]1 · Quality at every prefix[/bold]: a Matryoshka-trained model against a standard one, "
-                      f"on a bundled slice of SQuAD v1.1 dev (CC BY-SA 4.0, {SQUAD_DIR / 'ATTRIBUTION.md'})")
+        console.print(
+            "[bold]1 · Quality at every prefix[/bold]: a Matryoshka-trained model against a standard one, "
+            f"on a bundled slice of SQuAD v1.1 dev (CC BY-SA 4.0, {SQUAD_DIR / 'ATTRIBUTION.md'})"
+        )
         wordllama, minilm = _load("wordllama", None, None), _load("default", None, None)
         with _progress() as progress:
-            quality = compare_quality({"wordllama": (wordllama, ["truncate"]), "MiniLM": (minilm, ["truncate", "pca"])},
-                                      progress=TaskProgress(progress))
+            quality = compare_quality(
+                {"wordllama": (wordllama, ["truncate"]), "MiniLM": (minilm, ["truncate", "pca"])},
+                progress=TaskProgress(progress),
+            )
         console.print(quality_table(quality))
         plot = plot_quality(quality, output_dir / "quality.png")
         console.print(f"Plot: [bold]{plot}[/bold]")
-        console.print(f"\n[bold]2 · Funnel search[/bold] over every WordNet 3.0 gloss ({WORDNET_FILE.parent / 'NOTICE.md'}), "
-                      "embedded with wordllama, binary head; lemma queries the tuning never saw")
+        console.print(
+            f"\n[bold]2 · Funnel search[/bold] over every WordNet 3.0 gloss ({WORDNET_FILE.parent / 'NOTICE.md'}), "
+            "embedded with wordllama, binary head; lemma queries the tuning never saw"
+        )
         with _progress() as progress:
             showdown = funnel_showdown(wordllama, output_dir / "wordnet-index", progress=TaskProgress(progress))
         console.print(showdown_table(showdown))
         for word, ids in showdown.examples:
             console.print(Text.assemble("  ", (repr(word), "bold"), " → ", ", ".join(ids)))
-        console.print(Text.assemble(
-            "\nOne query at a time, the funnel answered ", (f"{showdown.single_speedup:.1f}× faster", "bold green"),
-            " than exact search, finding ", (f"{showdown.recall_at_10:.3f}", "bold"),
-            f" of its top-10 and holding {showdown.ram_ratio:.0f}× less in RAM; a batch of {showdown.batch_size:,} ran at ",
-            f"{showdown.batch_speedup:.1f}× exact search's speed."))
+        console.print(
+            Text.assemble(
+                "\nOne query at a time, the funnel answered ",
+                (f"{showdown.single_speedup:.1f}× faster", "bold green"),
+                " than exact search, finding ",
+                (f"{showdown.recall_at_10:.3f}", "bold"),
+                f" of its top-10 and holding {showdown.ram_ratio:.0f}× less in RAM; a batch of {showdown.batch_size:,} ran at ",
+                f"{showdown.batch_speedup:.1f}× exact search's speed.",
+            )
+        )
         path = save_results(output_dir, quality, showdown, [("seconds", round(time.perf_counter() - started, 1))])
-        console.print(f"Every figure: [bold]{path}[/bold]   Index: [bold]{output_dir / 'wordnet-index'}[/bold]   "
-                      f"({time.perf_counter() - started:.0f} s)")
+        console.print(
+            f"Every figure: [bold]{path}[/bold]   Index: [bold]{output_dir / 'wordnet-index'}[/bold]   "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
         if serve_after:
             from .index import Index
             from .server import Limits
 
             _serve(Index(output_dir / "wordnet-index", encoder=wordllama), host, port, Limits())
         else:
-            console.print(f"See it in a browser: [bold]matryoshka demo --serve[/bold], or "
-                          f"[bold]matryoshka serve --db {output_dir / 'wordnet-index'}[/bold], then open http://localhost:{port}/")
+            console.print(
+                f"See it in a browser: [bold]matryoshka demo --serve[/bold], or "
+                f"[bold]matryoshka serve --db {output_dir / 'wordnet-index'}[/bold], then open http://localhost:{port}/"
+            )
 
 
 def quality_table(quality) -> Table:
@@ -579,19 +780,33 @@ def quality_table(quality) -> Table:
 
 
 def showdown_table(showdown) -> Table:
-    table = Table(title=f"Funnel vs exact search · {showdown.documents:,} glosses × {showdown.full_dim} dims, k=10, "
-                        f"{showdown.test_queries:,} lemma queries")
+    table = Table(
+        title=f"Funnel vs exact search · {showdown.documents:,} glosses × {showdown.full_dim} dims, k=10, "
+        f"{showdown.test_queries:,} lemma queries"
+    )
     table.add_column("")
     table.add_column("exact (FAISS flat)", justify="right")
     table.add_column(f"funnel {showdown.schedule}", justify="right")
     table.add_column("gain", justify="right", style="bold green")
     table.add_row("recall@10 against exact", "1.000", f"{showdown.recall_at_10:.3f}", "")
-    table.add_row("one query, median ms", f"{showdown.single_exact_ms:.2f}", f"{showdown.single_funnel_ms:.2f}",
-                  f"{showdown.single_speedup:.1f}×")
-    table.add_row(f"batch of {showdown.batch_size:,}, queries/s", f"{showdown.batch_exact_qps:,.0f}",
-                  f"{showdown.batch_funnel_qps:,.0f}", f"{showdown.batch_speedup:.1f}×")
-    table.add_row("RAM held (funnel: head and norms;\nfull vectors memory-mapped)", _megabytes(showdown.exact_ram_bytes),
-                  _megabytes(showdown.funnel_ram_bytes), f"{showdown.ram_ratio:.0f}× less")
+    table.add_row(
+        "one query, median ms",
+        f"{showdown.single_exact_ms:.2f}",
+        f"{showdown.single_funnel_ms:.2f}",
+        f"{showdown.single_speedup:.1f}×",
+    )
+    table.add_row(
+        f"batch of {showdown.batch_size:,}, queries/s",
+        f"{showdown.batch_exact_qps:,.0f}",
+        f"{showdown.batch_funnel_qps:,.0f}",
+        f"{showdown.batch_speedup:.1f}×",
+    )
+    table.add_row(
+        "RAM held (funnel: head and norms;\nfull vectors memory-mapped)",
+        _megabytes(showdown.exact_ram_bytes),
+        _megabytes(showdown.funnel_ram_bytes),
+        f"{showdown.ram_ratio:.0f}× less",
+    )
     return table
 
 

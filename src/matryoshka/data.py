@@ -10,9 +10,9 @@ import csv
 import gzip
 import io
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -348,7 +348,9 @@ def read_beir(folder: Path | str, split: str = "test") -> RetrievalData:
         if number == 1 and fields[0].strip().lower() in ("query-id", "query_id", "qid"):
             continue
         if len(fields) != 3:
-            raise DataError(qrels_file, f"expected 3 tab-separated fields (query-id, corpus-id, score), found {len(fields)}", number)
+            raise DataError(
+                qrels_file, f"expected 3 tab-separated fields (query-id, corpus-id, score), found {len(fields)}", number
+            )
         query_id, doc_id, grade = (f.strip() for f in fields)
         if query_id not in queries:
             raise DataError(qrels_file, f"query id {query_id!r} is not in {queries_file.name}", number)

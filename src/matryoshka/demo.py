@@ -13,9 +13,9 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -67,7 +67,9 @@ class QualityComparison:
         return dim, report.score(method, dim), report.relative(method, dim)
 
 
-def compare_quality(models: dict[str, tuple[Encoder, Sequence[str]]], progress: Progress = _silent) -> QualityComparison:
+def compare_quality(
+    models: dict[str, tuple[Encoder, Sequence[str]]], progress: Progress = _silent
+) -> QualityComparison:
     """Encode the SQuAD slice once per model and score each of its methods (``truncate``: plain
     prefixes; ``pca``: prefixes after a PCA rotation fitted on the corpus) at every halving."""
     data = read_beir(SQUAD_DIR, SQUAD_SPLIT)
@@ -85,8 +87,16 @@ def compare_quality(models: dict[str, tuple[Encoder, Sequence[str]]], progress: 
         documents = encoder.encode(data.corpus.texts, kind="document", progress=advance)
         dims = halving_dims(encoder.full_dim)
         for method in methods:
-            report = evaluate_retrieval_vectors(queries, documents, data, dims, [method], model=encoder.name,
-                                                data_name="bundled SQuAD v1.1 dev slice", split=SQUAD_SPLIT)
+            report = evaluate_retrieval_vectors(
+                queries,
+                documents,
+                data,
+                dims,
+                [method],
+                model=encoder.name,
+                data_name="bundled SQuAD v1.1 dev slice",
+                split=SQUAD_SPLIT,
+            )
             reports[f"{name} {method}"] = report
     return QualityComparison(reports, len(data.corpus), len(data.query_texts))
 
@@ -208,8 +218,9 @@ def funnel_showdown(encoder: Encoder, index_dir: Path, progress: Progress = _sil
 
     started = time.perf_counter()
     progress("Indexing (binary head) and tuning on lemma queries", 0, 1)
-    build_index(index_dir, glosses.ids, glosses.texts, encoder=encoder, vectors=vectors, head_index="binary",
-                tune_queries=tune)
+    build_index(
+        index_dir, glosses.ids, glosses.texts, encoder=encoder, vectors=vectors, head_index="binary", tune_queries=tune
+    )
     progress("Indexing (binary head) and tuning on lemma queries", 1, 1)
     seconds["index"] = time.perf_counter() - started
 
@@ -222,9 +233,12 @@ def funnel_showdown(encoder: Encoder, index_dir: Path, progress: Progress = _sil
     recall = recall_at_k(funnel.rows, truth)
 
     single = test[:SINGLE_QUERIES]
-    exact_ms = _per_query_ms(lambda q: exact.search(q, 10), single, progress, "Timing exact search, one query at a time")
-    funnel_ms = _per_query_ms(lambda q: index.search_vectors(q, 10), single, progress,
-                              "Timing the funnel, one query at a time")
+    exact_ms = _per_query_ms(
+        lambda q: exact.search(q, 10), single, progress, "Timing exact search, one query at a time"
+    )
+    funnel_ms = _per_query_ms(
+        lambda q: index.search_vectors(q, 10), single, progress, "Timing the funnel, one query at a time"
+    )
     progress("Timing both on a batch", 0, 2)
     exact_s = _best_seconds(lambda: exact.search(test, 10))
     progress("Timing both on a batch", 1, 2)
@@ -234,12 +248,21 @@ def funnel_showdown(encoder: Encoder, index_dir: Path, progress: Progress = _sil
 
     hits = index.hits(index.search_vectors(test[:3], 10))
     showdown = FunnelShowdown(
-        documents=len(glosses.ids), full_dim=vectors.shape[1], schedule=str(index.schedule_for(10)),
-        tune_queries=TUNE_QUERIES, test_queries=len(test), recall_at_10=recall,
-        single_exact_ms=exact_ms, single_funnel_ms=funnel_ms, batch_size=len(test),
-        batch_exact_qps=len(test) / exact_s, batch_funnel_qps=len(test) / funnel_s,
-        exact_ram_bytes=int(vectors.nbytes), funnel_ram_bytes=index.store.memory_bytes(),
-        examples=[(word, found.ids[:3]) for word, found in zip(test_words, hits)], seconds=seconds,
+        documents=len(glosses.ids),
+        full_dim=vectors.shape[1],
+        schedule=str(index.schedule_for(10)),
+        tune_queries=TUNE_QUERIES,
+        test_queries=len(test),
+        recall_at_10=recall,
+        single_exact_ms=exact_ms,
+        single_funnel_ms=funnel_ms,
+        batch_size=len(test),
+        batch_exact_qps=len(test) / exact_s,
+        batch_funnel_qps=len(test) / funnel_s,
+        exact_ram_bytes=int(vectors.nbytes),
+        funnel_ram_bytes=index.store.memory_bytes(),
+        examples=[(word, found.ids[:3]) for word, found in zip(test_words, hits)],
+        seconds=seconds,
     )
     index.close()
     return showdown
@@ -267,16 +290,21 @@ def _best_seconds(run: Callable[[], object], repeats: int = BATCH_REPEATS) -> fl
     return best
 
 
-def save_results(output_dir: Path, quality: QualityComparison, showdown: FunnelShowdown,
-                 extra: Sequence[tuple[str, object]] = ()) -> Path:
+def save_results(
+    output_dir: Path, quality: QualityComparison, showdown: FunnelShowdown, extra: Sequence[tuple[str, object]] = ()
+) -> Path:
     """Everything measured, as JSON beside the plot."""
     from dataclasses import asdict
 
     path = output_dir / "demo.json"
     payload = {
         "quality": {label: report.to_dict() for label, report in quality.reports.items()},
-        "funnel": {**asdict(showdown), "single_speedup": showdown.single_speedup,
-                   "batch_speedup": showdown.batch_speedup, "ram_ratio": showdown.ram_ratio},
+        "funnel": {
+            **asdict(showdown),
+            "single_speedup": showdown.single_speedup,
+            "batch_speedup": showdown.batch_speedup,
+            "ram_ratio": showdown.ram_ratio,
+        },
         **dict(extra),
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -32,7 +32,7 @@ class LineProgress:
         self.console = console
         self._tasks: list[_Task] = []
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -47,8 +47,16 @@ class LineProgress:
         task.completed += advance
         self._report(task)
 
-    def update(self, task_id: int, *, completed: float | None = None, total: float | None = None,
-               visible: bool | None = None, description: str | None = None, **_) -> None:
+    def update(
+        self,
+        task_id: int,
+        *,
+        completed: float | None = None,
+        total: float | None = None,
+        visible: bool | None = None,
+        description: str | None = None,
+        **_,
+    ) -> None:
         task = self._tasks[task_id]
         if description is not None:
             task.description, task.printed_step = description, -1
@@ -68,16 +76,25 @@ class LineProgress:
             return
         task.printed_step = step
         elapsed = time.perf_counter() - task.started
-        self.console.print(f"{task.description}: {100 * min(task.completed / task.total, 1.0):.0f}% "
-                           f"({task.completed:,.0f} of {task.total:,.0f}), {elapsed:.0f} s",
-                           markup=False, highlight=False)
+        self.console.print(
+            f"{task.description}: {100 * min(task.completed / task.total, 1.0):.0f}% "
+            f"({task.completed:,.0f} of {task.total:,.0f}), {elapsed:.0f} s",
+            markup=False,
+            highlight=False,
+        )
 
 
 def progress_display(console: Console) -> Progress | LineProgress:
     """A transient rich bar on a terminal; plain lines otherwise."""
     if console.is_terminal:
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, transient=True)
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
     return LineProgress(console)
 
 

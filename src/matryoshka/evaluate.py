@@ -9,9 +9,9 @@ fitted on the corpus, or on the STS training split).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -152,8 +152,18 @@ def evaluate_retrieval(
     """Encode queries and corpus once, then score every (method, dim)."""
     query_vectors = encoder.encode(data.query_texts, kind="query", batch_size=batch_size)
     doc_vectors = encoder.encode(data.corpus.texts, kind="document", batch_size=batch_size)
-    return evaluate_retrieval_vectors(query_vectors, doc_vectors, data, dims, methods, model=encoder.name,
-                                      data_name=data_name, split=split, progress=progress, adapter=adapter)
+    return evaluate_retrieval_vectors(
+        query_vectors,
+        doc_vectors,
+        data,
+        dims,
+        methods,
+        model=encoder.name,
+        data_name=data_name,
+        split=split,
+        progress=progress,
+        adapter=adapter,
+    )
 
 
 def evaluate_retrieval_vectors(
@@ -247,10 +257,21 @@ def run_evaluation(
     data_path = Path(data_path)
     if task == "retrieval":
         if not is_beir_folder(data_path):
-            raise DataError(data_path, "retrieval evaluation needs a BEIR folder (corpus.jsonl[.gz], queries.jsonl[.gz], qrels/)")
+            raise DataError(
+                data_path, "retrieval evaluation needs a BEIR folder (corpus.jsonl[.gz], queries.jsonl[.gz], qrels/)"
+            )
         data = read_beir(data_path, split)
-        return evaluate_retrieval(encoder, data, dims, methods, data_name=str(data_path), split=split,
-                                  batch_size=batch_size, progress=progress, adapter=adapter)
+        return evaluate_retrieval(
+            encoder,
+            data,
+            dims,
+            methods,
+            data_name=str(data_path),
+            split=split,
+            batch_size=batch_size,
+            progress=progress,
+            adapter=adapter,
+        )
     if task == "sts":
         fit_texts = None
         if is_sts_folder(data_path):
@@ -266,8 +287,18 @@ def run_evaluation(
             pairs = read_pairs(data_path)
             if pairs.scores is None:
                 raise DataError(data_path, "STS evaluation needs a 'score' column")
-        return evaluate_sts(encoder, pairs, dims, methods, fit_texts=fit_texts, data_name=str(data_path),
-                            split=split, batch_size=batch_size, progress=progress, adapter=adapter)
+        return evaluate_sts(
+            encoder,
+            pairs,
+            dims,
+            methods,
+            fit_texts=fit_texts,
+            data_name=str(data_path),
+            split=split,
+            batch_size=batch_size,
+            progress=progress,
+            adapter=adapter,
+        )
     raise UsageError(f"unknown task {task!r}; choose 'retrieval' or 'sts'")
 
 

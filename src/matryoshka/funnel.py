@@ -13,8 +13,8 @@ vectorised over the whole batch of queries: each stage scores every query's cand
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -54,7 +54,9 @@ class Schedule:
         if any(s.binary for s in stages[1:]):
             raise ScheduleError(f"only the first stage (the head) may be binary, got {','.join(map(str, stages))}")
         if stages[0].binary and len(stages) < 2:
-            raise ScheduleError(f"a binary head ranks by Hamming distance only: follow {stages[0]} with a stage at the full dimension")
+            raise ScheduleError(
+                f"a binary head ranks by Hamming distance only: follow {stages[0]} with a stage at the full dimension"
+            )
         if stages[0].binary and stages[0].dim % 8:
             raise ScheduleError(f"a binary head takes whole bytes: {stages[0].dim} bits is not a multiple of 8")
         dims = [s.dim for s in stages[1:]] if stages[0].binary else [s.dim for s in stages]
@@ -94,7 +96,7 @@ class Schedule:
             raise ScheduleError(f"the last stage keeps {self.stages[-1].keep} < k={k}")
 
     @classmethod
-    def parse(cls, text: str) -> "Schedule":
+    def parse(cls, text: str) -> Schedule:
         """``"12:2000,24:1000,…,384:10"`` -> Schedule; ``"384b:2000,192:200,384:10"`` has a binary head."""
         stages = []
         for part in text.split(","):
@@ -103,12 +105,15 @@ class Schedule:
                 binary = dim.endswith("b")
                 stages.append(Stage(int(dim[:-1] if binary else dim), int(keep), binary))
             except ValueError:
-                raise ScheduleError(f"schedule stage {part.strip()!r} is not DIM:KEEP (e.g. 24:1000, or 384b:2000 "
-                                    "for a binary head)") from None
+                raise ScheduleError(
+                    f"schedule stage {part.strip()!r} is not DIM:KEEP (e.g. 24:1000, or 384b:2000 for a binary head)"
+                ) from None
         return cls(tuple(stages))
 
     @classmethod
-    def halving(cls, full_dim: int, k: int, shortlist: int, head_dim: int | None = None, first_cut: int = 2) -> "Schedule":
+    def halving(
+        cls, full_dim: int, k: int, shortlist: int, head_dim: int | None = None, first_cut: int = 2
+    ) -> Schedule:
         """Dims double from the head (default d/32, at least 8) to d; the shortlist is divided by
         ``first_cut`` after the head, then halves each stage down to ``k`` at the last."""
         dims = stage_dims(full_dim, head_dim)
@@ -117,14 +122,14 @@ class Schedule:
         return cls(tuple(Stage(d, n) for d, n in zip(dims, keeps)))
 
     @classmethod
-    def binary(cls, full_dim: int, k: int, shortlist: int, bits: int | None = None, first_cut: int = 8) -> "Schedule":
+    def binary(cls, full_dim: int, k: int, shortlist: int, bits: int | None = None, first_cut: int = 8) -> Schedule:
         """A binary head of ``bits`` (default: all d), then the d/2 prefix keeping
         ``shortlist / first_cut``, then the full vectors keeping ``k``."""
         head = Stage(bits or full_dim, shortlist, binary=True)
         middle = [Stage(full_dim // 2, max(k, shortlist // first_cut))] if full_dim >= 2 else []
         return cls((head, *middle, Stage(full_dim, k)))
 
-    def scaled(self, factor: float, k: int, corpus_size: int) -> "Schedule":
+    def scaled(self, factor: float, k: int, corpus_size: int) -> Schedule:
         """The same stages with every keep but the last multiplied by ``factor`` (capped at the
         corpus), and the last keeping ``k``."""
         keeps = [min(corpus_size, int(np.ceil(s.keep * factor))) for s in self.stages[:-1]] + [k]
@@ -169,27 +174,39 @@ def funnel_search(
     check_head(schedule, store)
     # bound the candidates gathered at once (queries x shortlist x dim) by running the batch in chunks;
     # a store that scores candidates in place holds only their scores
-    per_query = max(s.keep * (1 if store.scores_in_place(t.dim) else t.dim)
-                    for s, t in zip(schedule.stages, schedule.stages[1:] or schedule.stages))
+    per_query = max(
+        s.keep * (1 if store.scores_in_place(t.dim) else t.dim)
+        for s, t in zip(schedule.stages, schedule.stages[1:] or schedule.stages)
+    )
     chunk = max(1, GATHER_BUDGET // per_query)
     if len(queries) <= chunk:
         return _funnel_chunk(store, queries, early, schedule, k)
-    parts = [_funnel_chunk(store, queries[s : s + chunk], early[s : s + chunk], schedule, k)
-             for s in range(0, len(queries), chunk)]
-    return SearchResult(np.concatenate([p.rows for p in parts]), np.concatenate([p.scores for p in parts]),
-                        parts[0].stage_dims, parts[0].stage_keeps,
-                        [sum(p.stage_seconds[i] for p in parts) for i in range(len(parts[0].stage_seconds))])
+    parts = [
+        _funnel_chunk(store, queries[s : s + chunk], early[s : s + chunk], schedule, k)
+        for s in range(0, len(queries), chunk)
+    ]
+    return SearchResult(
+        np.concatenate([p.rows for p in parts]),
+        np.concatenate([p.scores for p in parts]),
+        parts[0].stage_dims,
+        parts[0].stage_keeps,
+        [sum(p.stage_seconds[i] for p in parts) for i in range(len(parts[0].stage_seconds))],
+    )
 
 
 def check_head(schedule: Schedule, store: Store) -> None:
     """A binary schedule needs the store's binary head, and a binary head answers only its own bits."""
     binary = getattr(store, "binary_head", False)
     if schedule.binary_head and not binary:
-        raise ScheduleError(f"schedule {schedule} starts with a binary head, but this index's head holds "
-                            f"{store.head_dim}-dim float prefixes; build it with --head-index binary")
+        raise ScheduleError(
+            f"schedule {schedule} starts with a binary head, but this index's head holds "
+            f"{store.head_dim}-dim float prefixes; build it with --head-index binary"
+        )
     if binary and (not schedule.binary_head or schedule.head_dim != store.head_dim):
-        raise ScheduleError(f"this index's head is binary ({store.head_dim} bits): start the schedule with "
-                            f"{store.head_dim}b:N, not {schedule.stages[0]}")
+        raise ScheduleError(
+            f"this index's head is binary ({store.head_dim} bits): start the schedule with "
+            f"{store.head_dim}b:N, not {schedule.stages[0]}"
+        )
 
 
 def _funnel_chunk(store: Store, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int) -> SearchResult:
@@ -274,13 +291,12 @@ FIRST_CUTS = (2, 4, 8)  # how sharply autotune tries to cut the shortlist after 
 BINARY_FIRST_CUTS = (2, 4, 8, 16)  # a binary head's shortlist is short already; it goes straight to d/2
 
 
-BINARY_BIT_COST = 0.2  # a Hamming bit against a float head multiply-add (1M rows on 2 cores: ~5 ps against ~27 ps)
+BINARY_BIT_COST = 0.2  # a Hamming bit's cost against a float head multiply-add (docs/benchmarks.md)
 
 
 def schedule_cost(schedule: Schedule, corpus_size: int, gather_penalty: float = 32.0) -> float:
     """Multiply-adds per query: the head scan plus each stage's re-rank. A re-ranked coordinate
-    costs ``gather_penalty`` scanned ones: rows read at random against a streamed head (measured
-    at 1M x 256 on 2 cores: ~1 ns per re-ranked multiply-add, ~0.03 ns per head one)."""
+    costs ``gather_penalty`` scanned ones: rows read at random against a streamed head."""
     cost = corpus_size * schedule.head_dim * (BINARY_BIT_COST if schedule.binary_head else 1.0)
     previous = min(schedule.shortlist, corpus_size)
     for stage in schedule.stages[1:]:
@@ -336,7 +352,9 @@ def autotune(
                     schedule = Schedule.binary(full, k, shortlist, head, first_cut=cut)
                 else:
                     schedule = Schedule.halving(full, k, shortlist, head, first_cut=cut)
-                recalls = per_query_recall(funnel_search(store, queries, schedule, k, head_queries=head_queries).rows, truth)
+                recalls = per_query_recall(
+                    funnel_search(store, queries, schedule, k, head_queries=head_queries).rows, truth
+                )
                 recall, bound = float(np.mean(recalls)), recall_lower_bound(recalls)
                 cost = schedule_cost(schedule, n)
                 tried.append((str(schedule), recall, bound, cost))

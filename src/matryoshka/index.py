@@ -7,9 +7,9 @@ and documents are always encoded alike.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -60,7 +60,9 @@ def build_index(
         raise UsageError("give a model to encode the texts, or precomputed vectors")
     adapter = encoder.adapter if isinstance(encoder, AdaptedEncoder) else None
     adapter_path = encoder.adapter_path if isinstance(encoder, AdaptedEncoder) else None
-    encoder = encoder.base if isinstance(encoder, AdaptedEncoder) else encoder  # documents are stored as the model's own vectors
+    encoder = (
+        encoder.base if isinstance(encoder, AdaptedEncoder) else encoder
+    )  # documents are stored as the model's own vectors
     ids = check_ids(ids)
     if len(texts) != len(ids):
         raise StoreError(f"{len(texts)} texts for {len(ids)} ids")
@@ -96,11 +98,29 @@ def build_index(
         else:
             queries, source = None, "corpus vectors"
         adapted = normalize(adapter.transform(np.asarray(full))) if adapter is not None else None
-        tuned = tune(full, k=min(k, len(ids)), target_recall=target_recall, head_dims=[head_dim] if head_dim else None,
-                     sample_queries=queries, adapter=adapter, adapted=adapted, head_index=head_index)
-        meta = replace(meta, head_dim=tuned.schedule.head_dim, schedule=str(tuned.schedule),
-                       autotune=Autotune(k=min(k, len(ids)), target_recall=target_recall, recall=tuned.recall,
-                                         queries=source, passed=tuned.passed, corpus_size=len(ids)))
+        tuned = tune(
+            full,
+            k=min(k, len(ids)),
+            target_recall=target_recall,
+            head_dims=[head_dim] if head_dim else None,
+            sample_queries=queries,
+            adapter=adapter,
+            adapted=adapted,
+            head_index=head_index,
+        )
+        meta = replace(
+            meta,
+            head_dim=tuned.schedule.head_dim,
+            schedule=str(tuned.schedule),
+            autotune=Autotune(
+                k=min(k, len(ids)),
+                target_recall=target_recall,
+                recall=tuned.recall,
+                queries=source,
+                passed=tuned.passed,
+                corpus_size=len(ids),
+            ),
+        )
         meta = builder.commit(full, ids, list(texts), meta, progress=progress, head_source=adapted)
     except BaseException:
         builder.abort()
@@ -121,14 +141,23 @@ def check_head_choice(head_index: str, head_dim: int | None, full_dim: int) -> i
         return head_dim
     bits = head_dim or full_dim
     if bits % 8:
-        raise StoreError(f"a binary head takes whole bytes: {bits} bits is not a multiple of 8; give --head-dim "
-                         f"{bits - bits % 8 or 8}")
+        raise StoreError(
+            f"a binary head takes whole bytes: {bits} bits is not a multiple of 8; give --head-dim "
+            f"{bits - bits % 8 or 8}"
+        )
     return bits
 
 
-def tune(full: np.ndarray, k: int, target_recall: float, head_dims: Sequence[int] | None = None,
-         sample_queries: np.ndarray | None = None, adapter=None, adapted: np.ndarray | None = None,
-         head_index: str = "flat") -> TuneResult:
+def tune(
+    full: np.ndarray,
+    k: int,
+    target_recall: float,
+    head_dims: Sequence[int] | None = None,
+    sample_queries: np.ndarray | None = None,
+    adapter=None,
+    adapted: np.ndarray | None = None,
+    head_index: str = "flat",
+) -> TuneResult:
     """Autotune over head dims and shortlists; queries default to a sample of the corpus' own vectors.
     With an ``adapter`` (``adapted`` = its re-normalised ``f(full)``) the head is searched in the
     adapter's space and the schedules are two-stage: head, then the original full vectors. A binary
@@ -146,9 +175,18 @@ def tune(full: np.ndarray, k: int, target_recall: float, head_dims: Sequence[int
     else:
         stores = [MemoryStore(full, head, head=normalize(adapted[:, :head]), head_index=kind) for head in candidates]
     truth = stores[0].exact_search(sample_queries, k)[1]
-    results = [autotune(store, sample_queries, k, target_recall, truth=truth, two_stage=adapter is not None,
-                        head_queries=None if adapter is None else adapted_queries(adapter, sample_queries, store.head_dim))
-               for store in stores]
+    results = [
+        autotune(
+            store,
+            sample_queries,
+            k,
+            target_recall,
+            truth=truth,
+            two_stage=adapter is not None,
+            head_queries=None if adapter is None else adapted_queries(adapter, sample_queries, store.head_dim),
+        )
+        for store in stores
+    ]
     passing = [r for r in results if r.passed]
     return min(passing, key=lambda r: r.cost) if passing else max(results, key=lambda r: r.recall)
 
@@ -166,8 +204,10 @@ class Hits:
 
     def to_list(self) -> list[dict]:
         """``[{"rank", "id", "score", "text"}, ...]``, best first."""
-        return [{"rank": rank, "id": i, "score": s, "text": t}
-                for rank, (i, s, t) in enumerate(zip(self.ids, self.scores, self.texts), start=1)]
+        return [
+            {"rank": rank, "id": i, "score": s, "text": t}
+            for rank, (i, s, t) in enumerate(zip(self.ids, self.scores, self.texts), start=1)
+        ]
 
     def __str__(self) -> str:
         return "\n".join(f"{h['rank']:>3}  {h['score']:.4f}  {h['id']}  {h['text'][:80]}" for h in self.to_list())
@@ -178,22 +218,49 @@ def search_mode(exact: bool = False, dim: int | None = None) -> str:
     return "prefix" if dim else "exact" if exact else "funnel"
 
 
-def answers_json(queries: Sequence[str], result: SearchResult, hits: Sequence[Hits], *, k: int, mode: str,
-                 dim: int, schedule: Schedule | None = None) -> list[dict]:
+def answers_json(
+    queries: Sequence[str],
+    result: SearchResult,
+    hits: Sequence[Hits],
+    *,
+    k: int,
+    mode: str,
+    dim: int,
+    schedule: Schedule | None = None,
+) -> list[dict]:
     """One JSON object per query: what ``matryoshka search --json`` writes and ``POST /search``
     answers. ``stages`` are the whole batch's (dim, keep, milliseconds) per funnel stage."""
-    stages = [{"dim": d, "keep": n, "ms": round(1000 * s, 3)}
-              for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)]
-    return [{"query": query, "k": k, "mode": mode, "dim": dim, "schedule": str(schedule) if schedule else None,
-             "hits": found.to_list(), "stages": stages, "batch_size": len(hits)}
-            for query, found in zip(queries, hits)]
+    stages = [
+        {"dim": d, "keep": n, "ms": round(1000 * s, 3)}
+        for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)
+    ]
+    return [
+        {
+            "query": query,
+            "k": k,
+            "mode": mode,
+            "dim": dim,
+            "schedule": str(schedule) if schedule else None,
+            "hits": found.to_list(),
+            "stages": stages,
+            "batch_size": len(hits),
+        }
+        for query, found in zip(queries, hits)
+    ]
 
 
 class Index:
     """An opened index plus the encoder it was built with."""
 
-    def __init__(self, db: str | Path, *, model: str | None = None, head_index: str | None = None,
-                 collection: str | None = None, encoder: Encoder | None = None) -> None:
+    def __init__(
+        self,
+        db: str | Path,
+        *,
+        model: str | None = None,
+        head_index: str | None = None,
+        collection: str | None = None,
+        encoder: Encoder | None = None,
+    ) -> None:
         """``encoder``: an already loaded model to reuse (checked against the index's, like ``model``)."""
         self.store = open_store(db, head_index=head_index, collection=collection)
         self.meta: IndexMeta = self.store.meta
@@ -202,31 +269,38 @@ class Index:
             try:
                 self.adapter = load_adapter(self.meta.adapter)
             except MatryoshkaError as exc:
-                raise StoreError(f"this index was built with adapter {self.meta.adapter}, which cannot be loaded: {exc}") from None
+                raise StoreError(
+                    f"this index was built with adapter {self.meta.adapter}, which cannot be loaded: {exc}"
+                ) from None
         given_adapter = encoder.adapter_path if isinstance(encoder, AdaptedEncoder) else None
         if given_adapter and given_adapter != self.meta.adapter:
             raise StoreError(f"this index was built with adapter {self.meta.adapter or '(none)'}, not {given_adapter}")
         encoder = encoder.base if isinstance(encoder, AdaptedEncoder) else encoder  # queries: the model's own vectors
         model = encoder.name if encoder is not None and model is None else model
         if model is not None and self.meta.model is not None and _canonical(model) != _canonical(self.meta.model):
-            raise StoreError(f"this index was built with model {self.meta.model!r}, not {model!r}; "
-                             "search must use the indexing model")
+            raise StoreError(
+                f"this index was built with model {self.meta.model!r}, not {model!r}; "
+                "search must use the indexing model"
+            )
         self._encoder: Encoder | None = encoder
 
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
             if self.meta.model is None:
-                raise StoreError("this index was built from precomputed vectors: search it with query vectors "
-                                 "(--query-vectors), or re-index with --model")
-            self._encoder = load_model(self.meta.model, query_prompt=self.meta.query_prompt,
-                                       document_prompt=self.meta.document_prompt)
+                raise StoreError(
+                    "this index was built from precomputed vectors: search it with query vectors "
+                    "(--query-vectors), or re-index with --model"
+                )
+            self._encoder = load_model(
+                self.meta.model, query_prompt=self.meta.query_prompt, document_prompt=self.meta.document_prompt
+            )
         return self._encoder
 
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "Index":
+    def __enter__(self) -> Index:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -242,8 +316,15 @@ class Index:
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.encoder.encode(list(texts), kind="query")
 
-    def search(self, queries: str | Sequence[str], k: int = 10, *, schedule: Schedule | str | None = None,
-               exact: bool = False, dim: int | None = None) -> list[Hits]:
+    def search(
+        self,
+        queries: str | Sequence[str],
+        k: int = 10,
+        *,
+        schedule: Schedule | str | None = None,
+        exact: bool = False,
+        dim: int | None = None,
+    ) -> list[Hits]:
         """Encode query texts with the index's model and search: one :class:`Hits` per query.
 
         Example::
@@ -255,8 +336,15 @@ class Index:
         plan = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
         return self.hits(self.search_vectors(self.encode_queries(texts), k, schedule=plan, exact=exact, dim=dim))
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, *, schedule: Schedule | None = None,
-                       exact: bool = False, dim: int | None = None) -> SearchResult:
+    def search_vectors(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        schedule: Schedule | None = None,
+        exact: bool = False,
+        dim: int | None = None,
+    ) -> SearchResult:
         """Funnel search by default; ``exact`` scans the full vectors; ``dim`` scans only the
         re-normalised ``dim`` prefixes, i.e. what an index of ``dim``-dim embeddings would return."""
         queries = validate_vectors(np.atleast_2d(queries), dim=self.meta.full_dim, what="query vectors")
@@ -278,10 +366,13 @@ class Index:
         if self.adapter is None:
             return funnel_search(self.store, queries, schedule, k)
         if len(schedule.stages) > 2:
-            raise StoreError(f"an index with an adapter searches its head and then the full vectors: give a two-stage "
-                             f"schedule like {schedule.stages[0]},{self.meta.full_dim}:{k}, not {schedule}")
-        return funnel_search(self.store, queries, schedule, k,
-                             head_queries=adapted_queries(self.adapter, queries, schedule.head_dim))
+            raise StoreError(
+                f"an index with an adapter searches its head and then the full vectors: give a two-stage "
+                f"schedule like {schedule.stages[0]},{self.meta.full_dim}:{k}, not {schedule}"
+            )
+        return funnel_search(
+            self.store, queries, schedule, k, head_queries=adapted_queries(self.adapter, queries, schedule.head_dim)
+        )
 
     def hits(self, result: SearchResult) -> list[Hits]:
         ids = self.store.ids_of(result.rows)

@@ -8,7 +8,7 @@ ranked ``r`` (0-based) for query ``i``. That keeps the metrics free of ids and d
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

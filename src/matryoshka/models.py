@@ -8,9 +8,10 @@ Matryoshka prefix must be used for cosine similarity.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -149,7 +150,9 @@ def load_model(
         model = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
         return WordLlamaEncoder(model)
     if alias == "minilm":
-        return _load_sentence_transformer(bundled_minilm_path(), "all-MiniLM-L6-v2", query_prompt, document_prompt, device)
+        return _load_sentence_transformer(
+            bundled_minilm_path(), "all-MiniLM-L6-v2", query_prompt, document_prompt, device
+        )
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "modules.json").exists() and not (path / "config.json").exists():

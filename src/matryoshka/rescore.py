@@ -2,11 +2,9 @@
 
 A funnel stage scores each query against its own few thousand candidate rows. Gathering those
 rows into a (queries x candidates x dim) array and multiplying costs a copy of every candidate
-prefix, and numpy's fancy indexing copies slowly (measured here: ~2 us per row from a 1M x 256
-array). FAISS's by-index kernels (``fvec_inner_products_by_idx``, ``fvec_L2sqr_by_idx``) read
-each candidate row where it lies and return only the scores, in C++ over all queries at once:
-37x faster on the same rows in `benchmarks/funnel.py` (1M x 256, 1,000 queries x 10,000
-candidates at 128 dims: 14.9 s gathered, 0.41 s in place).
+prefix, and numpy's fancy indexing copies slowly. FAISS's by-index kernels
+(``fvec_inner_products_by_idx``, ``fvec_L2sqr_by_idx``) read each candidate row where it lies and
+return only the scores, in C++ over all queries at once (docs/benchmarks.md compares the two).
 
 The kernels take one row length; a prefix of ``dim`` coordinates of an ``(n, d)`` array is read
 by viewing the array as ``(n * d / dim, dim)``, where row ``r``'s prefix is view row
@@ -36,12 +34,24 @@ def rerank(candidates: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 def fusable(vectors: np.ndarray, dim: int) -> bool:
     """Whether :func:`prefix_cosines` can score ``dim``-prefixes of ``vectors`` in place."""
-    return (isinstance(vectors, np.ndarray) and vectors.ndim == 2 and vectors.dtype == np.float32
-            and vectors.flags.c_contiguous and 0 < dim <= vectors.shape[1] and vectors.shape[1] % dim == 0)
+    return (
+        isinstance(vectors, np.ndarray)
+        and vectors.ndim == 2
+        and vectors.dtype == np.float32
+        and vectors.flags.c_contiguous
+        and 0 < dim <= vectors.shape[1]
+        and vectors.shape[1] % dim == 0
+    )
 
 
-def prefix_cosines(vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray, *, unit_rows: bool = True,
-                   norms: np.ndarray | None = None) -> np.ndarray | None:
+def prefix_cosines(
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    queries: np.ndarray,
+    *,
+    unit_rows: bool = True,
+    norms: np.ndarray | None = None,
+) -> np.ndarray | None:
     """Cosine of each query's ``dim``-prefix with its candidates' ``dim``-prefixes, both re-normalised.
 
     ``vectors``: (n, d) float32, C-contiguous (a memory map works: only the candidate rows are
@@ -71,8 +81,9 @@ def prefix_cosines(vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray, *
             faiss.omp_set_num_threads(threads)
 
 
-def _cosines(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, unit_rows: bool,
-             norms: np.ndarray | None) -> np.ndarray:
+def _cosines(
+    vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, unit_rows: bool, norms: np.ndarray | None
+) -> np.ndarray:
     import faiss
 
     nq, m = rows.shape
@@ -81,8 +92,9 @@ def _cosines(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, unit_rows
     ids = np.ascontiguousarray(np.where(rows >= 0, rows * stride, -1))
     query = np.ascontiguousarray(query)
     dots = np.empty((nq, m), dtype=np.float32)
-    faiss.fvec_inner_products_by_idx(faiss.swig_ptr(dots), faiss.swig_ptr(query), faiss.swig_ptr(vectors),
-                                     faiss.swig_ptr(ids), dim, nq, m)
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(dots), faiss.swig_ptr(query), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), dim, nq, m
+    )
     if stride == 1 and unit_rows:
         return dots
     if norms is not None:
@@ -90,8 +102,9 @@ def _cosines(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, unit_rows
     else:  # the candidates' prefix norms: squared distances from the origin, read by the same kernel
         squares = np.empty((nq, m), dtype=np.float32)
         origin = np.zeros((nq, dim), dtype=np.float32)
-        faiss.fvec_L2sqr_by_idx(faiss.swig_ptr(squares), faiss.swig_ptr(origin), faiss.swig_ptr(vectors),
-                                faiss.swig_ptr(ids), dim, nq, m)
+        faiss.fvec_L2sqr_by_idx(
+            faiss.swig_ptr(squares), faiss.swig_ptr(origin), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), dim, nq, m
+        )
         candidate_norms = np.sqrt(squares)
     valid = (rows >= 0) & (candidate_norms > 0)
     return np.divide(dots, candidate_norms, out=np.where(rows >= 0, 0.0, -np.inf).astype(np.float32), where=valid)

@@ -8,7 +8,7 @@ sentences of the corpus' own texts, encoded as queries.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,14 +16,16 @@ AUTOTUNE_SAMPLE = 200
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def pseudo_queries(texts: Sequence[str], encoder, count: int = AUTOTUNE_SAMPLE, seed: int = 0,
-                   unit: str = "window") -> np.ndarray:
+def pseudo_queries(
+    texts: Sequence[str], encoder, count: int = AUTOTUNE_SAMPLE, seed: int = 0, unit: str = "window"
+) -> np.ndarray:
     """Query-like samples of ``texts`` (:func:`query_like_texts`), encoded as queries by ``encoder``."""
     return encoder.encode(query_like_texts(texts, count, seed, unit), kind="query")
 
 
-def query_like_texts(texts: Sequence[str], count: int = AUTOTUNE_SAMPLE, seed: int = 0,
-                     unit: str = "window") -> list[str]:
+def query_like_texts(
+    texts: Sequence[str], count: int = AUTOTUNE_SAMPLE, seed: int = 0, unit: str = "window"
+) -> list[str]:
     """``unit="window"`` (autotune): a random window of 4 to 12 words from random documents.
     ``unit="sentence"`` (adapter fitting): whole sentences of 5 to 40 words, which read like the
     claims and questions users type; a corpus with too few such sentences (titles, keywords)

@@ -1,7 +1,6 @@
 """Exact top-n selection over very long score rows, the work of a funnel's head stage.
 
-``argpartition`` over a million scores per query costs more than computing them (introselect
-on real score distributions ran at ~35 ns per element here). Both functions below estimate each
+``argpartition`` over a million scores per query costs more than computing them. Both functions below estimate each
 query's n-th best score from a fixed sample of columns, keep what scores above a slightly lower
 threshold with one vectorised comparison, and select exactly among those few; a query whose
 threshold kept too few is answered by ``argpartition``. The result is exact either way.
@@ -24,7 +23,9 @@ TILE_ELEMENTS = 2 * 2**20
 @lru_cache(maxsize=8)
 def _sample_columns(columns: int) -> np.ndarray:
     """A fixed random sample of column indices (drawing it costs a permutation of all columns)."""
-    return np.sort(np.random.default_rng(_SAMPLE_SEED).choice(columns, size=min(columns, SAMPLE_COLUMNS), replace=False))
+    return np.sort(
+        np.random.default_rng(_SAMPLE_SEED).choice(columns, size=min(columns, SAMPLE_COLUMNS), replace=False)
+    )
 
 
 def _sample_rank(n: int, columns: int) -> int | None:
@@ -40,13 +41,14 @@ def _thresholds(sample: np.ndarray, rank: int) -> np.ndarray:
 
 
 def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.nonzero`` of a 2-D mask, row-major; through ``flatnonzero``, which is ~7x faster."""
+    """``np.nonzero`` of a 2-D mask, row-major, through the faster ``flatnonzero``."""
     flat = np.flatnonzero(mask)
     return flat // mask.shape[1], flat % mask.shape[1]
 
 
-def _top_of_kept(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, counts: np.ndarray,
-                 n: int) -> tuple[np.ndarray, np.ndarray]:
+def _top_of_kept(
+    rows: np.ndarray, columns: np.ndarray, values: np.ndarray, counts: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``n`` (columns, values) per row among kept (row, column, value) triples grouped by row."""
     width = int(counts.max())
     slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -64,8 +66,7 @@ def _top_of_kept(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, coun
 def select_shortlist(scores: np.ndarray, n: int) -> np.ndarray:
     """Column indices of the ``n`` largest scores per row, in no particular order.
 
-    ``argpartition`` over a million scores per query dominates a batched head stage (introselect
-    on real score distributions ran at ~35 ns per element here). Instead: estimate each row's
+    ``argpartition`` over a million scores per query dominates a batched head stage. Instead: estimate each row's
     n-th score from a fixed sample of columns, keep the columns above a slightly lower threshold
     with one vectorised comparison, and select exactly ``n`` among those few. Rows whose
     threshold kept fewer than ``n`` fall back to ``argpartition``. The result is exact either way.
@@ -98,8 +99,7 @@ def scan_shortlist(queries: np.ndarray, head: np.ndarray, n: int) -> tuple[np.nd
     The same sampled threshold as :func:`select_shortlist`, taken before the scan, so the scan
     never holds a (queries x corpus) score matrix: it scores cache-sized tiles and keeps only
     what passes each query's threshold. Writing and re-reading a million scores per query
-    through memory cost more than the product itself (measured at 1M x 64: 3.5 s for 1,000
-    queries with whole score rows, about half of that in tiles). Queries whose threshold kept
+    through memory cost more than the product itself. Queries whose threshold kept
     fewer than ``n`` rows are answered by a full scan and ``argpartition``.
     """
     count = len(head)
@@ -144,8 +144,9 @@ def scan_shortlist(queries: np.ndarray, head: np.ndarray, n: int) -> tuple[np.nd
     return out_scores, out_rows
 
 
-def _smallest_by_count(owner: np.ndarray, distances: np.ndarray, rows: np.ndarray, counts: np.ndarray, n: int,
-                       bits: int) -> tuple[np.ndarray, np.ndarray]:
+def _smallest_by_count(
+    owner: np.ndarray, distances: np.ndarray, rows: np.ndarray, counts: np.ndarray, n: int, bits: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exactly ``n`` (rows, distances) per query with the smallest integer distances, from kept
     triples grouped by query (``owner`` non-decreasing, ``counts[q] >= n``).
 
@@ -174,9 +175,8 @@ class HammingShortlist:
     ``n`` ids; at shortlists of thousands either costs as much as the scan itself. As for the
     float head: each query's n-th distance is estimated from the same fixed sample of rows, one
     FAISS range search per distinct threshold keeps the few rows within it, and ``n`` are chosen
-    exactly among those. Queries whose threshold kept too few rows get FAISS's k-NN. Measured
-    at 1M x 256 bits, n = 2,500: a batch of 1,000 in 0.67 s against 1.45 s, one query in 1.2
-    against 2.4 ms.
+    exactly among those, by a histogram of the integer distances. Queries whose threshold kept too
+    few rows get FAISS's k-NN.
     """
 
     def __init__(self, codes: np.ndarray) -> None:
@@ -214,7 +214,9 @@ class HammingShortlist:
             elif ok.any():
                 keep = np.repeat(ok, counts)
                 owner = np.repeat(np.cumsum(ok) - 1, counts)[keep]
-                picked, picked_distances = _smallest_by_count(owner, distances[keep], rows[keep], counts[ok], n, self.bits)
+                picked, picked_distances = _smallest_by_count(
+                    owner, distances[keep], rows[keep], counts[ok], n, self.bits
+                )
                 out_rows[members[ok]], out_distances[members[ok]] = picked, picked_distances
         short = np.concatenate(short)
         if len(short):

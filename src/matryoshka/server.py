@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from contextlib import asynccontextmanager
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -60,8 +61,10 @@ class SearchRequest(_Body):
     k: int = Field(10, description="How many hits to return.")
     dim: int | None = Field(None, description="Search only the first `dim` dimensions (an exact scan of the prefixes).")
     schedule: list[tuple[int, int]] | None = Field(
-        None, description="Funnel stages as [[dim, keep], ...]; default: the index's autotuned schedule. "
-                           "On an index with a binary head the first stage is that head (dim = its bits).")
+        None,
+        description="Funnel stages as [[dim, keep], ...]; default: the index's autotuned schedule. "
+        "On an index with a binary head the first stage is that head (dim = its bits).",
+    )
     exact: bool = Field(False, description="Exact full-dimension search instead of the funnel.")
 
 
@@ -111,7 +114,9 @@ class SearchService:
         if not texts:
             raise LimitError(f"{field}: give at least one text")
         if len(texts) > self.limits.max_texts:
-            raise LimitError(f"{field}: {len(texts)} texts is more than the limit of {self.limits.max_texts} per request", 413)
+            raise LimitError(
+                f"{field}: {len(texts)} texts is more than the limit of {self.limits.max_texts} per request", 413
+            )
         for position, text in enumerate(texts):
             self.check_text(text, f"{field}[{position}]")
 
@@ -119,7 +124,9 @@ class SearchService:
         if not text.strip():
             raise LimitError(f"{field}: the text is empty")
         if len(text) > self.limits.max_text_chars:
-            raise LimitError(f"{field}: {len(text)} characters is more than the limit of {self.limits.max_text_chars}", 413)
+            raise LimitError(
+                f"{field}: {len(text)} characters is more than the limit of {self.limits.max_text_chars}", 413
+            )
 
     def check_dim(self, dim: int, field: str) -> int:
         try:
@@ -129,8 +136,10 @@ class SearchService:
 
     def check_k(self, k: int) -> int:
         if not 1 <= k <= min(self.limits.max_k, len(self.index.store)):
-            raise LimitError(f"k: {k} is outside 1..{min(self.limits.max_k, len(self.index.store))} "
-                             f"(limit {self.limits.max_k}, corpus {len(self.index.store)} documents)")
+            raise LimitError(
+                f"k: {k} is outside 1..{min(self.limits.max_k, len(self.index.store))} "
+                f"(limit {self.limits.max_k}, corpus {len(self.index.store)} documents)"
+            )
         return k
 
     # work ---------------------------------------------------------------------------------------
@@ -161,7 +170,7 @@ class SearchService:
         vectors = truncate(self.encode(request.texts, request.kind), dim)
         return {"model": self.meta.model, "dim": dim, "kind": request.kind, "vectors": vectors.tolist()}
 
-    def prepare(self, request: SearchRequest) -> "SearchPlan":
+    def prepare(self, request: SearchRequest) -> SearchPlan:
         """Check a /search request against the limits before any work; the plan is what runs."""
         self.check_text(request.query, "query")
         k = self.check_k(request.k)
@@ -186,7 +195,7 @@ class SearchService:
             raise answer
         return answer
 
-    def search_many(self, plans: Sequence["SearchPlan"]) -> list[dict | BaseException]:
+    def search_many(self, plans: Sequence[SearchPlan]) -> list[dict | BaseException]:
         """All queries encoded in one call; one vectorised search per group of plans that ask for the same thing."""
         started = time.perf_counter()
         queries = self.encode([plan.query for plan in plans])
@@ -200,16 +209,24 @@ class SearchService:
             searched = time.perf_counter()
             try:
                 with self._store_lock:
-                    result = self.index.search_vectors(queries[positions], plan.k, schedule=plan.schedule,
-                                                       exact=plan.mode == "exact", dim=plan.dim)
+                    result = self.index.search_vectors(
+                        queries[positions], plan.k, schedule=plan.schedule, exact=plan.mode == "exact", dim=plan.dim
+                    )
                     hits = self.index.hits(result)
             except MatryoshkaError as exc:
                 for position in positions:
                     answers[position] = exc
                 continue
             search_ms = round(1000 * (time.perf_counter() - searched), 3)
-            found = answers_json([plans[p].query for p in positions], result, hits, k=plan.k, mode=plan.mode,
-                                 dim=plan.dim or self.full_dim, schedule=plan.schedule)
+            found = answers_json(
+                [plans[p].query for p in positions],
+                result,
+                hits,
+                k=plan.k,
+                mode=plan.mode,
+                dim=plan.dim or self.full_dim,
+                schedule=plan.schedule,
+            )
             for position, answer in zip(positions, found):
                 answers[position] = {**answer, "encode_ms": encode_ms, "search_ms": search_ms}
         return answers
@@ -218,7 +235,9 @@ class SearchService:
         for position, (dim, keep) in enumerate(stages):
             self.check_dim(dim, f"schedule[{position}]")
             if keep > self.limits.max_shortlist:
-                raise LimitError(f"schedule[{position}]: keep {keep} is more than the limit of {self.limits.max_shortlist}")
+                raise LimitError(
+                    f"schedule[{position}]: keep {keep} is more than the limit of {self.limits.max_shortlist}"
+                )
         binary = getattr(self.index.store, "binary_head", False)
         try:
             schedule = Schedule(tuple(Stage(dim, keep, binary and i == 0) for i, (dim, keep) in enumerate(stages)))
@@ -239,8 +258,12 @@ class SearchService:
         query = self.encode([request.query], "query")
         texts = self.encode(request.texts, "document")
         table = np.stack([truncate(texts, d) @ truncate(query, d)[0] for d in dims], axis=1)
-        return {"query": request.query, "dims": dims, "texts": request.texts,
-                "similarities": table.astype(np.float64).round(6).tolist()}
+        return {
+            "query": request.query,
+            "dims": dims,
+            "texts": request.texts,
+            "similarities": table.astype(np.float64).round(6).tolist(),
+        }
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -249,8 +272,10 @@ def _validation_message(exc: RequestValidationError) -> str:
     for error in exc.errors():
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
         if error.get("type") == "json_invalid":
-            lines.append(f"malformed JSON: {error.get('ctx', {}).get('error', error.get('msg'))} "
-                         f"(at character {error.get('loc', ('', '?'))[-1]})")
+            lines.append(
+                f"malformed JSON: {error.get('ctx', {}).get('error', error.get('msg'))} "
+                f"(at character {error.get('loc', ('', '?'))[-1]})"
+            )
         else:
             lines.append(f"{where}: {error.get('msg')}")
     return "; ".join(lines)
@@ -269,22 +294,28 @@ def create_app(index: Index, limits: Limits = Limits()) -> FastAPI:
         finally:
             batcher.stop()
 
-    app = FastAPI(title="matryoshka", summary="Matryoshka embeddings: funnel search and per-dimension similarity.",
-                  version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="matryoshka",
+        summary="Matryoshka embeddings: funnel search and per-dimension similarity.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
     app.state.service, app.state.batcher = service, batcher
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-            return JSONResponse({"error": f"request body is {length} bytes; the limit is {limits.max_body_bytes}"},
-                                status_code=413)
+            return JSONResponse(
+                {"error": f"request body is {length} bytes; the limit is {limits.max_body_bytes}"}, status_code=413
+            )
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
-        return JSONResponse({"error": _validation_message(exc), "detail": jsonable_encoder(exc.errors())},
-                            status_code=422)
+        return JSONResponse(
+            {"error": _validation_message(exc), "detail": jsonable_encoder(exc.errors())}, status_code=422
+        )
 
     @app.exception_handler(LimitError)
     async def over_limit(request: Request, exc: LimitError):
@@ -323,8 +354,9 @@ def create_app(index: Index, limits: Limits = Limits()) -> FastAPI:
     return app
 
 
-def serve(index: Index, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
-          log_level: str = "warning") -> None:
+def serve(
+    index: Index, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(), log_level: str = "warning"
+) -> None:
     """Run the app with uvicorn until interrupted; the index is closed on the way out."""
     import uvicorn
 
@@ -332,4 +364,3 @@ def serve(index: Index, host: str = "127.0.0.1", port: int = 8000, limits: Limit
         uvicorn.run(create_app(index, limits), host=host, port=port, log_level=log_level)
     finally:
         index.close()
-

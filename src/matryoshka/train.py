@@ -15,10 +15,10 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
@@ -51,7 +51,9 @@ class TrainSettings:
     eval_steps: int | None = None  # default: once per epoch
     save_steps: int = 500
     seed: int = 12
-    rotation: str = "orthogonal"  # start from an adapter's rotation fitted on the training texts, or "none" (add_rotation)
+    rotation: str = (
+        "orthogonal"  # start from an adapter's rotation fitted on the training texts, or "none" (add_rotation)
+    )
 
 
 @dataclass
@@ -86,8 +88,11 @@ def read_training_data(path: Path | str) -> TrainingData:
         raise DataError(path, "no such file or folder")
     if is_sts_folder(path):
         pairs = read_sts(path, "train")
-        return TrainingData({"sentence1": pairs.first, "sentence2": pairs.second,
-                             "score": (pairs.scores / 5.0).tolist()}, "scored", f"{path} (STS train)")
+        return TrainingData(
+            {"sentence1": pairs.first, "sentence2": pairs.second, "score": (pairs.scores / 5.0).tolist()},
+            "scored",
+            f"{path} (STS train)",
+        )
     if is_beir_folder(path):
         data = read_beir(path, "train")
         text_of = dict(zip(data.corpus.ids, data.corpus.texts))
@@ -99,7 +104,10 @@ def read_training_data(path: Path | str) -> TrainingData:
                     positives.append(text_of[doc_id])
         return TrainingData({"anchor": anchors, "positive": positives}, "contrastive", f"{path} (BEIR train qrels)")
     if path.is_dir():
-        raise DataError(path, "a folder must be an STS Benchmark folder (sts-train.csv) or a BEIR folder (corpus, queries, qrels/train.tsv)")
+        raise DataError(
+            path,
+            "a folder must be an STS Benchmark folder (sts-train.csv) or a BEIR folder (corpus, queries, qrels/train.tsv)",
+        )
     pairs = read_pairs(path)
     if len(pairs) == 0:
         raise DataError(path, "no training rows")
@@ -113,8 +121,12 @@ def _from_pairs(pairs: Pairs, source: str, path: Path) -> TrainingData:
             if scores.min() >= 0 and scores.max() <= 5:
                 scores = scores / 5.0  # the STS convention, 0..5
             else:
-                raise DataError(path, f"scores must lie in 0..1 (or 0..5, STS style); found {scores.min()}..{scores.max()}")
-        return TrainingData({"sentence1": pairs.first, "sentence2": pairs.second, "score": scores.tolist()}, "scored", source)
+                raise DataError(
+                    path, f"scores must lie in 0..1 (or 0..5, STS style); found {scores.min()}..{scores.max()}"
+                )
+        return TrainingData(
+            {"sentence1": pairs.first, "sentence2": pairs.second, "score": scores.tolist()}, "scored", source
+        )
     columns = {"anchor": pairs.first, "positive": pairs.second}
     if pairs.negative is not None:
         columns["negative"] = pairs.negative
@@ -145,10 +157,14 @@ def build_loss(model, name: str, dims: Sequence[int] | None, weights: Sequence[f
         base = losses.MultipleNegativesRankingLoss(model)
     if not matryoshka:
         return base
-    return losses.MatryoshkaLoss(model, base, matryoshka_dims=list(dims), matryoshka_weights=list(weights) if weights else None)
+    return losses.MatryoshkaLoss(
+        model, base, matryoshka_dims=list(dims), matryoshka_weights=list(weights) if weights else None
+    )
 
 
-def check_dims(dims: Sequence[int] | None, weights: Sequence[float] | None, full_dim: int) -> tuple[list[int], list[float]]:
+def check_dims(
+    dims: Sequence[int] | None, weights: Sequence[float] | None, full_dim: int
+) -> tuple[list[int], list[float]]:
     dims = sorted(set(int(d) for d in dims), reverse=True) if dims else halving_dims(full_dim)
     bad = [d for d in dims if not 1 <= d <= full_dim]
     if bad:
@@ -186,7 +202,10 @@ class PerDimensionEvaluator(SentenceEvaluator):
         report = self.evaluate(model)
         model.train(was_training)
         self.last_report = report
-        scores = {f"{self.metric}_{dim}".replace("@", "_at_"): report.score("truncate", dim, self.metric) for dim in report.dims()}
+        scores = {
+            f"{self.metric}_{dim}".replace("@", "_at_"): report.score("truncate", dim, self.metric)
+            for dim in report.dims()
+        }
         self.history.append({"epoch": epoch, "steps": steps, **scores})
         return self.prefix_name_to_metrics(scores, self.name) if self.name else scores
 
@@ -221,8 +240,8 @@ def train(
 ) -> TrainResult:
     """Train and save to ``output``. Ctrl-C stops training and saves the weights reached so far
     (marked as interrupted), and the checkpoints under ``output/checkpoints`` stay loadable."""
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
     output = Path(output)
     if settings.rotation not in ROTATIONS:
@@ -268,8 +287,14 @@ def train(
                 on_log({"step": state.global_step, **logs})
 
     stop = StopOnInterrupt()
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_dict(data.columns),
-                                         loss=loss, evaluator=evaluator, callbacks=[Forward(), stop])
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict(data.columns),
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=[Forward(), stop],
+    )
     started = time.perf_counter()
     interrupted = False
     try:
@@ -279,8 +304,9 @@ def train(
         interrupted = True
     interrupted = interrupted or stop.requested
     seconds = time.perf_counter() - started
-    result = TrainResult(output, trainer.state.global_step, seconds, loss_name, dims, interrupted,
-                         evaluator.history if evaluator else [])
+    result = TrainResult(
+        output, trainer.state.global_step, seconds, loss_name, dims, interrupted, evaluator.history if evaluator else []
+    )
     if evaluator is not None and not interrupted:
         result.final = evaluator.evaluate(model, model_name=str(output))
     save_model(model, output, result, settings, data)
@@ -323,8 +349,9 @@ def training_texts(data: TrainingData, limit: int = 20_000) -> list[str]:
     return list(dict.fromkeys(texts))[:limit]
 
 
-def add_rotation(encoder: SentenceTransformerEncoder, data: TrainingData, kind: str, seed: int = 12,
-                 show_progress: bool = False) -> None:
+def add_rotation(
+    encoder: SentenceTransformerEncoder, data: TrainingData, kind: str, seed: int = 12, show_progress: bool = False
+) -> None:
     """Put a trainable orthogonal rotation, fitted by ``matryoshka.adapt`` on the training texts,
     in front of the model's output (before its Normalize, if any).
 
@@ -341,13 +368,17 @@ def add_rotation(encoder: SentenceTransformerEncoder, data: TrainingData, kind: 
 
     vectors = normalize(encoder.encode(training_texts(data), kind="document"))
     settings = FitSettings(seed=seed, temperature=ROTATION_TEMPERATURE)
-    with tqdm(total=settings.steps, desc=f"fitting the {kind} start", disable=not show_progress or kind == "pca") as bar:
+    with tqdm(
+        total=settings.steps, desc=f"fitting the {kind} start", disable=not show_progress or kind == "pca"
+    ) as bar:
         settings.progress = lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}"))
         adapter = make_adapter(kind, settings).fit(vectors)
     rotation = torch.from_numpy(adapter.components_.T.copy())  # Linear computes x Wᵀ, the adapter x R
     modules = list(encoder.model)
     at = next((i for i, module in enumerate(modules) if isinstance(module, Normalize)), len(modules))
-    dense = Dense(encoder.full_dim, encoder.full_dim, bias=False, activation_function=torch.nn.Identity(), init_weight=rotation)
+    dense = Dense(
+        encoder.full_dim, encoder.full_dim, bias=False, activation_function=torch.nn.Identity(), init_weight=rotation
+    )
     modules.insert(at, dense)
     model = SentenceTransformer(modules=modules, device=str(encoder.model.device))
     model.prompts, model.default_prompt_name = encoder.model.prompts, encoder.model.default_prompt_name
@@ -369,8 +400,13 @@ def save_model(model, output: Path, result: TrainResult, settings: TrainSettings
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
     config[MATRYOSHKA_CONFIG_KEY] = list(result.dims) if settings.matryoshka else None
     config["matryoshka_training"] = {
-        "loss": result.loss, "matryoshka": settings.matryoshka, "weights": list(settings.weights or [1.0] * len(result.dims)),
-        "steps": result.steps, "interrupted": result.interrupted, "data": data.source, "rows": len(data),
+        "loss": result.loss,
+        "matryoshka": settings.matryoshka,
+        "weights": list(settings.weights or [1.0] * len(result.dims)),
+        "steps": result.steps,
+        "interrupted": result.interrupted,
+        "data": data.source,
+        "rows": len(data),
         "settings": {k: v for k, v in asdict(settings).items() if k not in ("dims", "weights")},
     }
     config_path.write_text(json.dumps(config, indent=2) + "\n")
@@ -381,8 +417,10 @@ def save_model(model, output: Path, result: TrainResult, settings: TrainSettings
 def model_card_section(result: TrainResult, settings: TrainSettings) -> str:
     lines = ["", "## Matryoshka dimensions", ""]
     if settings.matryoshka:
-        lines.append(f"Trained with `MatryoshkaLoss` around `{result.loss}` at dims {', '.join(map(str, result.dims))}: "
-                     "truncate embeddings to any of them (and re-normalise) for smaller, faster vectors.")
+        lines.append(
+            f"Trained with `MatryoshkaLoss` around `{result.loss}` at dims {', '.join(map(str, result.dims))}: "
+            "truncate embeddings to any of them (and re-normalise) for smaller, faster vectors."
+        )
     else:
         lines.append(f"Trained with `{result.loss}` alone (no MatryoshkaLoss).")
     if result.interrupted:
@@ -391,7 +429,9 @@ def model_card_section(result: TrainResult, settings: TrainSettings) -> str:
         report = result.final
         lines += ["", f"| dim | {report.metric} | % of full |", "|---:|---:|---:|"]
         for dim in report.dims():
-            lines.append(f"| {dim} | {report.score('truncate', dim, report.metric):.4f} | {100 * report.relative('truncate', dim):.1f}% |")
+            lines.append(
+                f"| {dim} | {report.score('truncate', dim, report.metric):.4f} | {100 * report.relative('truncate', dim):.1f}% |"
+            )
     return "\n".join(lines) + "\n"
 
 

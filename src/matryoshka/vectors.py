@@ -7,7 +7,7 @@ prefix dims the rest of the project works with (evaluation's halvings, the funne
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -6,8 +6,17 @@ from pathlib import Path
 
 from .base import FORMAT_VERSION, HEAD_INDEXES, Autotune, IndexMeta, Store, check_ids
 
-__all__ = ["FORMAT_VERSION", "HEAD_INDEXES", "Autotune", "IndexMeta", "Store", "check_ids", "is_milvus_uri",
-           "open_store", "open_builder"]
+__all__ = [
+    "FORMAT_VERSION",
+    "HEAD_INDEXES",
+    "Autotune",
+    "IndexMeta",
+    "Store",
+    "check_ids",
+    "is_milvus_uri",
+    "open_store",
+    "open_builder",
+]
 
 
 def is_milvus_uri(db: str | Path) -> bool:

@@ -9,8 +9,9 @@ version of the format is a clear error rather than a crash somewhere in a search
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -73,7 +74,7 @@ class IndexMeta:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: object, where: str) -> "IndexMeta":
+    def from_dict(cls, data: object, where: str) -> IndexMeta:
         """Read what :meth:`to_dict` wrote, checking the format version and every field's type;
         ``where`` names the index in the error."""
         if not isinstance(data, dict):
@@ -94,8 +95,10 @@ class IndexMeta:
 def check_format_version(version: object, where: str) -> None:
     """An index written in another format is refused with what to do about it."""
     if version != FORMAT_VERSION:
-        raise StoreError(f"{where} was written in index format {version}, and this version of matryoshka reads "
-                         f"format {FORMAT_VERSION}: re-index it with 'matryoshka index'")
+        raise StoreError(
+            f"{where} was written in index format {version}, and this version of matryoshka reads "
+            f"format {FORMAT_VERSION}: re-index it with 'matryoshka index'"
+        )
 
 
 _JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
@@ -120,7 +123,7 @@ def _typed_fields(cls, data: dict, where: str) -> dict:
             values[name] = None
             continue
         if base.startswith("tuple"):
-            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         elif base in _JSON_TYPES:
             ok = isinstance(value, _JSON_TYPES[base]) and (base == "bool" or not isinstance(value, bool))
         else:
@@ -182,8 +185,10 @@ class Store(Protocol):
 def check_head_kind(built: str, asked: str | None, where: str) -> None:
     """A binary head holds only sign bits and a float head holds no bits: neither can be opened as the other."""
     if asked and (asked == "binary") != (built == "binary"):
-        raise StoreError(f"{where} was built with a {built} head; it cannot be searched with a {asked} head "
-                         f"(rebuild it with --head-index {asked})")
+        raise StoreError(
+            f"{where} was built with a {built} head; it cannot be searched with a {asked} head "
+            f"(rebuild it with --head-index {asked})"
+        )
 
 
 def check_ids(ids: Sequence[str]) -> list[str]:

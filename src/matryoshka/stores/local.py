@@ -26,9 +26,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -93,10 +93,13 @@ class LocalStore(MemoryStore):
         except (OSError, ValueError) as exc:
             raise StoreError(f"{self.root}: the index's files cannot be read ({exc}); re-index it") from None
         if len(full) != meta.count or len(ids) != meta.count:
-            raise StoreError(f"{self.root}: the index holds {len(full)} vectors and {len(ids)} ids, but its "
-                             f"manifest says {meta.count}; re-index it")
-        super().__init__(full, meta.head_dim, head=head, head_index=graph, meta=meta, prefix_norms=norms,
-                         head_codes=codes, ids=ids)
+            raise StoreError(
+                f"{self.root}: the index holds {len(full)} vectors and {len(ids)} ids, but its "
+                f"manifest says {meta.count}; re-index it"
+            )
+        super().__init__(
+            full, meta.head_dim, head=head, head_index=graph, meta=meta, prefix_norms=norms, head_codes=codes, ids=ids
+        )
 
     def texts_of(self, rows: np.ndarray) -> list[list[str]]:
         if self._texts is None:
@@ -128,8 +131,15 @@ class LocalBuilder:
     def full_array(self, count: int, dim: int) -> np.ndarray:
         return np.lib.format.open_memmap(self.partial / "full.npy", mode="w+", dtype=np.float32, shape=(count, dim))
 
-    def commit(self, full: np.ndarray, ids: Sequence[str], texts: Sequence[str], meta: IndexMeta,
-               progress=None, head_source: np.ndarray | None = None) -> IndexMeta:
+    def commit(
+        self,
+        full: np.ndarray,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        meta: IndexMeta,
+        progress=None,
+        head_source: np.ndarray | None = None,
+    ) -> IndexMeta:
         """Write the segment and switch the manifest to it; returns the metadata as stored.
         ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
         source = full if head_source is None else head_source

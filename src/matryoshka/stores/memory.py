@@ -4,7 +4,7 @@ or ``hnsw``) or their sign bits (``binary``, searched by Hamming distance)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -79,8 +79,9 @@ class MemoryStore:
             self._head_index = head_index
         self._ids = None if ids is None else np.asarray(list(ids), dtype=object)
         self._texts = None if texts is None else list(texts)
-        self.meta = meta or IndexMeta(model=None, full_dim=self.full_dim, head_dim=self.head_dim, count=len(full),
-                                      head_index=self.head_index_kind)
+        self.meta = meta or IndexMeta(
+            model=None, full_dim=self.full_dim, head_dim=self.head_dim, count=len(full), head_index=self.head_index_kind
+        )
 
     def __len__(self) -> int:
         return int(self.full.shape[0])
@@ -90,12 +91,14 @@ class MemoryStore:
 
         A flat head is scanned by :func:`scan_shortlist` (BLAS products over cache-sized tiles, a
         sampled threshold per query). FAISS's flat search keeps a heap of ``n`` per query, which
-        costs 2-5x more in batches once shortlists reach thousands.
+        costs more in batches once shortlists reach thousands.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.binary_head:
             if queries.shape[1] != self.head_dim:
-                raise StoreError(f"this index's binary head holds {self.head_dim} bits; got {queries.shape[1]}-dim head queries")
+                raise StoreError(
+                    f"this index's binary head holds {self.head_dim} bits; got {queries.shape[1]}-dim head queries"
+                )
             distances, rows = self._head_index.search(binary_codes(queries, self.head_dim), n)
             return hamming_similarity(distances, self.head_dim), rows.astype(np.int64)
         if queries.shape[1] != self.head_dim:
@@ -112,7 +115,9 @@ class MemoryStore:
         """The flat index's own contiguous copy of the head, viewed as a numpy array (no copy)."""
         import faiss
 
-        return faiss.rev_swig_ptr(self._head_index.get_xb(), len(self) * self.head_dim).reshape(len(self), self.head_dim)
+        return faiss.rev_swig_ptr(self._head_index.get_xb(), len(self) * self.head_dim).reshape(
+            len(self), self.head_dim
+        )
 
     def gather(self, rows: np.ndarray, dim: int) -> np.ndarray:
         # column-slice first: numpy's mixed fancy+slice indexing is several times slower
@@ -145,7 +150,9 @@ class MemoryStore:
         best_scores = np.zeros((len(queries), 0), np.float32)
         best_rows = np.zeros((len(queries), 0), np.int64)
         for start in range(0, len(self), EXACT_BLOCK):
-            rows = np.asarray(self.full[start : start + EXACT_BLOCK, :dim] if prefix else self.full[start : start + EXACT_BLOCK])
+            rows = np.asarray(
+                self.full[start : start + EXACT_BLOCK, :dim] if prefix else self.full[start : start + EXACT_BLOCK]
+            )
             block = queries @ (normalize(rows) if prefix else rows).T
             take = min(k, block.shape[1])
             part = np.argpartition(-block, take - 1, axis=1)[:, :take]

@@ -16,9 +16,9 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -134,10 +134,14 @@ class MilvusStore:
             raise StoreError(f"Milvus returns at most {MAX_TOPK} results per search; shortlist {n} is too long")
         self._cache = {}
         if queries.shape[1] != self.head_dim:
-            raise StoreError(f"this Milvus index searches a {self.head_dim}-dim head; the schedule's first stage "
-                             f"must use {self.head_dim} dims, not {queries.shape[1]}")
+            raise StoreError(
+                f"this Milvus index searches a {self.head_dim}-dim head; the schedule's first stage "
+                f"must use {self.head_dim} dims, not {queries.shape[1]}"
+            )
         if self.binary_head:
-            distances, rows = self._search(self.head_name, [bytes(c) for c in binary_codes(queries, self.head_dim)], n, "HAMMING")
+            distances, rows = self._search(
+                self.head_name, [bytes(c) for c in binary_codes(queries, self.head_dim)], n, "HAMMING"
+            )
             return hamming_similarity(distances, self.head_dim), rows
         return self._search(self.head_name, np.asarray(queries, np.float32).tolist(), n)
 
@@ -230,8 +234,15 @@ class MilvusBuilder:
     def full_array(self, count: int, dim: int) -> np.ndarray:
         return np.lib.format.open_memmap(self.staging / "full.npy", mode="w+", dtype=np.float32, shape=(count, dim))
 
-    def commit(self, full: np.ndarray, ids: Sequence[str], texts: Sequence[str], meta: IndexMeta,
-               progress=None, head_source: np.ndarray | None = None) -> IndexMeta:
+    def commit(
+        self,
+        full: np.ndarray,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        meta: IndexMeta,
+        progress=None,
+        head_source: np.ndarray | None = None,
+    ) -> IndexMeta:
         """Write a new generation and switch the pointer to it; returns the metadata as stored.
         ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
         from pymilvus import DataType, MilvusClient
@@ -252,7 +263,9 @@ class MilvusBuilder:
             if kind == "binary":
                 index.add_index(field_name="vector", index_type="BIN_FLAT", metric_type="HAMMING")
             elif kind == "hnsw" and not self.uri.endswith(".db"):
-                index.add_index(field_name="vector", index_type="HNSW", metric_type="IP", params={"M": 32, "efConstruction": 80})
+                index.add_index(
+                    field_name="vector", index_type="HNSW", metric_type="IP", params={"M": 32, "efConstruction": 80}
+                )
             else:
                 index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
             self.client.create_collection(name, schema=schema, index_params=index)
@@ -266,10 +279,18 @@ class MilvusBuilder:
             else:
                 heads = normalize(source[:, : meta.head_dim]).tolist()
             self.client.insert(head_name, [{"row": r, "vector": heads[r - start]} for r in range(start, stop)])
-            self.client.insert(full_name, [
-                {"row": r, "doc_id": str(ids[r])[:1024], "text": _clip(texts[r]), "vector": block[r - start].tolist()}
-                for r in range(start, stop)
-            ])
+            self.client.insert(
+                full_name,
+                [
+                    {
+                        "row": r,
+                        "doc_id": str(ids[r])[:1024],
+                        "text": _clip(texts[r]),
+                        "vector": block[r - start].tolist(),
+                    }
+                    for r in range(start, stop)
+                ],
+            )
             if progress:
                 progress(stop - start)
         for name in (head_name, full_name):
