@@ -17,7 +17,7 @@ def test_demo_runs_offline_end_to_end_and_serves(demo_server):
     demo = demo_server.output_dir
     assert "\r" not in output  # progress as plain lines, not a bar redrawn in place
     assert "SQuAD" in output and "nDCG@10 per prefix" in output and "Funnel vs exact search" in output
-    assert "Serving 117659 documents" in output and demo_server.url.replace("127.0.0.1", "localhost") in output
+    assert "Serving 117,659 documents" in output and demo_server.url.replace("127.0.0.1", "localhost") in output
     report = json.loads((demo / "demo.json").read_text())
     quality = report["quality"]
     assert set(quality) == {"wordllama truncate", "MiniLM truncate", "MiniLM pca"}

@@ -337,7 +337,7 @@ def index(
                 progress=lambda n: progress.advance(step, n),
             )
         console.print(
-            f"Indexed [bold]{meta.count}[/bold] documents into [bold]{db}[/bold]: model {meta.model or '(vectors)'}, "
+            f"Indexed [bold]{meta.count:,}[/bold] documents into [bold]{db}[/bold]: model {meta.model or '(vectors)'}, "
             f"{meta.full_dim} dims, head {meta.head_dim}{' bits (binary)' if meta.binary_head else ''}"
         )
         tuned = meta.autotune
@@ -414,7 +414,7 @@ def search(
         result = opened.search_vectors(vectors, k, schedule=plan, exact=exact, dim=dim)
         hits = opened.hits(result)
         for label, found in list(zip(labels, hits))[:show]:
-            console.print(hits_table(label, found))
+            console.print(hits_table(label, found, min(console.width, 160)))
         described = f"{dim}-dim prefix" if dim else "exact" if exact else str(plan)
         per_stage = "  ".join(
             f"{d}d→{n}: {1000 * s:.1f} ms"
@@ -432,16 +432,27 @@ def search(
             console.print(f"JSON written to [bold]{json_path}[/bold]")
 
 
-def hits_table(label: str, found) -> Table:
-    """One query's hits; rank, score and id keep their width however narrow the terminal."""
-    table = Table(title=Text(label[:100]), title_justify="left", expand=False)
-    table.add_column("#", justify="right", no_wrap=True, min_width=2)
-    table.add_column("score", justify="right", no_wrap=True, min_width=6)
-    table.add_column("id", no_wrap=True, overflow="ellipsis", min_width=6, max_width=30)
-    table.add_column("text", overflow="ellipsis", no_wrap=True, max_width=80)
-    for hit in found.to_list():
-        table.add_row(str(hit["rank"]), f"{hit['score']:.4f}", Text(hit["id"]), Text(hit["text"]))
+def hits_table(label: str, found, width: int) -> Table:
+    """One query's hits in ``width`` columns: rank, score and id keep their width, the text gets
+    the rest and ends in an ellipsis (rich would rather squeeze the narrow columns to nothing)."""
+    hits = found.to_list()
+    rank_width = len(str(len(hits))) + 1
+    id_width = min(ID_WIDTH, width // 4, max([len(h["id"]) for h in hits] + [2]))
+    text_width = max(10, width - rank_width - SCORE_WIDTH - id_width - 13)  # 13: borders and padding
+    table = Table(title=Text(label[:100]), title_justify="left")
+    table.add_column("#", justify="right", width=rank_width, no_wrap=True)
+    table.add_column("score", justify="right", width=SCORE_WIDTH, no_wrap=True)
+    table.add_column("id", width=id_width, no_wrap=True, overflow="ellipsis")
+    table.add_column("text", width=text_width, no_wrap=True, overflow="ellipsis")
+    for hit in hits:
+        text = " ".join(hit["text"].split())
+        text = text if len(text) <= text_width else text[: text_width - 1] + "…"
+        table.add_row(str(hit["rank"]), f"{hit['score']:.4f}", Text(hit["id"]), Text(text))
     return table
+
+
+ID_WIDTH = 30
+SCORE_WIDTH = 7
 
 
 @app.command()
@@ -650,7 +661,7 @@ def _serve(opened, host: str, port: int, limits) -> None:
 
     url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
     console.print(
-        f"Serving [bold]{opened.meta.count}[/bold] documents ({opened.meta.model or 'vectors'}) at "
+        f"Serving [bold]{opened.meta.count:,}[/bold] documents ({opened.meta.model or 'vectors'}) at "
         f"[bold link={url}]{url}[/bold link]   API docs: {url}docs   Ctrl-C stops."
     )
     run_server(opened, host=host, port=port, limits=limits)

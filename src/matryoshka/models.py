@@ -145,8 +145,7 @@ def load_model(
     An adapter from ``matryoshka adapt`` is put on top with :func:`matryoshka.adapt.with_adapter`."""
     alias = MODEL_ALIASES.get(name.lower())
     if alias == "wordllama":
-        import wordllama
-
+        wordllama = _import_keeping_logging("wordllama")
         model = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
         return WordLlamaEncoder(model)
     if alias == "minilm":
@@ -164,6 +163,20 @@ def load_model(
             "and HF_HUB_OFFLINE=1 forbids downloading it from the hub"
         )
     return _load_sentence_transformer(name, name, query_prompt, document_prompt, device)
+
+
+def _import_keeping_logging(name: str):
+    """Import a module that sets up the root logger when imported (wordllama does), and put the
+    caller's logging back as it was."""
+    import importlib
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    module = importlib.import_module(name)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    return module
 
 
 def _load_sentence_transformer(

@@ -189,6 +189,8 @@ class HammingShortlist:
         self.sample = faiss.IndexBinaryFlat(self.bits)
         self.sample.use_heap = False
         self.sample.add(np.ascontiguousarray(codes[_sample_columns(self.count)], dtype=np.uint8))
+        # FAISS's first search starts its thread pool: do it here rather than in the first query
+        self.search(np.zeros((1, self.bits // 8), dtype=np.uint8), min(self.count, 100))
 
     def search(self, codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(distances, rows), each (queries, n), rows in no particular order."""
