@@ -53,3 +53,30 @@ def test_a_failing_batch_fails_each_of_its_items_and_the_worker_lives_on():
         batcher.submit(1).result(timeout=10)
     assert batcher.submit(2).result(timeout=10) == 2
     batcher.stop()
+
+
+def test_a_poisoned_batch_is_answered_item_by_item_so_only_the_bad_item_fails():
+    """One item that makes the whole batch call raise (as a text a tokenizer cannot take would)
+    fails alone: the others of its batch are answered again, each on its own."""
+    release = threading.Event()
+
+    def answer(items):
+        release.wait(timeout=10)
+        if "poison" in items:
+            raise UnicodeEncodeError("utf-8", "poison", 0, 1, "surrogates not allowed")
+        return [item.upper() for item in items]
+
+    batcher = MicroBatcher(answer, max_batch=64)
+    batcher.start()
+    first = batcher.submit("first")  # holds the worker while the rest queue up into one batch
+    futures = {item: batcher.submit(item) for item in ["a", "b", "poison", "c", "d"]}
+    release.set()
+    assert first.result(timeout=10) == "FIRST"
+    for item, future in futures.items():
+        if item == "poison":
+            with pytest.raises(UnicodeEncodeError):
+                future.result(timeout=10)
+        else:
+            assert future.result(timeout=10) == item.upper()
+    assert batcher.retried == 1
+    batcher.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,30 @@ def test_pairs_and_scored_pairs(tmp_path):
     assert "different set of fields" in str(_error(read_pairs, tmp_path / "mixed.jsonl"))
     write_jsonl(tmp_path / "wrong.jsonl", [{"left": "a", "right": "b"}])
     assert "a pair needs one of" in str(_error(read_pairs, tmp_path / "wrong.jsonl"))
+
+
+def test_a_byte_that_is_not_utf8_is_reported_on_its_own_line(tmp_path):
+    """Decoding line by line: the line named is the one holding the byte, however far into the file."""
+    lines = [json.dumps({"id": i, "text": f"document {i}"}).encode() + b"\n" for i in range(1500)]
+    lines[20] = b'{"id": 20, "text": "bad \xff byte"}\n'
+    cases = {
+        "bad.jsonl": b"".join(lines),
+        "bad.csv": b"id,text\n1,ok\n2,bad \xfe\n3,ok\n",
+        "bad.txt": b"ok\nok\nbad \xfe\nok\n",
+        "bad.tsv": b"id\ttext\n" + b"".join(b"%d\tok\n" % i for i in range(2000)) + b"x\tbad \xc3\n",
+    }
+    expected = {"bad.jsonl": 21, "bad.csv": 3, "bad.txt": 3, "bad.tsv": 2002}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        error = _error(read_texts, tmp_path / name)
+        assert error.line == expected[name] and "not valid UTF-8" in str(error), (name, str(error))
+    gz = tmp_path / "bad.jsonl.gz"
+    gz.write_bytes(gzip.compress(cases["bad.jsonl"]))
+    assert _error(read_texts, gz).line == 21
+
+
+def test_a_null_text_is_named_as_null_not_missing(tmp_path):
+    path = tmp_path / "null.jsonl"
+    path.write_text('{"id": "a", "text": "fine"}\n{"id": "x", "text": null}\n')
+    error = _error(read_texts, path)
+    assert error.line == 2 and "field 'text' is null" in str(error)

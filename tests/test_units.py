@@ -288,3 +288,28 @@ def test_progress_in_a_log_is_plain_lines():
     lines = stream.getvalue().splitlines()
     assert "\r" not in stream.getvalue() and len(lines) == 11  # 0%, 10%, … 100%
     assert lines[-1].startswith("Encoding: 100% (1,000 of 1,000)")
+
+
+def test_autotune_groups_make_every_kind_of_query_reach_the_target():
+    """Mean recall over all queries can hide one kind that misses; with groups the worst kind's
+    lower bound decides."""
+    from matryoshka.funnel import _worst_bound
+
+    easy, hard = np.ones(200), np.r_[np.ones(90), np.zeros(10)]
+    recalls = np.r_[easy, hard]
+    groups = np.array(["long"] * 200 + ["word"] * 100)
+    assert _worst_bound(recalls, None) > 0.9 > _worst_bound(recalls, groups)
+    assert _worst_bound(recalls, groups) == _worst_bound(hard, None)
+
+
+def test_tuning_texts_have_three_kinds_in_equal_shares():
+    from matryoshka.samples import tuning_texts
+
+    texts = [f"the river number {i} runs through a quiet green valley towards the sea" for i in range(50)]
+    samples, kinds = tuning_texts(texts, 30)
+    assert len(samples) == len(kinds) == 30 and {kinds.count(k) for k in ("word", "short", "long")} == {10}
+    for sample, kind in zip(samples, kinds):
+        words = len(sample.split())
+        assert (
+            (kind == "word" and words == 1) or (kind == "short" and 2 <= words <= 3) or (kind == "long" and words >= 4)
+        )

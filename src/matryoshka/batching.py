@@ -4,7 +4,8 @@ Encoding one query costs nearly as much as encoding thirty (a transformer's fixe
 call), and the funnel re-ranks a whole batch with one product per stage. So concurrent requests
 are queued, and one worker thread takes everything that is waiting and answers it in one call.
 A lone request is never held back to wait for company: batches form only from requests that
-arrived while the previous batch was being answered.
+arrived while the previous batch was being answered. A batch that fails as a whole is answered
+again item by item, so one bad request fails alone.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class MicroBatcher(Generic[Item, Answer]):
         self._thread: threading.Thread | None = None
         self.batches = 0
         self.items = 0
+        self.retried = 0  # batches that failed as a whole and were answered item by item
 
     def start(self) -> None:
         if self._thread is None:
@@ -76,11 +78,21 @@ class MicroBatcher(Generic[Item, Answer]):
         self.batches += 1
         self.items += len(batch)
         try:
-            answers = self._answer_batch([item for item, _ in batch])
-        except BaseException as exc:  # noqa: BLE001 - handed to every caller in the batch
-            answers = [exc] * len(batch)
+            answers = list(self._answer_batch([item for item, _ in batch]))
+        except Exception as exc:  # noqa: BLE001 - one bad item must not fail the others: answer each alone
+            if len(batch) == 1:
+                answers = [exc]
+            else:
+                self.retried += 1
+                answers = [self._answer_one(item) for item, _ in batch]
         for (_, future), answer in zip(batch, answers):
             if isinstance(answer, BaseException):
                 future.set_exception(answer)
             else:
                 future.set_result(answer)
+
+    def _answer_one(self, item: Item) -> Answer | BaseException:
+        try:
+            return self._answer_batch([item])[0]
+        except Exception as exc:  # noqa: BLE001 - this item's own failure, for its caller alone
+            return exc

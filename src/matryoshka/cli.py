@@ -660,11 +660,14 @@ def _serve(opened, host: str, port: int, limits) -> None:
     from .server import serve as run_server
 
     url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
-    console.print(
-        f"Serving [bold]{opened.meta.count:,}[/bold] documents ({opened.meta.model or 'vectors'}) at "
-        f"[bold link={url}]{url}[/bold link]   API docs: {url}docs   Ctrl-C stops."
-    )
-    run_server(opened, host=host, port=port, limits=limits)
+
+    def ready() -> None:  # printed once the port is ours, not before
+        console.print(
+            f"Serving [bold]{opened.meta.count:,}[/bold] documents ({opened.meta.model or 'vectors'}) at "
+            f"[bold link={url}]{url}[/bold link]   API docs: {url}docs   Ctrl-C stops."
+        )
+
+    run_server(opened, host=host, port=port, limits=limits, on_ready=ready)
 
 
 @app.command()
@@ -676,6 +679,9 @@ def serve(
     max_k: int = typer.Option(100, min=1, help="Largest k a /search may ask for."),
     max_texts: int = typer.Option(64, min=1, help="Most texts per /embed or /similarity request."),
     max_text_chars: int = typer.Option(2000, min=1, help="Longest text (characters) any request may send."),
+    read_timeout: float = typer.Option(
+        10.0, min=0.1, help="Seconds a client has to send a request's headers, and then its body, before it is cut off."
+    ),
 ) -> None:
     """Serve an index over HTTP: a JSON API (/search, /embed, /similarity, /info, /healthz; docs at
     /docs) and a web page at / where a dimension slider shows how results change with the prefix length.
@@ -695,7 +701,8 @@ def serve(
         opened = Index(db, collection=collection)
         with console.status("Loading the model…"):
             _ = opened.encoder
-        _serve(opened, host, port, Limits(max_k=max_k, max_texts=max_texts, max_text_chars=max_text_chars))
+        limits = Limits(max_k=max_k, max_texts=max_texts, max_text_chars=max_text_chars, read_timeout_s=read_timeout)
+        _serve(opened, host, port, limits)
 
 
 @app.command()

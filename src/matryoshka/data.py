@@ -61,27 +61,38 @@ class RetrievalData:
 # --------------------------------------------------------------------------- files
 
 
-def open_text(path: Path | str) -> io.TextIOBase:
-    """Open a UTF-8 text file, transparently un-gzipping ``*.gz``."""
+def open_binary(path: Path | str) -> io.BufferedIOBase:
+    """Open a file for reading bytes, transparently un-gzipping ``*.gz``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "no such file")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    try:
+        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    except OSError as exc:
+        raise DataError(path, f"cannot be read: {exc.strerror or exc}") from None
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines, each decoded on its own, so that a byte that is not UTF-8 is reported on
+    its own line (a decoder reading ahead in blocks would name the block's first line)."""
+    with open_binary(path) as handle:
+        number = 0
+        try:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    yield number, raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(
+                        path, f"not valid UTF-8 ({exc.reason} at byte {exc.start + 1} of the line)", number
+                    ) from None
+        except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
+            raise DataError(path, f"cannot be read: {exc}", number + 1) from None
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered lines without their line ending; decoding errors name the line."""
-    with open_text(path) as handle:
-        number = 0
-        try:
-            for number, line in enumerate(handle, start=1):
-                yield number, line.rstrip("\r\n")
-        except UnicodeDecodeError as exc:
-            raise DataError(path, f"not valid UTF-8 ({exc.reason})", number + 1) from exc
-        except (OSError, EOFError) as exc:
-            raise DataError(path, f"cannot be read: {exc}") from exc
+    """Numbered lines without their line ending."""
+    for number, line in _decoded_lines(path):
+        yield number, line.rstrip("\r\n")
 
 
 def _format_of(path: Path) -> str:
@@ -135,20 +146,20 @@ def read_records(path: Path | str) -> Iterator[tuple[int, dict]]:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    with open_text(path) as handle:
-        reader = csv.reader(handle)
-        try:
-            for fields in reader:
-                yield reader.line_num, fields
-        except csv.Error as exc:
-            raise DataError(path, f"malformed CSV: {exc}", reader.line_num) from exc
-        except UnicodeDecodeError as exc:
-            raise DataError(path, f"not valid UTF-8 ({exc.reason})", reader.line_num + 1) from exc
+    lines = _decoded_lines(path)
+    reader = csv.reader(line for _, line in lines)
+    try:
+        for fields in reader:
+            yield reader.line_num, fields
+    except csv.Error as exc:
+        raise DataError(path, f"malformed CSV: {exc}", reader.line_num) from exc
 
 
 def _text_field(path: Path, number: int, record: dict, key: str, *, required: bool = True) -> str | None:
     value = record.get(key)
     if value is None:
+        if required and key in record:
+            raise DataError(path, f"field {key!r} is null; it must be a string", number)
         if required:
             raise DataError(path, f"missing field {key!r} (fields present: {', '.join(record) or 'none'})", number)
         return None

@@ -277,6 +277,14 @@ def recall_lower_bound(recalls: np.ndarray, z: float = 1.645) -> float:
     return float(np.mean(recalls) - z * np.std(recalls, ddof=1) / np.sqrt(len(recalls)))
 
 
+def _worst_bound(recalls: np.ndarray, groups: np.ndarray | None) -> float:
+    """The 95% lower bound of mean recall over the queries, or the lowest of each group's own."""
+    if groups is None:
+        return recall_lower_bound(recalls)
+    groups = np.asarray(groups)
+    return min(recall_lower_bound(recalls[groups == label]) for label in np.unique(groups))
+
+
 @dataclass(frozen=True)
 class TuneResult:
     schedule: Schedule
@@ -316,15 +324,17 @@ def autotune(
     truth: np.ndarray | None = None,
     head_queries: np.ndarray | None = None,
     two_stage: bool = False,
+    groups: np.ndarray | None = None,
 ) -> TuneResult:
     """The cheapest schedule whose recall@k against exact search on ``sample_queries`` reaches
     ``target_recall`` with 95% confidence (the lower bound over queries, not just the mean, so
     that new queries reach it too) and a margin: the misses it may allow, ``1 - target_recall``,
     are cut by ``TUNE_MARGIN``, because the cheapest of many schedules that pass on one sample is
-    the one most likely to have passed by luck. Falls back to the most accurate one tried if none
-    does. For each head dim
-    it takes the shortest shortlist that reaches the target, cut after the head as sharply as
-    the target allows (by 2, 4 or 8), then halving.
+    the one most likely to have passed by luck. ``groups`` (one label per query: kinds of query,
+    such as single words and sentences) makes every group reach it on its own, so that a mean
+    over easy queries cannot hide a kind that misses. Falls back to the most accurate one tried
+    if none does. For each head dim it takes the shortest shortlist that reaches the target, cut
+    after the head as sharply as the target allows (by 2, 4 or 8), then halving.
 
     Head dims other than the store's own are searched by a slow exact scan; to compare head dims
     fairly, tune one store per head dim (as ``index.tune`` does). A store with a binary head is
@@ -355,13 +365,15 @@ def autotune(
                 recalls = per_query_recall(
                     funnel_search(store, queries, schedule, k, head_queries=head_queries).rows, truth
                 )
-                recall, bound = float(np.mean(recalls)), recall_lower_bound(recalls)
+                recall, bound = float(np.mean(recalls)), _worst_bound(recalls, groups)
                 cost = schedule_cost(schedule, n)
                 tried.append((str(schedule), recall, bound, cost))
                 if fallback is None or recall > fallback.recall:
                     fallback = TuneResult(schedule, recall, cost, ())
-                if bound < required:
+                if recall < required:
                     break  # a sharper cut only loses more
+                if bound < required:
+                    continue  # near the line: a sharper cut may still pass on these queries
                 passed = True
                 if best is None or cost < best.cost:
                     best = TuneResult(schedule, recall, cost, (), True)

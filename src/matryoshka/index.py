@@ -17,7 +17,7 @@ from .adapt import AdaptedEncoder, adapted_queries, load_adapter
 from .errors import MatryoshkaError, StoreError, UsageError
 from .funnel import Schedule, SearchResult, TuneResult, autotune, funnel_search
 from .models import MODEL_ALIASES, Encoder, load_model
-from .samples import AUTOTUNE_SAMPLE, pseudo_queries
+from .samples import AUTOTUNE_SAMPLE, tuning_texts
 from .stores import HEAD_INDEXES, Autotune, IndexMeta, check_ids, open_builder, open_store
 from .stores.memory import MemoryStore
 from .vectors import check_dim, default_head_dim, head_candidates, normalize, validate_vectors
@@ -91,10 +91,13 @@ def build_index(
             written += len(batch)
             if progress:
                 progress(len(batch))
+        groups = None
         if tune_queries is not None:
             queries, source = validate_vectors(tune_queries, dim=full_dim, what="tuning queries"), "given queries"
         elif encoder is not None:
-            queries, source = pseudo_queries(list(texts), encoder), "word windows of corpus texts"
+            samples, groups = tuning_texts(list(texts))
+            queries = encoder.encode(samples, kind="query")
+            source = "words, short and long word windows of corpus texts"
         else:
             queries, source = None, "corpus vectors"
         adapted = normalize(adapter.transform(np.asarray(full))) if adapter is not None else None
@@ -104,6 +107,7 @@ def build_index(
             target_recall=target_recall,
             head_dims=[head_dim] if head_dim else None,
             sample_queries=queries,
+            groups=groups,
             adapter=adapter,
             adapted=adapted,
             head_index=head_index,
@@ -157,8 +161,10 @@ def tune(
     adapter=None,
     adapted: np.ndarray | None = None,
     head_index: str = "flat",
+    groups: Sequence[str] | None = None,
 ) -> TuneResult:
     """Autotune over head dims and shortlists; queries default to a sample of the corpus' own vectors.
+    ``groups`` labels each query's kind; each kind must reach the target on its own.
     With an ``adapter`` (``adapted`` = its re-normalised ``f(full)``) the head is searched in the
     adapter's space and the schedules are two-stage: head, then the original full vectors. A binary
     head is tuned at its own bits (default all d); flat and HNSW heads are tuned as flat ones."""
@@ -182,6 +188,7 @@ def tune(
             k,
             target_recall,
             truth=truth,
+            groups=None if groups is None else np.asarray(groups),
             two_stage=adapter is not None,
             head_queries=None if adapter is None else adapted_queries(adapter, sample_queries, store.head_dim),
         )
@@ -262,6 +269,7 @@ class Index:
         encoder: Encoder | None = None,
     ) -> None:
         """``encoder``: an already loaded model to reuse (checked against the index's, like ``model``)."""
+        self.db, self._options = db, {"head_index": head_index, "collection": collection}
         self.store = open_store(db, head_index=head_index, collection=collection)
         self.meta: IndexMeta = self.store.meta
         self.adapter = None
@@ -300,6 +308,26 @@ class Index:
     def close(self) -> None:
         self.store.close()
 
+    def is_current(self) -> bool:
+        """Whether this is still the index's current state; a build or write since it was opened
+        makes it stale, and :meth:`reopened` opens what replaced it."""
+        return self.store.is_current()
+
+    def reopened(self) -> Index:
+        """The index as it is now, as a new object (this one keeps answering until closed); the
+        loaded model is reused when the index still uses it."""
+        fresh = Index(self.db, **self._options)
+        if (
+            self._encoder is not None
+            and fresh.meta.model is not None
+            and self.meta.model is not None
+            and _canonical(fresh.meta.model) == _canonical(self.meta.model)
+            and (fresh.meta.query_prompt, fresh.meta.document_prompt)
+            == (self.meta.query_prompt, self.meta.document_prompt)
+        ):
+            fresh._encoder = self._encoder
+        return fresh
+
     def __enter__(self) -> Index:
         return self
 
@@ -314,7 +342,13 @@ class Index:
         return tuned.scaled(max(1.0, k / tuned.stages[-1].keep), k, len(self.store))
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encoder.encode(list(texts), kind="query")
+        """Query texts as the index's model encodes them; an empty query is refused (it has no meaning
+        to search for, and a model answers it with an arbitrary or an all-zero vector)."""
+        texts = list(texts)
+        for position, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise UsageError(f"query {position + 1} is empty" if len(texts) > 1 else "the query is empty")
+        return self.encoder.encode(texts, kind="query")
 
     def search(
         self,

@@ -21,6 +21,9 @@ from .vectors import check_dim, truncate
 TextKind = Literal["query", "document"]
 
 DEFAULT_MODEL = "default"
+DEFAULT_MAX_TOKENS = 512  # for a sentence-transformers model that does not say its own
+WORDLLAMA_MAX_TOKENS = 256  # the length WordLlama's l2_supercat model was trained at
+MAX_CHARS_PER_TOKEN = 32  # texts are cut at this many characters per token before tokenizing
 MODEL_ALIASES = {"default": "minilm", "minilm": "minilm", "all-minilm-l6-v2": "minilm", "wordllama": "wordllama"}
 
 
@@ -47,6 +50,7 @@ class _PrefixEncoder:
     """Shared ``encode``: validate, encode at full dimension once, then slice and re-normalise."""
 
     full_dim: int
+    max_tokens: int  # a text is cut to this many tokens before it is encoded (the model's own limit)
     default_batch_size = 32
     batches_per_chunk = 8
 
@@ -59,7 +63,8 @@ class _PrefixEncoder:
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        texts = _check_texts(texts)
+        # cut before tokenizing: a tokenizer's work and memory grow with the whole text, not the part it keeps
+        texts = [text[: self.max_tokens * MAX_CHARS_PER_TOKEN] for text in _check_texts(texts)]
         if dim is not None:
             check_dim(dim, self.full_dim)
         batch_size = batch_size or self.default_batch_size
@@ -89,6 +94,7 @@ class SentenceTransformerEncoder(_PrefixEncoder):
 
     def __post_init__(self) -> None:
         self.full_dim = int(self.model.get_embedding_dimension())
+        self.max_tokens = int(self.model.max_seq_length or DEFAULT_MAX_TOKENS)
 
     def _encode_full(self, texts, kind, batch_size):
         common = dict(batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True)
@@ -111,6 +117,10 @@ class WordLlamaEncoder(_PrefixEncoder):
 
     def __post_init__(self) -> None:
         self.full_dim = int(self.model.embedding.shape[1])
+        self.max_tokens = WORDLLAMA_MAX_TOKENS
+        # WordLlama turns truncation off and pads a batch to its longest text: one long text would
+        # cost (batch x its length x dims) floats
+        self.model.tokenizer.enable_truncation(max_length=self.max_tokens)
 
     def _encode_full(self, texts, kind, batch_size):
         return self.model.embed(texts, norm=False, batch_size=batch_size)
@@ -123,7 +133,17 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ModelError(f"text #{i} is {type(text).__name__}, not a string")
+        check_unicode(text, f"text #{i}")
     return texts
+
+
+def check_unicode(text: str, what: str) -> None:
+    """Refuse a string that is not valid Unicode (a lone surrogate, as JSON's \\ud800 decodes to):
+    tokenizers cannot take it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ModelError(f"{what} is not valid Unicode (a lone surrogate at character {exc.start})") from None
 
 
 def bundled_minilm_path() -> Path:

@@ -104,6 +104,8 @@ def scan_shortlist(queries: np.ndarray, head: np.ndarray, n: int) -> tuple[np.nd
     """
     count = len(head)
     n = min(n, count)
+    if not len(queries):
+        return np.zeros((0, n), np.float32), np.zeros((0, n), np.int64)
     rank = _sample_rank(n, count)
     if rank is None:  # a shortlist near the corpus' size: whole score rows, a block of queries at a time
         block = max(1, SCORE_BLOCK_ELEMENTS // count)

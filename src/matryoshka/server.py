@@ -18,7 +18,6 @@ from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -27,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .batching import MicroBatcher
 from .errors import MatryoshkaError, ModelError, ScheduleError
 from .funnel import Schedule, Stage, check_head
+from .http_guards import BodyGuard, TimedHttpProtocol, bind
 from .index import Index, answers_json, search_mode
+from .models import check_unicode
 from .vectors import check_dim, halving_dims, truncate
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -44,6 +45,7 @@ class Limits:
     max_shortlist: int = 10_000
     max_body_bytes: int = 1_000_000
     max_batch: int = 64  # concurrent /search requests answered by one encode and one funnel call
+    read_timeout_s: float = 10.0  # for a request's headers, and then for its body, to arrive whole
 
 
 class _Body(BaseModel):
@@ -99,15 +101,53 @@ class LimitError(Exception):
 
 class SearchService:
     """The work behind the endpoints, on one index. Encoding and store access each hold a lock:
-    tokenizers and the Milvus store's per-batch cache are not safe to share between threads."""
+    tokenizers and the Milvus store's per-batch cache are not safe to share between threads.
+
+    The service follows its index: :meth:`follow` (run by a background thread) reopens it when a
+    build or a write has replaced it, and searches switch to the new state in one step; until
+    then they answer from the old one, whose files stay open."""
 
     def __init__(self, index: Index, limits: Limits = Limits()) -> None:
         self.index, self.limits = index, limits
-        self.meta = index.meta
-        self.full_dim = index.meta.full_dim
-        self.marks = sorted(halving_dims(self.full_dim, smallest=1))  # d/32 … d: slider marks, default dims
         self._encode_lock = threading.Lock()
         self._store_lock = threading.Lock()
+        self._reopen_lock = threading.Lock()
+
+    @property
+    def meta(self):
+        return self.index.meta
+
+    @property
+    def full_dim(self) -> int:
+        return self.index.meta.full_dim
+
+    @property
+    def marks(self) -> list[int]:
+        """d/32 … d: the slider's marks and the default dims of /similarity."""
+        return sorted(halving_dims(self.full_dim, smallest=1))
+
+    # following the index ------------------------------------------------------------------------
+    def follow(self) -> bool:
+        """Switch to the index's current state if it has changed; True if it did. The new state is
+        opened (and its model loaded) before the switch, so searches never wait for it."""
+        with self._reopen_lock:
+            if self.index.is_current():
+                return False
+            fresh = self.index.reopened()
+            _ = fresh.encoder  # load a new model, if the index now uses one, before switching to it
+            with self._store_lock, self._encode_lock:
+                stale, self.index = self.index, fresh
+            stale.close()
+            return True
+
+    def health(self) -> dict:
+        """A real search through the whole path (encoder aside), or the error that stops it."""
+        probe = np.zeros((1, self.full_dim), np.float32)
+        probe[0, 0] = 1.0
+        with self._store_lock:
+            self.index.search_vectors(probe, 1)
+            documents = len(self.index.store)
+        return {"status": "ok", "documents": documents}
 
     # checks -------------------------------------------------------------------------------------
     def check_texts(self, texts: list[str], field: str) -> None:
@@ -123,6 +163,10 @@ class SearchService:
     def check_text(self, text: str, field: str) -> None:
         if not text.strip():
             raise LimitError(f"{field}: the text is empty")
+        try:
+            check_unicode(text, field)
+        except ModelError as exc:
+            raise LimitError(str(exc)) from None
         if len(text) > self.limits.max_text_chars:
             raise LimitError(
                 f"{field}: {len(text)} characters is more than the limit of {self.limits.max_text_chars}", 413
@@ -185,9 +229,7 @@ class SearchService:
             schedule = self._schedule(request.schedule, k)
         dim = request.dim if request.dim not in (None, self.full_dim) else None
         mode = search_mode(exact=request.exact or request.dim is not None, dim=dim)
-        if mode == "funnel" and schedule is None:
-            schedule = self.index.schedule_for(k)
-        return SearchPlan(request.query, k, mode, dim, schedule)
+        return SearchPlan(request.query, k, mode, dim, schedule)  # no schedule: the index's own, when searched
 
     def search(self, request: SearchRequest) -> dict:
         answer = self.search_many([self.prepare(request)])[0]
@@ -208,11 +250,7 @@ class SearchService:
             plan = plans[positions[0]]
             searched = time.perf_counter()
             try:
-                with self._store_lock:
-                    result = self.index.search_vectors(
-                        queries[positions], plan.k, schedule=plan.schedule, exact=plan.mode == "exact", dim=plan.dim
-                    )
-                    hits = self.index.hits(result)
+                result, hits, schedule = self._search_following(queries[positions], plan)
             except MatryoshkaError as exc:
                 for position in positions:
                     answers[position] = exc
@@ -225,11 +263,29 @@ class SearchService:
                 k=plan.k,
                 mode=plan.mode,
                 dim=plan.dim or self.full_dim,
-                schedule=plan.schedule,
+                schedule=schedule,
             )
             for position, answer in zip(positions, found):
                 answers[position] = {**answer, "encode_ms": encode_ms, "search_ms": search_ms}
         return answers
+
+    def _search_following(self, queries: np.ndarray, plan: SearchPlan):
+        """Search; if the store fails (a Milvus generation dropped by a new build, say), switch to
+        the index's current state and search once more."""
+        for attempt in range(2):
+            try:
+                with self._store_lock:
+                    schedule = plan.schedule or (self.index.schedule_for(plan.k) if plan.mode == "funnel" else None)
+                    result = self.index.search_vectors(
+                        queries, plan.k, schedule=schedule, exact=plan.mode == "exact", dim=plan.dim
+                    )
+                    return result, self.index.hits(result), schedule
+            except MatryoshkaError:
+                raise
+            except Exception:
+                if attempt or not self.follow():
+                    raise
+        raise AssertionError("unreachable")
 
     def _schedule(self, stages: list[tuple[int, int]], k: int) -> Schedule:
         for position, (dim, keep) in enumerate(stages):
@@ -266,11 +322,17 @@ class SearchService:
         }
 
 
+MAX_ECHO_CHARS = 80  # of a field name quoted back in an error; inputs themselves are never echoed
+FOLLOW_INTERVAL_S = 1.0  # how often the server checks whether its index was rebuilt or written
+
+
 def _validation_message(exc: RequestValidationError) -> str:
-    """One line per problem, naming the field: pydantic's own words, or the JSON parser's."""
+    """One line per problem, naming the field: pydantic's own words, or the JSON parser's. The
+    rejected input is never quoted back: it may be huge, or not representable in JSON (NaN)."""
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+        where = where if len(where) <= MAX_ECHO_CHARS else where[: MAX_ECHO_CHARS - 1] + "…"
         if error.get("type") == "json_invalid":
             lines.append(
                 f"malformed JSON: {error.get('ctx', {}).get('error', error.get('msg'))} "
@@ -281,41 +343,63 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(lines)
 
 
-def create_app(index: Index, limits: Limits = Limits()) -> FastAPI:
-    """The FastAPI application: the JSON API, its OpenAPI docs at ``/docs``, and the page at ``/``."""
+class IndexFollower:
+    """A daemon thread that has the service follow its index: a rebuild or a write is served
+    within about ``interval`` seconds, with no request failing on the way."""
+
+    def __init__(self, service: SearchService, interval: float = FOLLOW_INTERVAL_S) -> None:
+        self.service, self.interval = service, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="matryoshka-follower", daemon=True)
+        self.error: str | None = None  # why the last attempt to follow failed, if it did
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.service.follow()
+                self.error = None
+            except Exception as exc:  # noqa: BLE001 - the old state keeps answering; /healthz reports this
+                self.error = f"{type(exc).__name__}: {exc}"
+
+
+def create_app(index: Index, limits: Limits = Limits(), follow_interval: float = FOLLOW_INTERVAL_S) -> FastAPI:
+    """The FastAPI application: the JSON API, its OpenAPI docs at ``/docs`` (served from the
+    package, no CDN), and the page at ``/``."""
+    from fastapi_offline import FastAPIOffline
+
     service = SearchService(index, limits)
     batcher: MicroBatcher[SearchPlan, dict] = MicroBatcher(service.search_many, max_batch=limits.max_batch)
+    follower = IndexFollower(service, follow_interval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
+        follower.start()
         try:
             yield
         finally:
+            follower.stop()
             batcher.stop()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="matryoshka",
         summary="Matryoshka embeddings: funnel search and per-dimension similarity.",
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.service, app.state.batcher = service, batcher
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limits.max_body_bytes:
-            return JSONResponse(
-                {"error": f"request body is {length} bytes; the limit is {limits.max_body_bytes}"}, status_code=413
-            )
-        return await call_next(request)
+    app.state.service, app.state.batcher, app.state.follower = service, batcher, follower
+    app.add_middleware(BodyGuard, max_bytes=limits.max_body_bytes, timeout_s=limits.read_timeout_s)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
-        return JSONResponse(
-            {"error": _validation_message(exc), "detail": jsonable_encoder(exc.errors())}, status_code=422
-        )
+        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
 
     @app.exception_handler(LimitError)
     async def over_limit(request: Request, exc: LimitError):
@@ -325,9 +409,12 @@ def create_app(index: Index, limits: Limits = Limits()) -> FastAPI:
     async def bad_value(request: Request, exc: Exception):
         return JSONResponse({"error": str(exc)}, status_code=422)
 
-    @app.get("/healthz", summary="Liveness: the index is open and answers.")
-    def healthz() -> dict:
-        return {"status": "ok", "documents": len(service.index.store)}
+    @app.get("/healthz", summary="Readiness: a real search through the index answers (503 when it cannot).")
+    def healthz():
+        try:
+            return service.health()
+        except Exception as exc:  # noqa: BLE001 - any failure means this server cannot answer
+            return JSONResponse({"status": "unavailable", "error": f"{type(exc).__name__}: {exc}"}, status_code=503)
 
     @app.get("/info", summary="Model, dimensions, corpus size, default funnel schedule and limits.")
     def info() -> dict:
@@ -354,13 +441,29 @@ def create_app(index: Index, limits: Limits = Limits()) -> FastAPI:
     return app
 
 
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this long
+
+
 def serve(
-    index: Index, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(), log_level: str = "warning"
+    index: Index,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits = Limits(),
+    log_level: str = "warning",
+    on_ready=None,
 ) -> None:
-    """Run the app with uvicorn until interrupted; the index is closed on the way out."""
+    """Take the port (a UsageError if it is busy), then run the app with uvicorn until interrupted;
+    the index is closed on the way out. ``on_ready`` is called once the port is taken."""
     import uvicorn
 
+    sock = bind(host, port)
     try:
-        uvicorn.run(create_app(index, limits), host=host, port=port, log_level=log_level)
+        if on_ready is not None:
+            on_ready()
+        config = uvicorn.Config(
+            create_app(index, limits), log_level=log_level, http=TimedHttpProtocol, timeout_keep_alive=KEEP_ALIVE_S
+        )
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
+        sock.close()
         index.close()

@@ -177,6 +177,11 @@ class Store(Protocol):
         """RAM this process holds for search, beyond memory-mapped or server-side vectors."""
         ...
 
+    def is_current(self) -> bool:
+        """Whether this is still the index's current state (no build or write has replaced it since
+        it was opened): a long-running reader reopens when it is not."""
+        ...
+
     def close(self) -> None:
         """Release files and connections."""
         ...

@@ -40,6 +40,7 @@ from .memory import MemoryStore, make_head_index
 MANIFEST = "manifest.json"
 SEGMENTS = "segments"
 LOCK = ".lock"
+OPEN_ATTEMPTS = 3
 
 
 def read_manifest(root: Path) -> dict:
@@ -73,6 +74,18 @@ class LocalStore(MemoryStore):
 
     def __init__(self, root: Path | str, *, head_index: str | None = None) -> None:
         self.root = Path(root)
+        for attempt in range(OPEN_ATTEMPTS):
+            stamp = _stamp(self.root / MANIFEST)
+            try:
+                self._open(head_index)
+                break
+            except StoreError:
+                # a writer replaced the index (and removed its files) while this opened it: open the new one
+                if attempt == OPEN_ATTEMPTS - 1 or _stamp(self.root / MANIFEST) == stamp:
+                    raise
+        self._stamp = stamp
+
+    def _open(self, head_index: str | None) -> None:
         manifest = read_manifest(self.root)
         meta: IndexMeta = manifest["meta"]
         self.path = self.root / SEGMENTS / manifest["segments"][0]["name"]
@@ -107,8 +120,20 @@ class LocalStore(MemoryStore):
             self._texts = [json.loads(line) for line in self._text_file]
         return super().texts_of(rows)
 
+    def is_current(self) -> bool:
+        return _stamp(self.root / MANIFEST) == self._stamp
+
     def close(self) -> None:
         self._text_file.close()
+
+
+def _stamp(path: Path) -> tuple | None:
+    """What changes when a file is replaced: its inode, size and modification time."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 class LocalBuilder:

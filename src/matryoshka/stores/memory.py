@@ -174,6 +174,10 @@ class MemoryStore:
             return [["" for _ in row] for row in rows]
         return [[self._texts[r] for r in row] for row in rows]
 
+    def is_current(self) -> bool:
+        """Arrays in memory change only through this object."""
+        return True
+
     def close(self) -> None:
         """Nothing to release: memory maps close with the object."""
 

@@ -12,9 +12,11 @@ Aliases and renames would be the natural tools, but Milvus Lite does not impleme
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -36,37 +38,79 @@ MAX_TOPK = 16_384
 CONNECT_TIMEOUT_S = 10
 
 
-def connect(uri: str):
-    """A MilvusClient, or a StoreError that says whether the file or the server is the problem."""
+# Open clients per URI in this process. pymilvus shares one connection among the clients of a URI,
+# and closing any of them closes it for all; so the last one out closes it (and stops a Lite file's server).
+_CLIENTS: dict[str, int] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def connect(uri: str, *, create: bool = True):
+    """A MilvusClient, or a StoreError that says whether the file or the server is the problem.
+    A Milvus Lite file that does not exist is created only when ``create`` (a build) asks for it,
+    and a file that is not Milvus Lite's is never opened: Lite would add its tables to it."""
     from pymilvus import MilvusClient
 
     if uri.endswith(".db"):
         path = Path(uri)
-        if path.exists() and path.is_file() and path.stat().st_size > 0 and not _looks_like_lite(path):
-            raise StoreError(f"{uri} exists but is not a Milvus Lite file")
         if not path.parent.exists():
             raise StoreError(f"{uri}: folder {path.parent} does not exist")
+        if path.exists():
+            check_lite_file(path)
+        elif not create:
+            raise StoreError(f"{uri}: no such Milvus Lite file; build an index there with 'matryoshka index' first")
     try:
-        return MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S)
+        client = MilvusClient(uri=uri, timeout=CONNECT_TIMEOUT_S)
     except Exception as exc:  # pymilvus raises several unrelated types here
         what = "open the Milvus Lite file" if uri.endswith(".db") else "reach the Milvus server"
         raise StoreError(f"could not {what} at {uri}: {exc}") from exc
+    with _CLIENTS_LOCK:
+        _CLIENTS[_key(uri)] = _CLIENTS.get(_key(uri), 0) + 1
+    return client
 
 
 def disconnect(client, uri: str) -> None:
-    """Close the client and, for Milvus Lite, stop the file's server so another process may open it."""
+    """Once no other client of this process uses the URI, close the connection and, for Milvus
+    Lite, stop the file's server so another process may open it."""
+    key = _key(uri)
+    with _CLIENTS_LOCK:
+        _CLIENTS[key] = _CLIENTS.get(key, 1) - 1
+        if _CLIENTS[key] > 0:
+            return
+        del _CLIENTS[key]
     client.close()
     if uri.endswith(".db"):
         from milvus_lite.server_manager import server_manager_instance
 
-        if str(Path(uri).absolute().resolve()) in server_manager_instance._servers:
+        if key in server_manager_instance._servers:
             server_manager_instance.release_server(uri)
 
 
-def _looks_like_lite(path: Path) -> bool:
-    """Milvus Lite keeps its data in a SQLite file."""
+def _key(uri: str) -> str:
+    return str(Path(uri).absolute().resolve()) if uri.endswith(".db") else uri
+
+
+def check_lite_file(path: Path) -> None:
+    """Milvus Lite keeps its data in an SQLite file with a ``collection_meta`` table; anything else
+    (an empty file aside) is someone else's file and is refused, read-only."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder; a Milvus Lite index is a file ending in .db")
+    if path.stat().st_size == 0:
+        return
     with open(path, "rb") as handle:
-        return handle.read(16) == b"SQLite format 3\x00"
+        if handle.read(16) != b"SQLite format 3\x00":
+            raise StoreError(f"{path} exists but is not a Milvus Lite file")
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as database:
+            tables = {name for (name,) in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path} is an SQLite file that cannot be read ({exc})") from None
+    if "collection_meta" not in tables:
+        raise StoreError(
+            f"{path} is an SQLite database but not a Milvus Lite file (its tables: "
+            f"{', '.join(sorted(tables)) or 'none'}); refusing to write into it"
+        )
 
 
 def _meta_name(collection: str) -> str:
@@ -113,18 +157,27 @@ class MilvusStore:
 
     def __init__(self, uri: str, *, collection: str = DEFAULT_COLLECTION, head_index: str | None = None) -> None:
         self.uri, self.collection = uri, collection
-        self.client = connect(uri)
-        pointer = _read_pointer(self.client, collection)
+        self.client = connect(uri, create=False)
+        try:
+            self._open(head_index)
+        except BaseException:
+            disconnect(self.client, uri)
+            raise
+        self._cache: dict[int, np.ndarray] = {}
+
+    def _open(self, head_index: str | None) -> None:
+        pointer = _read_pointer(self.client, self.collection)
         if pointer is None:
-            raise StoreError(f"no matryoshka index {collection!r} at {uri}; run 'matryoshka index --db {uri}' first")
+            raise StoreError(
+                f"no matryoshka index {self.collection!r} at {self.uri}; run 'matryoshka index --db {self.uri}' first"
+            )
         self.generation, self.meta = pointer
         self.full_dim, self.head_dim = self.meta.full_dim, self.meta.head_dim
         self.binary_head = self.meta.binary_head
-        check_head_kind(self.meta.head_index, head_index, f"index {collection!r} at {uri}")
-        self.head_name, self.full_name = _names(collection, self.generation)
+        check_head_kind(self.meta.head_index, head_index, f"index {self.collection!r} at {self.uri}")
+        self.head_name, self.full_name = _names(self.collection, self.generation)
         for name in (self.head_name, self.full_name):
             self.client.load_collection(name)
-        self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.meta.count
@@ -215,6 +268,10 @@ class MilvusStore:
 
     def memory_bytes(self) -> int:
         return 0  # held by the Milvus process, not ours
+
+    def is_current(self) -> bool:
+        pointer = _read_pointer(self.client, self.collection)
+        return pointer is not None and pointer[0] == self.generation
 
     def close(self) -> None:
         """Release the connection (a Milvus Lite file admits one process at a time)."""
