@@ -432,7 +432,7 @@ def fit_query_heads(
     outrank each of a query's full-vector top documents in the head (a *soft rank*), pushed below
     half the shortlist. Each ``G_k`` starts at the linear map closest to ``f(q)[:k]``. Real
     queries matter: on SciFact, corpus sentences alone did not move held-out head recall, while
-    training queries plus those sentences did (see the README's adapter benchmark)."""
+    training queries plus those sentences did (docs/benchmarks.md, adapters)."""
     import torch
 
     s = settings or QueryHeadSettings()

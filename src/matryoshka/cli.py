@@ -145,11 +145,11 @@ def evaluate(
 
     [bold]Examples[/bold]
 
-      matryoshka evaluate --task retrieval --data ../shared/data/scifact --split test --dims 384,192,96,48,24,12 --json out.json
+      matryoshka evaluate --task retrieval --data ./scifact --split test --dims 384,192,96,48,24,12 --json out.json
 
-      matryoshka evaluate --task sts --data ../shared/data/stsb --dims 384,48,12 --plot sts.png
+      matryoshka evaluate --task sts --data ./stsb --dims 384,48,12 --plot sts.png
 
-      matryoshka evaluate --task retrieval --data ../shared/data/scifact --adapter scifact-adapter.npz
+      matryoshka evaluate --task retrieval --data ./scifact --adapter scifact-adapter.npz
     """
     from .adapt import load_adapter
     from .evaluate import parse_dims, parse_methods, planned_steps, run_evaluation
@@ -293,13 +293,13 @@ def index(
 
       matryoshka index --corpus docs.jsonl --db ./my-index
 
-      matryoshka index --model wordllama --corpus ../shared/data/scifact --db scifact.db
+      matryoshka index --model wordllama --corpus ./scifact --db scifact.db
 
       matryoshka index --corpus docs.jsonl --vectors docs.npy --db ./byo-index
 
       matryoshka index --model wordllama --corpus big.jsonl --head-index binary --db ./big-index
 
-      matryoshka index --corpus ../shared/data/scifact --adapter minilm-adapter.npz --db ./adapted-index
+      matryoshka index --corpus ./scifact --adapter minilm-adapter.npz --db ./adapted-index
     """
     from .index import build_index
 
@@ -496,13 +496,13 @@ def adapt(
 
     [bold]Examples[/bold]
 
-      matryoshka adapt --corpus ../shared/data/scifact --output scifact-adapter.npz
+      matryoshka adapt --corpus ./scifact --output scifact-adapter.npz
 
-      matryoshka adapt --corpus ../shared/data/scifact --pairs ../shared/data/scifact --kind learned --output sup.npz
+      matryoshka adapt --corpus ./scifact --pairs ./scifact --kind learned --output sup.npz
 
       matryoshka adapt --corpus docs.jsonl --queries past-queries.txt --kind orthogonal --output with-query-heads.npz
 
-      matryoshka evaluate --task retrieval --data ../shared/data/scifact --adapter scifact-adapter.npz
+      matryoshka evaluate --task retrieval --data ./scifact --adapter scifact-adapter.npz
     """
     import time
 
@@ -608,7 +608,7 @@ def train(
 
     [bold]Examples[/bold]
 
-      matryoshka train --data ../shared/data/stsb --eval-data ../shared/data/stsb --output minilm-sts-matryoshka
+      matryoshka train --data ./stsb --eval-data ./stsb --output minilm-sts-matryoshka
 
       matryoshka train --data pairs.jsonl --dims 384,128,32 --epochs 2 --batch-size 64 --output my-model
     """
