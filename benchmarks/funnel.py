@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from common import machine  # noqa: E402
+from common import expand, machine  # noqa: E402
 
 from matryoshka.funnel import funnel_search, recall_at_k  # noqa: E402
 from matryoshka.index import tune  # noqa: E402
@@ -59,17 +59,6 @@ def load_wordnet() -> tuple[list[str], list[str]]:
     glosses = [s["gloss"] for s in synsets]
     lemmas = [s["lemmas"][0].replace("_", " ").split("(")[0] for s in synsets]
     return glosses, lemmas
-
-
-def expand(vectors: np.ndarray, copies: int, jitter: float, seed: int = 0) -> np.ndarray:
-    """The real vectors plus ``copies`` jittered copies of each, re-normalised."""
-    rng = np.random.default_rng(seed)
-    scale = (vectors.std(axis=0) * jitter).astype(np.float32)
-    parts = [vectors]
-    for _ in range(copies):
-        noisy = vectors + rng.standard_normal(vectors.shape, dtype=np.float32) * scale
-        parts.append(normalize(noisy))
-    return np.concatenate(parts)
 
 
 def timed(run, repeats: int = 1) -> tuple[float, object]:

@@ -293,13 +293,13 @@ def test_progress_in_a_log_is_plain_lines():
 def test_autotune_groups_make_every_kind_of_query_reach_the_target():
     """Mean recall over all queries can hide one kind that misses; with groups the worst kind's
     lower bound decides."""
-    from matryoshka.funnel import _worst_bound
+    from matryoshka.funnel import worst_bound
 
     easy, hard = np.ones(200), np.r_[np.ones(90), np.zeros(10)]
     recalls = np.r_[easy, hard]
     groups = np.array(["long"] * 200 + ["word"] * 100)
-    assert _worst_bound(recalls, None) > 0.9 > _worst_bound(recalls, groups)
-    assert _worst_bound(recalls, groups) == _worst_bound(hard, None)
+    assert worst_bound(recalls, None) > 0.9 > worst_bound(recalls, groups)
+    assert worst_bound(recalls, groups) == worst_bound(hard, None)
 
 
 def test_tuning_texts_have_three_kinds_in_equal_shares():

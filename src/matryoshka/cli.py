@@ -271,7 +271,11 @@ def index(
     ),
     head_index: str = typer.Option(
         "flat",
-        help="Head search: 'flat' (float prefixes, exact scan), 'hnsw' (graph over them; for large corpora) or 'binary' (sign bits searched by Hamming distance: d bits cost the RAM of a d/32 float head and keep far more of the ranking; the fastest head at a million rows).",
+        help="Head search: 'flat' (float prefixes, exact scan), 'hnsw' (graph over them), 'binary' (sign bits "
+        "searched by Hamming distance: d bits cost the RAM of a d/32 float head and keep far more of the ranking; the "
+        "fastest head at a million rows) or 'binary-ivf' (Milvus's BIN_IVF_FLAT over the sign bits). On Milvus these "
+        "are FLAT, HNSW, BIN_FLAT and BIN_IVF_FLAT; Milvus Lite builds only FLAT and BIN_FLAT, and an approximate head "
+        "(hnsw, binary-ivf) is tuned by searching the built index.",
     ),
     k: int = typer.Option(10, min=1, help="The k that autotune tunes the default schedule for."),
     target_recall: float = typer.Option(

@@ -240,9 +240,9 @@ def funnel_showdown(encoder: Encoder, index_dir: Path, progress: Progress = _sil
         lambda q: index.search_vectors(q, 10), single, progress, "Timing the funnel, one query at a time"
     )
     progress("Timing both on a batch", 0, 2)
-    exact_s = _best_seconds(lambda: exact.search(test, 10))
+    exact_s = best_seconds(lambda: exact.search(test, 10))
     progress("Timing both on a batch", 1, 2)
-    funnel_s = _best_seconds(lambda: index.search_vectors(test, 10))
+    funnel_s = best_seconds(lambda: index.search_vectors(test, 10))
     progress("Timing both on a batch", 2, 2)
     seconds["measure"] = time.perf_counter() - started
 
@@ -281,7 +281,8 @@ def _per_query_ms(search: Callable[[np.ndarray], object], queries: np.ndarray, p
     return 1000 * float(np.median(times))
 
 
-def _best_seconds(run: Callable[[], object], repeats: int = BATCH_REPEATS) -> float:
+def best_seconds(run: Callable[[], object], repeats: int = BATCH_REPEATS) -> float:
+    """The fastest of ``repeats`` runs: the run least disturbed by whatever else the machine did."""
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()

@@ -172,6 +172,8 @@ def funnel_search(
     early = queries if head_queries is None else _as_batch(head_queries, store.full_dim)
     schedule.check(store.full_dim, k, len(store))
     check_head(schedule, store)
+    if getattr(store, "runs_stages", False):  # a server runs every stage itself (Milvus)
+        return _server_side(store, queries, early, schedule, k)
     # bound the candidates gathered at once (queries x shortlist x dim) by running the batch in chunks;
     # a store that scores candidates in place holds only their scores
     per_query = max(
@@ -192,6 +194,18 @@ def funnel_search(
         parts[0].stage_keeps,
         [sum(p.stage_seconds[i] for p in parts) for i in range(len(parts[0].stage_seconds))],
     )
+
+
+def _server_side(store: Store, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int) -> SearchResult:
+    """Hand each stage's unit queries to a store that runs the whole funnel (``run_stages``)."""
+    stage_queries = []
+    for position, stage in enumerate(schedule.stages):
+        source = queries if stage.dim == store.full_dim and position else early
+        prefix = source[:, : stage.dim]
+        stage_queries.append(prefix if position == 0 and stage.binary else normalize(prefix))
+    scores, rows, seconds = store.run_stages(stage_queries, [(s.dim, s.keep) for s in schedule.stages], k)
+    keeps = [min(s.keep, len(store)) for s in schedule.stages[:-1]] + [k]
+    return SearchResult(rows[:, :k], scores[:, :k].astype(np.float32), [s.dim for s in schedule.stages], keeps, seconds)
 
 
 def check_head(schedule: Schedule, store: Store) -> None:
@@ -277,7 +291,7 @@ def recall_lower_bound(recalls: np.ndarray, z: float = 1.645) -> float:
     return float(np.mean(recalls) - z * np.std(recalls, ddof=1) / np.sqrt(len(recalls)))
 
 
-def _worst_bound(recalls: np.ndarray, groups: np.ndarray | None) -> float:
+def worst_bound(recalls: np.ndarray, groups: np.ndarray | None) -> float:
     """The 95% lower bound of mean recall over the queries, or the lowest of each group's own."""
     if groups is None:
         return recall_lower_bound(recalls)
@@ -350,7 +364,7 @@ def autotune(
         _, truth = store.exact_search(queries, k)
     binary = getattr(store, "binary_head", False)
     head_dims = [store.head_dim] if binary else sorted(set(head_dims or [store.head_dim]))
-    shortlists = sorted({min(s, n) for s in (shortlists or _shortlist_candidates(k, n)) if s >= k})
+    shortlists = sorted({min(s, n) for s in (shortlists or shortlist_candidates(k, n)) if s >= k})
     tried, best, fallback = [], None, None
     for head in head_dims:
         for shortlist in shortlists:
@@ -365,7 +379,7 @@ def autotune(
                 recalls = per_query_recall(
                     funnel_search(store, queries, schedule, k, head_queries=head_queries).rows, truth
                 )
-                recall, bound = float(np.mean(recalls)), _worst_bound(recalls, groups)
+                recall, bound = float(np.mean(recalls)), worst_bound(recalls, groups)
                 cost = schedule_cost(schedule, n)
                 tried.append((str(schedule), recall, bound, cost))
                 if fallback is None or recall > fallback.recall:
@@ -390,7 +404,7 @@ def two_stage_schedule(full_dim: int, k: int, shortlist: int, head_dim: int, bin
     return Schedule((Stage(head_dim, max(k, shortlist), binary), Stage(full_dim, k)))
 
 
-def _shortlist_candidates(k: int, n: int) -> list[int]:
+def shortlist_candidates(k: int, n: int) -> list[int]:
     """From 2k up to 2,000k in steps of about 1.5x, and the whole corpus when that is small enough to re-rank."""
     steps = (2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000)
     sizes = [k * m for m in steps] + ([n] if n <= 50_000 else [])

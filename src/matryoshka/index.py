@@ -15,14 +15,25 @@ import numpy as np
 
 from .adapt import AdaptedEncoder, adapted_queries, load_adapter
 from .errors import MatryoshkaError, StoreError, UsageError
-from .funnel import Schedule, SearchResult, TuneResult, autotune, funnel_search
+from .funnel import (
+    TUNE_MARGIN,
+    Schedule,
+    SearchResult,
+    TuneResult,
+    autotune,
+    funnel_search,
+    per_query_recall,
+    shortlist_candidates,
+    worst_bound,
+)
 from .models import MODEL_ALIASES, Encoder, load_model
 from .samples import AUTOTUNE_SAMPLE, tuning_texts
-from .stores import HEAD_INDEXES, Autotune, IndexMeta, check_ids, open_builder, open_store
+from .stores import HEAD_INDEXES, Autotune, IndexMeta, check_ids, is_milvus_uri, open_builder, open_store
 from .stores.memory import MemoryStore
 from .vectors import check_dim, default_head_dim, head_candidates, normalize, validate_vectors
 
 ENCODE_CHUNK = 256
+MILVUS_MAX_TOPK = 16_384  # the most results one Milvus search returns
 VECTOR_CHUNK = 8192
 
 
@@ -69,7 +80,8 @@ def build_index(
     if vectors is not None:
         vectors = validate_vectors(vectors, count=len(ids), dim=encoder.full_dim if encoder else None, what="--vectors")
     full_dim = vectors.shape[1] if vectors is not None else encoder.full_dim
-    head_dim = check_head_choice(head_index, head_dim, full_dim)
+    milvus = is_milvus_uri(db)
+    head_dim = check_head_choice(head_index, head_dim, full_dim, milvus=milvus)
     meta = IndexMeta(
         model=encoder.name if encoder is not None else None,
         full_dim=full_dim,
@@ -80,7 +92,7 @@ def build_index(
         document_prompt=getattr(encoder, "document_prompt", None),
         adapter=adapter_path,
     )
-    builder = open_builder(db, collection)
+    builder = open_builder(db, collection, head_index)
     try:
         full = builder.full_array(len(ids), full_dim)
         written = 0
@@ -111,6 +123,8 @@ def build_index(
             adapter=adapter,
             adapted=adapted,
             head_index=head_index,
+            two_stage=milvus,  # on Milvus a stage costs by the ids it handles: one cut after the head is cheapest
+            max_shortlist=MILVUS_MAX_TOPK if milvus else None,
         )
         meta = replace(
             meta,
@@ -131,17 +145,77 @@ def build_index(
         raise
     finally:
         builder.close()
+    if milvus and meta.head_index in APPROXIMATE_HEADS:
+        meta = tune_on_store(db, collection, full, queries, groups, meta, adapter)
     return meta
 
 
-def check_head_choice(head_index: str, head_dim: int | None, full_dim: int) -> int | None:
+APPROXIMATE_HEADS = ("hnsw", "binary-ivf")
+VERIFY_SAMPLE = 300  # tuning queries run through an approximate head in Milvus
+WIDENINGS = (1.0, 1.5, 2.0, 3.0, 5.0)  # of the tuned shortlist, tried after each head setting
+
+
+def tune_on_store(
+    db, collection, full: np.ndarray, queries: np.ndarray | None, groups, meta: IndexMeta, adapter=None
+) -> IndexMeta:
+    """Tune an approximate head (HNSW, BIN_IVF_FLAT) on the real Milvus index: the schedule tuned
+    in memory assumed an exact head, so run it in Milvus on the tuning queries and, until recall
+    reaches the target, search the head more thoroughly (its ``ef`` or ``nprobe``) and then widen
+    the shortlist. What passes is recorded with the index."""
+    if queries is None:
+        return meta
+    sample = np.asarray(queries[:VERIFY_SAMPLE])
+    kinds = None if groups is None else np.asarray(groups[:VERIFY_SAMPLE])
+    k, target = meta.autotune.k, meta.autotune.target_recall
+    required = target + TUNE_MARGIN * (1 - target)
+    truth = MemoryStore(np.asarray(full), min(8, full.shape[1])).exact_search(sample, k)[1]
+    tuned = Schedule.parse(meta.schedule)
+    with Index(db, collection=collection) as index:
+        store = index.store
+        best = None
+        for widen in WIDENINGS:
+            schedule = tuned.scaled(widen, k, min(len(store), MILVUS_MAX_TOPK))
+            for params in store.layout.head_param_ladder():
+                store.layout = replace(store.layout, head_params=params)
+                head_queries = None if adapter is None else adapted_queries(adapter, sample, schedule.head_dim)
+                recalls = per_query_recall(
+                    funnel_search(store, sample, schedule, k, head_queries=head_queries).rows, truth
+                )
+                best = (schedule, params, float(np.mean(recalls)))
+                if worst_bound(recalls, kinds) >= required:
+                    break
+            else:
+                continue
+            break
+        schedule, params, recall = best
+        passed = worst_bound(recalls, kinds) >= required
+        meta = replace(
+            meta,
+            schedule=str(schedule),
+            autotune=replace(
+                meta.autotune,
+                recall=recall,
+                passed=passed,
+                queries=meta.autotune.queries + ", verified on the Milvus index",
+            ),
+        )
+        store.save_tuning(meta, params)
+    return meta
+
+
+def check_head_choice(head_index: str, head_dim: int | None, full_dim: int, *, milvus: bool = False) -> int | None:
     """Fail before any encoding on a head that cannot be built; a binary head defaults to all d
     bits (the bytes of a d/32 float head)."""
     if head_index not in HEAD_INDEXES:
         raise StoreError(f"unknown head index {head_index!r}; choose one of {', '.join(HEAD_INDEXES)}")
+    if head_index == "binary-ivf" and not milvus:
+        raise StoreError(
+            "--head-index binary-ivf is a Milvus server's index (BIN_IVF_FLAT); a local index's binary "
+            "head is an exact scan: use --head-index binary"
+        )
     if head_dim is not None and not 1 <= head_dim <= full_dim:
         raise StoreError(f"head dim {head_dim} is outside 1..{full_dim}")
-    if head_index != "binary":
+    if not head_index.startswith("binary"):
         return head_dim
     bits = head_dim or full_dim
     if bits % 8:
@@ -162,18 +236,21 @@ def tune(
     adapted: np.ndarray | None = None,
     head_index: str = "flat",
     groups: Sequence[str] | None = None,
+    two_stage: bool = False,
+    max_shortlist: int | None = None,
 ) -> TuneResult:
     """Autotune over head dims and shortlists; queries default to a sample of the corpus' own vectors.
     ``groups`` labels each query's kind; each kind must reach the target on its own.
     With an ``adapter`` (``adapted`` = its re-normalised ``f(full)``) the head is searched in the
-    adapter's space and the schedules are two-stage: head, then the original full vectors. A binary
-    head is tuned at its own bits (default all d); flat and HNSW heads are tuned as flat ones."""
+    adapter's space and the schedules are two-stage: head, then the original full vectors; so are
+    they with ``two_stage``. ``max_shortlist``: the longest head answer the store can give. A
+    binary head is tuned at its own bits (default all d); the other heads are tuned as exact ones."""
     if sample_queries is None:
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(full), size=min(AUTOTUNE_SAMPLE, len(full)), replace=False))
         sample_queries = np.asarray(full[rows])
     full_dim = full.shape[1]
-    binary = head_index == "binary"
+    binary = head_index.startswith("binary")
     candidates = sorted(set(head_dims or ([full_dim] if binary else head_candidates(full_dim))))
     kind = "binary" if binary else "flat"
     if adapter is None:
@@ -189,13 +266,20 @@ def tune(
             target_recall,
             truth=truth,
             groups=None if groups is None else np.asarray(groups),
-            two_stage=adapter is not None,
+            two_stage=two_stage or adapter is not None,
+            shortlists=_shortlists(k, len(full), max_shortlist),
             head_queries=None if adapter is None else adapted_queries(adapter, sample_queries, store.head_dim),
         )
         for store in stores
     ]
     passing = [r for r in results if r.passed]
     return min(passing, key=lambda r: r.cost) if passing else max(results, key=lambda r: r.recall)
+
+
+def _shortlists(k: int, count: int, longest: int | None) -> list[int] | None:
+    if longest is None:
+        return None
+    return [s for s in shortlist_candidates(k, count) if s <= longest] or [min(longest, count)]
 
 
 @dataclass

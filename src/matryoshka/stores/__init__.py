@@ -35,12 +35,12 @@ def open_store(db: str | Path, *, head_index: str | None = None, collection: str
     return LocalStore(db, head_index=head_index)
 
 
-def open_builder(db: str | Path, collection: str | None = None):
+def open_builder(db: str | Path, collection: str | None = None, head_index: str = "flat"):
     """A builder that stages a new index at ``db`` and makes it current only when complete."""
     if is_milvus_uri(db):
         from .milvus import DEFAULT_COLLECTION, MilvusBuilder
 
-        return MilvusBuilder(str(db), collection or DEFAULT_COLLECTION)
+        return MilvusBuilder(str(db), collection or DEFAULT_COLLECTION, head_index=head_index)
     from .local import LocalBuilder
 
     return LocalBuilder(db)

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import StoreError
 
 FORMAT_VERSION = 2
-HEAD_INDEXES = ("flat", "hnsw", "binary")
+HEAD_INDEXES = ("flat", "hnsw", "binary", "binary-ivf")  # binary-ivf: Milvus's BIN_IVF_FLAT, on a Milvus server
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class IndexMeta:
 
     @property
     def binary_head(self) -> bool:
-        return self.head_index == "binary"
+        return self.head_index.startswith("binary")
 
     @property
     def autotune_recall(self) -> float | None:
@@ -177,6 +177,11 @@ class Store(Protocol):
         """RAM this process holds for search, beyond memory-mapped or server-side vectors."""
         ...
 
+    # A store that runs every stage of a funnel itself (a database server) says so with
+    # ``runs_stages = True`` and a method ``run_stages(stage_queries, stages, k) -> (scores, rows,
+    # stage_seconds)``, where ``stages`` are (dim, keep) and ``stage_queries`` each stage's unit
+    # queries; the funnel then hands it the whole schedule instead of calling ``rescore`` per stage.
+
     def is_current(self) -> bool:
         """Whether this is still the index's current state (no build or write has replaced it since
         it was opened): a long-running reader reopens when it is not."""
@@ -189,7 +194,7 @@ class Store(Protocol):
 
 def check_head_kind(built: str, asked: str | None, where: str) -> None:
     """A binary head holds only sign bits and a float head holds no bits: neither can be opened as the other."""
-    if asked and (asked == "binary") != (built == "binary"):
+    if asked and asked.startswith("binary") != built.startswith("binary"):
         raise StoreError(
             f"{where} was built with a {built} head; it cannot be searched with a {asked} head "
             f"(rebuild it with --head-index {asked})"

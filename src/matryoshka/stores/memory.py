@@ -66,6 +66,11 @@ class MemoryStore:
         self.head_index_kind = head_index if isinstance(head_index, str) else "hnsw"
         if self.head_index_kind not in HEAD_INDEXES:
             raise StoreError(f"unknown head index {head_index!r}; choose one of {', '.join(HEAD_INDEXES)}")
+        if self.head_index_kind == "binary-ivf":
+            raise StoreError(
+                "binary-ivf is a Milvus server's index (BIN_IVF_FLAT); this store's binary head is an "
+                "exact scan: use --head-index binary"
+            )
         self.binary_head = self.head_index_kind == "binary"
         # the FAISS index keeps its own copy of the head; ours is not kept
         if self.binary_head:
