@@ -207,13 +207,14 @@ def test_index_meta_round_trips_and_refuses_other_formats():
 
 
 def test_every_store_has_the_whole_protocol():
+    from matryoshka.stores.in_memory import InMemoryStore
     from matryoshka.stores.local import LocalStore
     from matryoshka.stores.milvus import MilvusStore
 
     members = [name for name in Store.__dict__ if not name.startswith("_")] + ["__len__"]
     members += list(Store.__annotations__)
     store = MemoryStore(normalize(np.eye(4, 16) + 0.1), 8)
-    for cls in (MemoryStore, LocalStore, MilvusStore):
+    for cls in (MemoryStore, LocalStore, InMemoryStore, MilvusStore):
         missing = [m for m in members if not hasattr(cls, m) and m not in Store.__annotations__]
         assert not missing, (cls.__name__, missing)
     assert all(hasattr(store, m) for m in members)

@@ -357,6 +357,104 @@ def index(
 
 
 @app.command()
+def add(
+    corpus: Path = typer.Option(
+        ...,
+        "--corpus",
+        "-c",
+        help="Documents to add, as for 'index': JSONL/CSV/TSV with 'text' (+ 'id'), TXT, or BEIR.",
+    ),
+    db: str = DbOption,
+    vectors: Path | None = typer.Option(
+        None,
+        help="Their precomputed vectors (.npy, one row per document, in corpus order); else the index's model encodes them.",
+    ),
+    collection: str | None = CollectionOption,
+) -> None:
+    """Add documents to an index while it serves, without rebuilding: a document whose id is
+    already there is replaced (upsert). Durable once this returns. The schedule is re-tuned when
+    the corpus has doubled since it was last tuned.
+
+    [bold]Examples[/bold]
+
+      matryoshka add --db ./my-index --corpus new-docs.jsonl
+
+      matryoshka add --db ./byo-index --corpus new-docs.jsonl --vectors new-docs.npy
+    """
+    from .index import Index
+
+    with user_errors():
+        documents = read_texts(corpus)
+        array = read_vectors(vectors, "vectors") if vectors else None
+        with Index(db, collection=collection) as opened:
+            with _progress() as progress:
+                step = progress.add_task("Encoding" if array is None else "Storing", total=len(documents))
+                report = opened.add(documents.ids, documents.texts, array, progress=lambda n: progress.advance(step, n))
+            console.print(
+                f"Added [bold]{report.added:,}[/bold] and replaced [bold]{report.replaced:,}[/bold] documents in "
+                f"[bold]{db}[/bold]; it now holds {len(opened):,}"
+            )
+
+
+@app.command()
+def delete(
+    ids: list[str] = typer.Argument(None, help="Ids of the documents to delete."),
+    db: str = DbOption,
+    ids_file: Path | None = typer.Option(None, "--ids", help="A text file of ids to delete, one per line."),
+    collection: str | None = CollectionOption,
+) -> None:
+    """Delete documents by id. Ids not in the index are listed, not an error. The rows stay on disk
+    until 'matryoshka compact'; searches skip them at once.
+
+    [bold]Examples[/bold]
+
+      matryoshka delete --db ./my-index doc-17 doc-42
+
+      matryoshka delete --db ./my-index --ids stale-ids.txt
+    """
+    from .data import read_ids
+    from .index import Index
+
+    with user_errors():
+        wanted = list(ids or []) + (read_ids(ids_file) if ids_file else [])
+        if not wanted:
+            raise UsageError("give the ids to delete, as arguments or with --ids FILE")
+        with Index(db, collection=collection) as opened:
+            report = opened.delete(wanted)
+            console.print(
+                f"Deleted [bold]{len(report.deleted):,}[/bold] documents from [bold]{db}[/bold]; it now holds "
+                f"{len(opened):,}"
+            )
+        if report.not_found:
+            shown = ", ".join(report.not_found[:10]) + (" …" if len(report.not_found) > 10 else "")
+            console.print(f"{len(report.not_found):,} id(s) were not in the index: {shown}", markup=False)
+
+
+@app.command()
+def compact(db: str = DbOption, collection: str | None = CollectionOption) -> None:
+    """Merge an index's segments into one, drop deleted rows, and re-tune its search schedule.
+    Searches keep answering meanwhile; the next search after it reads the compacted index.
+
+    [bold]Example[/bold]
+
+      matryoshka compact --db ./my-index
+    """
+    from .index import Index
+
+    with user_errors():
+        with Index(db, collection=collection) as opened:
+            with _progress() as progress:
+                step = progress.add_task("Compacting", total=len(opened))
+                meta = opened.compact(progress=lambda n: progress.advance(step, n))
+            console.print(
+                f"Compacted [bold]{db}[/bold]: {meta.count:,} documents; schedule [bold]{meta.schedule}[/bold] "
+                f"(recall@{meta.autotune.k} {meta.autotune.recall:.3f})"
+                if meta.autotune
+                else f"Compacted [bold]{db}[/bold]: {meta.count:,} documents"
+            )
+
+
+@app.command()
 def search(
     db: str = DbOption,
     query: str | None = typer.Option(None, "--query", "-q", help="One query text."),
@@ -430,6 +528,9 @@ def search(
                 (f"({per_stage}, whole batch)", "dim"),
             )
         )
+        warning = opened.schedule_warning() if mode == "funnel" and schedule is None else None
+        if warning:
+            console.print(Text("Note: " + warning, style="yellow"))
         if json_path:
             answers = answers_json(labels, result, hits, k=k, mode=mode, dim=dim or opened.meta.full_dim, schedule=plan)
             write_json(json_path, {"db": str(db), "results": answers})
@@ -660,7 +761,7 @@ HostOption = typer.Option(
 PortOption = typer.Option(8000, min=1, max=65535, help="TCP port.")
 
 
-def _serve(opened, host: str, port: int, limits) -> None:
+def _serve(opened, host: str, port: int, limits, api_key: str | None = None) -> None:
     from .server import serve as run_server
 
     url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
@@ -668,10 +769,11 @@ def _serve(opened, host: str, port: int, limits) -> None:
     def ready() -> None:  # printed once the port is ours, not before
         console.print(
             f"Serving [bold]{opened.meta.count:,}[/bold] documents ({opened.meta.model or 'vectors'}) at "
-            f"[bold link={url}]{url}[/bold link]   API docs: {url}docs   Ctrl-C stops."
+            f"[bold link={url}]{url}[/bold link]   API docs: {url}docs   "
+            f"{'Writes need the API key' if api_key is not None else 'Read-only'}.   Ctrl-C stops."
         )
 
-    run_server(opened, host=host, port=port, limits=limits, on_ready=ready)
+    run_server(opened, host=host, port=port, limits=limits, on_ready=ready, api_key=api_key)
 
 
 @app.command()
@@ -686,9 +788,18 @@ def serve(
     read_timeout: float = typer.Option(
         10.0, min=0.1, help="Seconds a client has to send a request's headers, and then its body, before it is cut off."
     ),
+    api_key: str | None = typer.Option(
+        None,
+        envvar="MATRYOSHKA_API_KEY",
+        show_envvar=True,
+        help="Take writes (POST /documents, POST /documents/delete) from clients that send this key as "
+        "'Authorization: Bearer <key>'. Without a key the server is read-only. Prefer the environment "
+        "variable: a command line is visible to other users of the machine.",
+    ),
 ) -> None:
     """Serve an index over HTTP: a JSON API (/search, /embed, /similarity, /info, /healthz; docs at
     /docs) and a web page at / where a dimension slider shows how results change with the prefix length.
+    With an API key it also takes writes while it serves; searches see them at once.
 
     [bold]Examples[/bold]
 
@@ -697,6 +808,11 @@ def serve(
       matryoshka serve --db scifact.db --port 9000
 
       curl -s localhost:8000/search -H 'content-type: application/json' -d '{"query": "what causes tides?", "k": 5}'
+
+      MATRYOSHKA_API_KEY=s3cret matryoshka serve --db ./my-index
+
+      curl -s localhost:8000/documents -H 'authorization: Bearer s3cret' -H 'content-type: application/json' \\
+        -d '{"documents": [{"id": "n1", "text": "Spring tides follow the full moon."}]}'
     """
     from .index import Index
     from .server import Limits
@@ -706,7 +822,7 @@ def serve(
         with console.status("Loading the model…"):
             _ = opened.encoder
         limits = Limits(max_k=max_k, max_texts=max_texts, max_text_chars=max_text_chars, read_timeout_s=read_timeout)
-        _serve(opened, host, port, limits)
+        _serve(opened, host, port, limits, api_key)
 
 
 @app.command()

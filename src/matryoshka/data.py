@@ -203,6 +203,15 @@ def read_texts(path: Path | str) -> Corpus:
     return Corpus(ids, texts)
 
 
+def read_ids(path: Path | str) -> list[str]:
+    """Document ids, one per line (blank lines skipped, surrounding spaces dropped)."""
+    path = Path(path)
+    ids = [line.strip() for _, line in _lines(path) if line.strip()]
+    if not ids:
+        raise DataError(path, "holds no ids")
+    return ids
+
+
 def read_pairs(path: Path | str) -> Pairs:
     """Pairs from JSONL/CSV/TSV. Columns: (anchor|sentence1|query|text1, positive|sentence2|document|text2)
     with an optional ``negative`` and an optional ``score``/``label`` (a float, for scored pairs)."""

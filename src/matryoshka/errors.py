@@ -36,6 +36,10 @@ class StoreError(MatryoshkaError):
     """An index that cannot be opened, built or searched as asked."""
 
 
+class BusyError(StoreError):
+    """Another writer holds the index; the write was not started (try again when it is done)."""
+
+
 class ScheduleError(MatryoshkaError):
     """A funnel schedule that cannot work (found before any search starts)."""
 

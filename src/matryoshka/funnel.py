@@ -149,6 +149,7 @@ class SearchResult:
     stage_dims: list[int] = field(default_factory=list)
     stage_keeps: list[int] = field(default_factory=list)
     stage_seconds: list[float] = field(default_factory=list)
+    source: Store | None = field(default=None, repr=False)  # the store the rows number (set by Index)
 
     @property
     def seconds(self) -> float:

@@ -26,10 +26,21 @@ from .funnel import (
     shortlist_candidates,
     worst_bound,
 )
-from .models import MODEL_ALIASES, Encoder, load_model
+from .models import MODEL_ALIASES, Encoder, check_unicode, load_model
 from .samples import AUTOTUNE_SAMPLE, tuning_texts
-from .stores import HEAD_INDEXES, Autotune, IndexMeta, check_ids, is_milvus_uri, open_builder, open_store
+from .stores import (
+    HEAD_INDEXES,
+    Autotune,
+    IndexMeta,
+    Store,
+    check_ids,
+    is_milvus_uri,
+    open_builder,
+    open_store,
+    open_writer,
+)
 from .stores.memory import MemoryStore
+from .stores.segments import DeleteReport, UpsertReport, check_batch_ids
 from .vectors import check_dim, default_head_dim, head_candidates, normalize, validate_vectors
 
 ENCODE_CHUNK = 256
@@ -151,6 +162,7 @@ def build_index(
 
 
 APPROXIMATE_HEADS = ("hnsw", "binary-ivf")
+RETUNE_TEXTS = 5000  # documents whose texts re-tuning draws its sample queries from
 VERIFY_SAMPLE = 300  # tuning queries run through an approximate head in Milvus
 WIDENINGS = (1.0, 1.5, 2.0, 3.0, 5.0)  # of the tuned shortlist, tried after each head setting
 
@@ -354,8 +366,7 @@ class Index:
     ) -> None:
         """``encoder``: an already loaded model to reuse (checked against the index's, like ``model``)."""
         self.db, self._options = db, {"head_index": head_index, "collection": collection}
-        self.store = open_store(db, head_index=head_index, collection=collection)
-        self.meta: IndexMeta = self.store.meta
+        self.store: Store = open_store(db, head_index=head_index, collection=collection)
         self.adapter = None
         if self.meta.adapter:
             try:
@@ -389,6 +400,29 @@ class Index:
             )
         return self._encoder
 
+    @property
+    def meta(self) -> IndexMeta:
+        return self.store.meta
+
+    def __len__(self) -> int:
+        """Live documents."""
+        return len(self.current_store())
+
+    def current_store(self) -> Store:
+        """The store as of now: when a write (here or in another process) has replaced what this
+        index opened, the new state is opened, so every search sees every write acknowledged
+        before it started. The old store stays usable by searches still running on it. An index
+        rebuilt with another model or adapter is not followed here (this object's encoder would
+        be wrong for it): :meth:`reopened` makes the new Index."""
+        store = self.store
+        if not store.is_current():
+            fresh = open_store(self.db, previous=store, **self._options)
+            if fresh.meta.model != store.meta.model or fresh.meta.adapter != store.meta.adapter:
+                fresh.close()  # queries must be encoded another way: only a new Index (reopened()) can follow
+                return store
+            self.store = store = fresh
+        return store
+
     def close(self) -> None:
         self.store.close()
 
@@ -418,12 +452,150 @@ class Index:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def schedule_for(self, k: int) -> Schedule:
+    def schedule_for(self, k: int, store: Store | None = None) -> Schedule:
         """The autotuned schedule, its keeps scaled up when more than the tuned k is asked for."""
-        tuned = Schedule.parse(self.meta.schedule) if self.meta.schedule else None
+        store = store or self.store
+        meta = store.meta
+        tuned = Schedule.parse(meta.schedule) if meta.schedule else None
         if tuned is None:
-            return Schedule.halving(self.meta.full_dim, k, max(100, 10 * k), self.meta.head_dim)
-        return tuned.scaled(max(1.0, k / tuned.stages[-1].keep), k, len(self.store))
+            return Schedule.halving(meta.full_dim, k, max(100, 10 * k), meta.head_dim)
+        return tuned.scaled(max(1.0, k / tuned.stages[-1].keep), k, max(k, len(store)))
+
+    def schedule_warning(self) -> str | None:
+        """A sentence when the stored schedule was tuned for a corpus of very different size (it
+        may then miss the recall it was tuned for, or spend more than it needs)."""
+        store = self.current_store()
+        tuned = store.meta.autotune
+        if tuned is None or not tuned.corpus_size:
+            return None
+        ratio = len(store) / tuned.corpus_size
+        if 0.5 <= ratio <= 2:
+            return None
+        return (
+            f"the search schedule was tuned on {tuned.corpus_size:,} documents and the index now holds "
+            f"{len(store):,}; run 'matryoshka compact --db {self.db}' to re-tune it"
+        )
+
+    # writes ------------------------------------------------------------------------------------
+    def add(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str] | None = None,
+        vectors: np.ndarray | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> UpsertReport:
+        """Add documents, or replace those whose id is already in the index (upsert). Texts are
+        encoded with the index's model unless ``vectors`` (n, d) are given; both may be given.
+        Durable when it returns; the schedule is re-tuned when the corpus has doubled since it was.
+
+        Example::
+
+            with Index("./my-index") as index:
+                index.add(["doc-9"], ["Tides are caused by the moon."])
+        """
+        ids = check_batch_ids(ids, "the documents to add")
+        if not ids:
+            raise UsageError("nothing to add: no documents given")
+        if texts is None and vectors is None:
+            raise UsageError("give the documents' texts, their vectors, or both")
+        for position, doc_id in enumerate(ids):
+            if not doc_id.strip():
+                raise StoreError(f"document {position + 1} has an empty id")
+            check_unicode(doc_id, f"the id of document {position + 1}")
+        if texts is not None:
+            texts = list(texts)
+            if len(texts) != len(ids):
+                raise StoreError(f"{len(texts)} texts for {len(ids)} ids")
+            for position, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise StoreError(f"document {ids[position]!r}: its text is {type(text).__name__}, not a string")
+                check_unicode(text, f"document {ids[position]!r}")
+        meta = self.current_store().meta
+        if vectors is not None:
+            full = validate_vectors(vectors, count=len(ids), dim=meta.full_dim, what="vectors")
+        else:
+            parts = []
+            for batch in _batches(self.encoder, texts, None):
+                parts.append(validate_vectors(batch, dim=meta.full_dim, what="encoded vectors"))
+                if progress:
+                    progress(len(batch))
+            full = np.concatenate(parts)
+        head_source = normalize(self.adapter.transform(full)) if self.adapter is not None else None
+        with open_writer(self.db, self._options["collection"], previous=self.store) as writer:
+            report = writer.upsert(ids, full, texts if texts is not None else [""] * len(ids), head_source)
+            tuned = writer.meta.autotune
+            if tuned is not None and writer.live_count() >= 2 * max(1, tuned.corpus_size):
+                self._retune(writer)
+        self.current_store()
+        return report
+
+    def delete(self, ids: Sequence[str]) -> DeleteReport:
+        """Delete documents by id: ``(deleted, not_found)``; an unknown id is reported, not an error."""
+        ids = [str(i) for i in ids]
+        if not ids:
+            raise UsageError("nothing to delete: no ids given")
+        with open_writer(self.db, self._options["collection"], previous=self.store) as writer:
+            report = writer.delete(ids)
+        self.current_store()
+        return report
+
+    def compact(self, *, progress: Callable[[int], None] | None = None) -> IndexMeta:
+        """Merge the segments and drop deleted rows, then re-tune the schedule on what is left.
+        Searches keep answering meanwhile; the next one reads the compacted index."""
+        with open_writer(self.db, self._options["collection"], previous=self.store) as writer:
+            writer.compact(progress=progress)
+            self._retune(writer)
+        return self.current_store().meta
+
+    def _retune(self, writer) -> None:
+        """Tune the schedule again on the writer's current state, at the stored head."""
+        store = writer.store_view()
+        try:
+            self._retune_on(store, writer)
+        finally:
+            if store is not writer:
+                store.close()
+
+    def _retune_on(self, store: Store, writer) -> None:
+        meta, tuned = writer.meta, writer.meta.autotune
+        if tuned is None or len(store) < 1:
+            return
+        k = min(tuned.k, len(store))
+        rows = store.sample_rows(RETUNE_TEXTS)
+        texts = [t for t in store.texts_of(rows[None, :])[0] if t.strip()] if meta.model is not None else []
+        groups = None
+        if texts:
+            samples, groups = tuning_texts(texts)
+            queries, source = self.encoder.encode(samples, kind="query"), "words and word windows of corpus texts"
+        else:
+            picked = np.sort(np.random.default_rng(1).permutation(rows)[:AUTOTUNE_SAMPLE])
+            queries, source = store.document_vectors(picked), "corpus vectors"
+        milvus = is_milvus_uri(self.db)
+        result = autotune(
+            store,
+            queries,
+            k,
+            tuned.target_recall,
+            groups=None if groups is None else np.asarray(groups),
+            two_stage=milvus or self.adapter is not None,
+            shortlists=_shortlists(k, len(store), MILVUS_MAX_TOPK if milvus else None),
+            head_queries=None if self.adapter is None else adapted_queries(self.adapter, queries, meta.head_dim),
+        )
+        writer.save_meta(
+            replace(
+                meta,
+                schedule=str(result.schedule),
+                autotune=Autotune(
+                    k=k,
+                    target_recall=tuned.target_recall,
+                    recall=result.recall,
+                    queries=source + ", re-tuned",
+                    passed=result.passed,
+                    corpus_size=len(store),
+                ),
+            )
+        )
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Query texts as the index's model encodes them; an empty query is refused (it has no meaning
@@ -465,36 +637,42 @@ class Index:
     ) -> SearchResult:
         """Funnel search by default; ``exact`` scans the full vectors; ``dim`` scans only the
         re-normalised ``dim`` prefixes, i.e. what an index of ``dim``-dim embeddings would return."""
-        queries = validate_vectors(np.atleast_2d(queries), dim=self.meta.full_dim, what="query vectors")
+        store = self.current_store()
+        meta = store.meta
+        queries = validate_vectors(np.atleast_2d(queries), dim=meta.full_dim, what="query vectors")
         if dim is not None:
-            check_dim(dim, self.meta.full_dim)
+            check_dim(dim, meta.full_dim)
             if schedule is not None:
                 raise StoreError("give a dim or a schedule, not both")
-        if exact or (dim is not None and dim != self.meta.full_dim):
-            if k > len(self.store):
-                raise StoreError(f"k={k} is larger than the corpus ({len(self.store)} documents)")
-            dim = dim or self.meta.full_dim
+        if exact or (dim is not None and dim != meta.full_dim):
+            if k > len(store):
+                raise StoreError(f"k={k} is larger than the corpus ({len(store)} documents)")
+            dim = dim or meta.full_dim
             started = time.perf_counter()
-            if dim == self.meta.full_dim:
-                scores, rows = self.store.exact_search(queries, k)
+            if dim == meta.full_dim:
+                scores, rows = store.exact_search(queries, k)
             else:
-                scores, rows = self.store.exact_search(normalize(queries[:, :dim]), k, dim=dim)
-            return SearchResult(rows, scores.astype(np.float32), [dim], [k], [time.perf_counter() - started])
-        schedule = schedule or self.schedule_for(k)
+                scores, rows = store.exact_search(normalize(queries[:, :dim]), k, dim=dim)
+            elapsed = [time.perf_counter() - started]
+            return SearchResult(rows, scores.astype(np.float32), [dim], [k], elapsed, source=store)
+        schedule = schedule or self.schedule_for(k, store)
         if self.adapter is None:
-            return funnel_search(self.store, queries, schedule, k)
-        if len(schedule.stages) > 2:
+            result = funnel_search(store, queries, schedule, k)
+        elif len(schedule.stages) > 2:
             raise StoreError(
                 f"an index with an adapter searches its head and then the full vectors: give a two-stage "
-                f"schedule like {schedule.stages[0]},{self.meta.full_dim}:{k}, not {schedule}"
+                f"schedule like {schedule.stages[0]},{meta.full_dim}:{k}, not {schedule}"
             )
-        return funnel_search(
-            self.store, queries, schedule, k, head_queries=adapted_queries(self.adapter, queries, schedule.head_dim)
-        )
+        else:
+            head_queries = adapted_queries(self.adapter, queries, schedule.head_dim)
+            result = funnel_search(store, queries, schedule, k, head_queries=head_queries)
+        result.source = store
+        return result
 
     def hits(self, result: SearchResult) -> list[Hits]:
-        ids = self.store.ids_of(result.rows)
-        texts = self.store.texts_of(result.rows)
+        store = result.source or self.store
+        ids = store.ids_of(result.rows)
+        texts = store.texts_of(result.rows)
         return [Hits(list(map(str, i)), [float(s) for s in sc], t) for i, sc, t in zip(ids, result.scores, texts)]
 
 

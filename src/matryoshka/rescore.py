@@ -108,3 +108,25 @@ def _cosines(
         candidate_norms = np.sqrt(squares)
     valid = (rows >= 0) & (candidate_norms > 0)
     return np.divide(dots, candidate_norms, out=np.where(rows >= 0, 0.0, -np.inf).astype(np.float32), where=valid)
+
+
+def unit_cosines_one(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, norms: np.ndarray | None):
+    """:func:`prefix_cosines` for one unit query (dim,) and valid candidate ``rows`` (m,), with the
+    fewest calls: a funnel over many segments makes one of these per segment and stage, so the
+    fixed cost of each call counts. ``None`` when the prefix cannot be read in place or its norms
+    are not known (then use :func:`prefix_cosines`)."""
+    dim = query.shape[0]
+    if not fusable(vectors, dim) or (dim != vectors.shape[1] and norms is None):
+        return None
+    import faiss
+
+    stride = vectors.shape[1] // dim
+    ids = np.ascontiguousarray(rows * stride if stride > 1 else rows, dtype=np.int64)
+    dots = np.empty(len(ids), dtype=np.float32)
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(dots), faiss.swig_ptr(query), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), dim, 1, len(ids)
+    )
+    if stride == 1:
+        return dots
+    candidate_norms = norms[rows]
+    return np.divide(dots, candidate_norms, out=np.zeros_like(dots), where=candidate_norms > 0)

@@ -8,6 +8,7 @@ work is done and answered with a 4xx whose message names the field and the limit
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -17,14 +18,14 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from .batching import MicroBatcher
-from .errors import MatryoshkaError, ModelError, ScheduleError
+from .errors import BusyError, MatryoshkaError, ModelError, ScheduleError, UsageError
 from .funnel import Schedule, Stage, check_head
 from .http_guards import BodyGuard, TimedHttpProtocol, bind
 from .index import Index, answers_json, search_mode
@@ -45,6 +46,8 @@ class Limits:
     max_shortlist: int = 10_000
     max_body_bytes: int = 1_000_000
     max_batch: int = 64  # concurrent /search requests answered by one encode and one funnel call
+    max_write_documents: int = 256  # documents (or ids) per write request
+    max_document_chars: int = 20_000  # of one document's text in a write
     read_timeout_s: float = 10.0  # for a request's headers, and then for its body, to arrive whole
 
 
@@ -76,6 +79,19 @@ class SimilarityRequest(_Body):
     dims: list[int] | None = Field(None, description="Prefix dimensions; default d/32 … d.")
 
 
+class DocumentIn(_Body):
+    id: str = Field(description="The document's id; a document with this id already in the index is replaced.")
+    text: str = Field(description="The document's text, encoded by the index's model.")
+
+
+class UpsertRequest(_Body):
+    documents: list[DocumentIn] = Field(description="Documents to add or replace.")
+
+
+class DeleteRequest(_Body):
+    ids: list[str] = Field(description="Ids of the documents to delete; ids not in the index are listed, not an error.")
+
+
 @dataclass(frozen=True)
 class SearchPlan:
     """A checked /search request. Plans with the same ``key`` are searched as one batch."""
@@ -91,6 +107,14 @@ class SearchPlan:
         return (self.k, self.mode, self.dim, self.schedule)
 
 
+class DeniedError(Exception):
+    """A write without the server's API key (401) or with another key (403)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class LimitError(Exception):
     """A request asked for more than the server's limits allow."""
 
@@ -103,15 +127,17 @@ class SearchService:
     """The work behind the endpoints, on one index. Encoding and store access each hold a lock:
     tokenizers and the Milvus store's per-batch cache are not safe to share between threads.
 
-    The service follows its index: :meth:`follow` (run by a background thread) reopens it when a
-    build or a write has replaced it, and searches switch to the new state in one step; until
-    then they answer from the old one, whose files stay open."""
+    The service follows its index: every search first checks whether a write or a build has
+    replaced what it has open and opens the new state (see :meth:`Index.current_store`), and
+    :meth:`follow` (run by a background thread) reopens the whole index, model included, when a
+    rebuild changed how queries are encoded; until then searches answer from the old state."""
 
-    def __init__(self, index: Index, limits: Limits = Limits()) -> None:
-        self.index, self.limits = index, limits
+    def __init__(self, index: Index, limits: Limits = Limits(), writable: bool = False) -> None:
+        self.index, self.limits, self.writable = index, limits, writable
         self._encode_lock = threading.Lock()
         self._store_lock = threading.Lock()
         self._reopen_lock = threading.Lock()
+        self._write_lock = threading.Lock()
 
     @property
     def meta(self):
@@ -206,6 +232,8 @@ class SearchService:
             "autotune_recall": self.meta.autotune_recall,
             "marks": self.marks,
             "limits": asdict(self.limits),
+            "read_only": not self.writable,
+            "schedule_warning": self.index.schedule_warning(),
         }
 
     def embed(self, request: EmbedRequest) -> dict:
@@ -303,6 +331,57 @@ class SearchService:
             raise LimitError(f"schedule: {exc}") from None
         return schedule
 
+    # writes ---------------------------------------------------------------------------------------
+    def check_ids(self, ids: list[str], field: str) -> None:
+        if not ids:
+            raise LimitError(f"{field}: give at least one")
+        if len(ids) > self.limits.max_write_documents:
+            raise LimitError(
+                f"{field}: {len(ids)} is more than the limit of {self.limits.max_write_documents} per request", 413
+            )
+        first: dict[str, int] = {}
+        for position, doc_id in enumerate(ids):
+            where = f"{field}[{position}]" + (".id" if field == "documents" else "")
+            if not doc_id.strip():
+                raise LimitError(f"{where}: the id is empty")
+            if len(doc_id.encode("utf-8", "surrogatepass")) > 1024:
+                raise LimitError(f"{where}: an id is at most 1,024 bytes", 413)
+            try:
+                check_unicode(doc_id, where)
+            except ModelError as exc:
+                raise LimitError(str(exc)) from None
+            if doc_id in first:
+                raise LimitError(f"{where}: the same id as {field}[{first[doc_id]}]")
+            first[doc_id] = position
+
+    def upsert(self, request: UpsertRequest) -> dict:
+        """Encode and add (or replace) documents; durable when answered."""
+        ids = [document.id for document in request.documents]
+        self.check_ids(ids, "documents")
+        texts = [document.text for document in request.documents]
+        for position, text in enumerate(texts):
+            field = f"documents[{position}].text"
+            if len(text) > self.limits.max_document_chars:
+                raise LimitError(
+                    f"{field}: {len(text)} characters is more than the limit of {self.limits.max_document_chars}", 413
+                )
+            if not text.strip():
+                raise LimitError(f"{field}: the text is empty")
+            try:
+                check_unicode(text, field)
+            except ModelError as exc:
+                raise LimitError(str(exc)) from None
+        with self._write_lock:
+            vectors = self.encode(texts, "document")
+            report = self.index.add(ids, texts, vectors)
+            return {"added": report.added, "replaced": report.replaced, "documents": len(self.index)}
+
+    def delete(self, request: DeleteRequest) -> dict:
+        self.check_ids(request.ids, "ids")
+        with self._write_lock:
+            report = self.index.delete(request.ids)
+            return {"deleted": len(report.deleted), "not_found": report.not_found, "documents": len(self.index)}
+
     def similarity(self, request: SimilarityRequest) -> dict:
         self.check_text(request.query, "query")
         self.check_texts(request.texts, "texts")
@@ -369,12 +448,18 @@ class IndexFollower:
                 self.error = f"{type(exc).__name__}: {exc}"
 
 
-def create_app(index: Index, limits: Limits = Limits(), follow_interval: float = FOLLOW_INTERVAL_S) -> FastAPI:
+def create_app(
+    index: Index, limits: Limits = Limits(), follow_interval: float = FOLLOW_INTERVAL_S, api_key: str | None = None
+) -> FastAPI:
     """The FastAPI application: the JSON API, its OpenAPI docs at ``/docs`` (served from the
-    package, no CDN), and the page at ``/``."""
+    package, no CDN), and the page at ``/``. With an ``api_key`` it also takes writes
+    (``POST /documents``, ``POST /documents/delete``) from clients that send it as a bearer
+    token; without one the server is read-only and the write endpoints do not exist."""
     from fastapi_offline import FastAPIOffline
 
-    service = SearchService(index, limits)
+    if api_key is not None and not api_key.strip():
+        raise UsageError("the API key is empty; give a secret, or no key for a read-only server")
+    service = SearchService(index, limits, writable=api_key is not None)
     batcher: MicroBatcher[SearchPlan, dict] = MicroBatcher(service.search_many, max_batch=limits.max_batch)
     follower = IndexFollower(service, follow_interval)
 
@@ -405,9 +490,15 @@ def create_app(index: Index, limits: Limits = Limits(), follow_interval: float =
     async def over_limit(request: Request, exc: LimitError):
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
+    @app.exception_handler(DeniedError)
+    async def denied(request: Request, exc: DeniedError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
     @app.exception_handler(MatryoshkaError)
     async def bad_value(request: Request, exc: Exception):
-        return JSONResponse({"error": str(exc)}, status_code=422)
+        status = 409 if isinstance(exc, BusyError) else 422
+        return JSONResponse({"error": str(exc)}, status_code=status)
 
     @app.get("/healthz", summary="Readiness: a real search through the index answers (503 when it cannot).")
     def healthz():
@@ -433,6 +524,32 @@ def create_app(index: Index, limits: Limits = Limits(), follow_interval: float =
     def similarity(request: SimilarityRequest) -> dict:
         return service.similarity(request)
 
+    if api_key is not None:
+        expected = api_key.encode("utf-8")
+
+        def authorized(request: Request) -> None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise DeniedError("writes need the server's API key: send 'Authorization: Bearer <key>'", 401)
+            if not secrets.compare_digest(token.strip().encode("utf-8", "surrogateescape"), expected):
+                raise DeniedError("the API key is not this server's", 403)
+
+        @app.post(
+            "/documents",
+            summary="Add documents, or replace those whose id is already indexed (needs the API key).",
+            dependencies=[Depends(authorized)],
+        )
+        def upsert(request: UpsertRequest) -> dict:
+            return service.upsert(request)
+
+        @app.post(
+            "/documents/delete",
+            summary="Delete documents by id (needs the API key).",
+            dependencies=[Depends(authorized)],
+        )
+        def delete(request: DeleteRequest) -> dict:
+            return service.delete(request)
+
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html")
@@ -451,6 +568,7 @@ def serve(
     limits: Limits = Limits(),
     log_level: str = "warning",
     on_ready=None,
+    api_key: str | None = None,
 ) -> None:
     """Take the port (a UsageError if it is busy), then run the app with uvicorn until interrupted;
     the index is closed on the way out. ``on_ready`` is called once the port is taken."""
@@ -461,7 +579,10 @@ def serve(
         if on_ready is not None:
             on_ready()
         config = uvicorn.Config(
-            create_app(index, limits), log_level=log_level, http=TimedHttpProtocol, timeout_keep_alive=KEEP_ALIVE_S
+            create_app(index, limits, api_key=api_key),
+            log_level=log_level,
+            http=TimedHttpProtocol,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         uvicorn.Server(config).run(sockets=[sock])
     finally:

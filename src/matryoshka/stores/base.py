@@ -177,6 +177,14 @@ class Store(Protocol):
         """RAM this process holds for search, beyond memory-mapped or server-side vectors."""
         ...
 
+    def sample_rows(self, count: int, seed: int = 0) -> np.ndarray:
+        """Up to ``count`` live rows drawn at random, sorted (what re-tuning samples)."""
+        ...
+
+    def document_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), d) full vectors of ``rows``."""
+        ...
+
     # A store that runs every stage of a funnel itself (a database server) says so with
     # ``runs_stages = True`` and a method ``run_stages(stage_queries, stages, k) -> (scores, rows,
     # stage_seconds)``, where ``stages`` are (dim, keep) and ``stage_queries`` each stage's unit

@@ -2,21 +2,22 @@
 
 Layout (index format 2)::
 
-    DB/manifest.json                 {"format_version", "meta": IndexMeta, "segments": [{"name", "rows"}]}
+    DB/manifest.json   {"format_version", "generation", "meta": IndexMeta,
+                        "segments": [{"name", "rows", "deleted", "tombstones"}]}
     DB/segments/<name>/full.npy      n x d unit vectors, memory-mapped; stages read only the rows they touch
-                       head.npy      n x head_dim, re-normalised, loaded into RAM (contiguous)
+                       head.npy      n x head_dim, re-normalised (gathered into RAM for search)
                        head_codes.npy   instead of head.npy for a binary head: n x head_dim/8 bytes of sign bits
-                       head.hnsw     optional FAISS HNSW graph over the head
+                       head.hnsw     a FAISS HNSW graph over the head, for an hnsw head
                        prefix_norms.npy n x len(meta.prefix_norm_dims): each row's norm at those stage dims
                        ids.json, texts.jsonl
+    DB/tombstones/<segment>.<generation>.npy   sorted rows of that segment that are deleted
 
 The manifest is the one source of truth: a reader sees the index it names, and a writer makes a
 change visible by replacing it (write aside, fsync, rename, fsync the folder). A segment is never
-changed once the manifest names it. A build writes its segment under ``segments/<name>.partial``
-and renames it only when complete, so a build that fails or is killed leaves the previous index
-searchable and unchanged; segments no manifest names are removed by the next writer. The
-manifest lists segments so that an index can later grow by new segments instead of rebuilds; this
-version writes and reads indexes of one segment.
+changed once the manifest names it; deleting rows writes a new tombstone file, named by the
+manifest generation that introduces it. Everything a write adds is written and fsynced under a
+``.partial`` name first, so a write that fails or is killed leaves the previous state searchable
+and unchanged; files no manifest names are removed by the next writer.
 """
 
 from __future__ import annotations
@@ -29,18 +30,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from threading import Lock
 
 import numpy as np
 
-from ..errors import StoreError
-from ..vectors import binary_codes, normalize, prefix_norm_dims, prefix_norms
+from ..errors import BusyError, StoreError
+from ..vectors import prefix_norm_dims
 from .base import FORMAT_VERSION, IndexMeta, check_format_version, check_head_kind
-from .memory import MemoryStore, make_head_index
+from .memory import make_head_index
+from .segments import NO_ROWS, Segment, SegmentedStore, SegmentWriter, make_segment
 
 MANIFEST = "manifest.json"
 SEGMENTS = "segments"
+TOMBSTONES = "tombstones"
 LOCK = ".lock"
-OPEN_ATTEMPTS = 3
+OPEN_ATTEMPTS = 5
+SEGMENT_KEYS = {"name": str, "rows": int, "deleted": int, "tombstones": (str, type(None))}
 
 
 def read_manifest(root: Path) -> dict:
@@ -58,73 +63,138 @@ def read_manifest(root: Path) -> dict:
         raise StoreError(f"{path}: not a valid manifest (not a JSON object)")
     check_format_version(manifest.get("format_version", 1), str(root))
     manifest["meta"] = IndexMeta.from_dict(manifest.get("meta"), str(path))
+    manifest.setdefault("generation", 0)
     segments = manifest.get("segments")
-    if not isinstance(segments, list) or len(segments) != 1:
-        raise StoreError(f"{path}: this version of matryoshka reads indexes of exactly one segment")
+    if not isinstance(segments, list) or not segments:
+        raise StoreError(f"{path}: not a valid manifest (no list of segments)")
+    for entry in segments:
+        if not isinstance(entry, dict):
+            raise StoreError(f"{path}: not a valid manifest (a segment is not a JSON object)")
+        entry.setdefault("deleted", 0)
+        entry.setdefault("tombstones", None)
+        for key, kind in SEGMENT_KEYS.items():
+            if not isinstance(entry.get(key), kind):
+                raise StoreError(f"{path}: not a valid manifest (segment field {key!r} is {entry.get(key)!r})")
     return manifest
 
 
-class LocalStore(MemoryStore):
-    """A built index folder opened for search: head in RAM, full vectors memory-mapped.
+def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previous: Segment | None = None) -> Segment:
+    """A listed segment, its arrays memory-mapped; the texts' file is opened now (and added to
+    ``handles``), so that a writer removing the segment later does not pull it from a reader.
+    ``previous``: the same segment as an earlier store loaded it; segments never change, so its
+    arrays are taken as they are and only its tombstones are read again."""
+    path = root / SEGMENTS / entry["name"]
+    if previous is not None:
+        try:
+            deleted = previous.deleted if previous.tombstones == entry["tombstones"] else NO_ROWS
+            if entry["tombstones"] and previous.tombstones != entry["tombstones"]:
+                deleted = np.load(root / TOMBSTONES / entry["tombstones"]).astype(np.int64)
+            handle = open(path / "texts.jsonl", encoding="utf-8")
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{root}: the index's files cannot be read ({exc}); re-index it") from None
+        handles.append(handle)
+        if len(deleted) != entry["deleted"]:
+            raise StoreError(f"{root}: segment {entry['name']} has {len(deleted)} deletions, not {entry['deleted']}")
+        return replace(
+            previous,
+            deleted=deleted,
+            tombstones=entry["tombstones"],
+            texts=_text_reader(handle),
+            _text_cache=previous._text_cache,
+            _text_lock=Lock(),
+        )
+    try:
+        codes = np.load(path / "head_codes.npy", mmap_mode="r") if meta.binary_head else None
+        head = None if meta.binary_head else np.load(path / "head.npy", mmap_mode="r")
+        graph = None
+        if meta.head_index == "hnsw" and entry["rows"]:
+            import faiss
 
-    Everything a search needs is opened here, so a rebuild that replaces the folder's segment
-    while this store is open does not pull files from under it."""
+            graph = faiss.read_index(str(path / "head.hnsw"))
+        table = np.load(path / "prefix_norms.npy")
+        full = np.load(path / "full.npy", mmap_mode="r")
+        ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+        deleted = NO_ROWS
+        if entry["tombstones"]:
+            deleted = np.load(root / TOMBSTONES / entry["tombstones"]).astype(np.int64)
+        handle = open(path / "texts.jsonl", encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{root}: the index's files cannot be read ({exc}); re-index it") from None
+    handles.append(handle)
+    if len(full) != entry["rows"] or len(ids) != entry["rows"] or len(deleted) != entry["deleted"]:
+        raise StoreError(
+            f"{root}: segment {entry['name']} holds {len(full)} vectors, {len(ids)} ids and {len(deleted)} "
+            f"deletions, but the manifest says {entry['rows']} and {entry['deleted']}; re-index it"
+        )
+
+    return Segment(
+        name=entry["name"],
+        full=full,
+        ids=np.asarray(ids, dtype=object),
+        head=head,
+        codes=codes,
+        norms={dim: np.ascontiguousarray(table[:, i]) for i, dim in enumerate(meta.prefix_norm_dims)},
+        texts=_text_reader(handle),
+        graph=graph,
+        deleted=deleted,
+        tombstones=entry["tombstones"],
+    )
+
+
+def _text_reader(handle):
+    def texts() -> list[str]:
+        handle.seek(0)
+        return [json.loads(line) for line in handle]
+
+    return texts
+
+
+def load_segments(root: Path, manifest: dict, handles: list, previous: Sequence[Segment] = ()) -> list[Segment]:
+    known = {segment.name: segment for segment in previous}
+    return [
+        load_segment(root, entry, manifest["meta"], handles, known.get(entry["name"])) for entry in manifest["segments"]
+    ]
+
+
+class LocalStore(SegmentedStore):
+    """An index folder opened for search: the live rows' head in RAM, full vectors memory-mapped.
+
+    Everything a search needs is opened here, so a write that replaces the folder's segments
+    while this store is open does not pull files from under it; :meth:`is_current` says when a
+    write has made it stale."""
 
     kind = "local"
 
-    def __init__(self, root: Path | str, *, head_index: str | None = None) -> None:
+    def __init__(
+        self, root: Path | str, *, head_index: str | None = None, previous: SegmentedStore | None = None
+    ) -> None:
+        """``previous``: a store of the same folder opened earlier, whose segments are reused."""
         self.root = Path(root)
+        self._handles: list = []
+        reusable = previous.segments if isinstance(previous, LocalStore) and previous.root == self.root else ()
         for attempt in range(OPEN_ATTEMPTS):
             stamp = _stamp(self.root / MANIFEST)
             try:
-                self._open(head_index)
+                manifest = read_manifest(self.root)
+                check_head_kind(manifest["meta"].head_index, head_index, str(self.root))
+                segments = load_segments(self.root, manifest, self._handles, reusable)
                 break
             except StoreError:
+                self.close()
                 # a writer replaced the index (and removed its files) while this opened it: open the new one
                 if attempt == OPEN_ATTEMPTS - 1 or _stamp(self.root / MANIFEST) == stamp:
                     raise
         self._stamp = stamp
-
-    def _open(self, head_index: str | None) -> None:
-        manifest = read_manifest(self.root)
-        meta: IndexMeta = manifest["meta"]
-        self.path = self.root / SEGMENTS / manifest["segments"][0]["name"]
-        check_head_kind(meta.head_index, head_index, str(self.root))
-        try:
-            codes = np.load(self.path / "head_codes.npy") if meta.binary_head else None
-            head = None if meta.binary_head else np.load(self.path / "head.npy")
-            graph: str | object = meta.head_index
-            if meta.head_index == "hnsw":
-                import faiss
-
-                graph = faiss.read_index(str(self.path / "head.hnsw"))
-            table = np.load(self.path / "prefix_norms.npy")
-            norms = {dim: np.ascontiguousarray(table[:, i]) for i, dim in enumerate(meta.prefix_norm_dims)}
-            full = np.load(self.path / "full.npy", mmap_mode="r")
-            ids = json.loads((self.path / "ids.json").read_text(encoding="utf-8"))
-            self._text_file = open(self.path / "texts.jsonl", encoding="utf-8")
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{self.root}: the index's files cannot be read ({exc}); re-index it") from None
-        if len(full) != meta.count or len(ids) != meta.count:
-            raise StoreError(
-                f"{self.root}: the index holds {len(full)} vectors and {len(ids)} ids, but its "
-                f"manifest says {meta.count}; re-index it"
-            )
-        super().__init__(
-            full, meta.head_dim, head=head, head_index=graph, meta=meta, prefix_norms=norms, head_codes=codes, ids=ids
-        )
-
-    def texts_of(self, rows: np.ndarray) -> list[list[str]]:
-        if self._texts is None:
-            self._text_file.seek(0)
-            self._texts = [json.loads(line) for line in self._text_file]
-        return super().texts_of(rows)
+        self.generation = manifest["generation"]
+        super().__init__(segments, manifest["meta"])
 
     def is_current(self) -> bool:
         return _stamp(self.root / MANIFEST) == self._stamp
 
     def close(self) -> None:
-        self._text_file.close()
+        for handle in self._handles:
+            handle.close()
+        self._handles = []
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -134,6 +204,35 @@ def _stamp(path: Path) -> tuple | None:
     except OSError:
         return None
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _segment_name() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}-{time.monotonic_ns() % 10**9:09d}"
+
+
+def save_segment(path: Path, segment: Segment, meta: IndexMeta, *, with_full: bool = True) -> None:
+    """Write a segment's files into ``path`` and fsync them (``with_full=False``: ``full.npy`` is there already)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if with_full:
+        np.save(path / "full.npy", np.asarray(segment.full, dtype=np.float32))
+    elif isinstance(segment.full, np.memmap):
+        segment.full.flush()
+    if meta.binary_head:
+        np.save(path / "head_codes.npy", np.asarray(segment.codes))
+    else:
+        np.save(path / "head.npy", np.asarray(segment.head))
+        if segment.graph is not None:
+            import faiss
+
+            faiss.write_index(segment.graph, str(path / "head.hnsw"))
+    table = [segment.norms[dim] for dim in meta.prefix_norm_dims]
+    np.save(path / "prefix_norms.npy", np.stack(table, axis=1) if table else np.zeros((len(segment), 0), np.float32))
+    (path / "ids.json").write_text(json.dumps(segment.ids.tolist()), encoding="utf-8")
+    with open(path / "texts.jsonl", "w", encoding="utf-8") as handle:
+        for text in segment.text_list():
+            handle.write(json.dumps(text, ensure_ascii=False) + "\n")
+    for item in path.iterdir():
+        _fsync(item)
 
 
 class LocalBuilder:
@@ -149,7 +248,7 @@ class LocalBuilder:
         self._lock = acquire_writer_lock(root)
         for stale in (root / SEGMENTS).glob("*.partial"):  # left by a writer that was killed
             shutil.rmtree(stale, ignore_errors=True)
-        self.name = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+        self.name = _segment_name()
         self.partial = root / SEGMENTS / f"{self.name}.partial"
         self.partial.mkdir(parents=True)
 
@@ -167,32 +266,15 @@ class LocalBuilder:
     ) -> IndexMeta:
         """Write the segment and switch the manifest to it; returns the metadata as stored.
         ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
-        source = full if head_source is None else head_source
-        if isinstance(full, np.memmap):
-            full.flush()
-        dims = prefix_norm_dims(full.shape[1])
-        meta = _stamped(meta, prefix_norm_dims=tuple(dims))
-        if meta.binary_head:  # signs need no normalising
-            np.save(self.partial / "head_codes.npy", binary_codes(source, meta.head_dim))
-        else:
-            head = normalize(np.asarray(source[:, : meta.head_dim]))
-            np.save(self.partial / "head.npy", head)
-            if meta.head_index == "hnsw":
-                import faiss
-
-                faiss.write_index(make_head_index(head, "hnsw"), str(self.partial / "head.hnsw"))
-        np.save(self.partial / "prefix_norms.npy", prefix_norms(full, dims))
-        (self.partial / "ids.json").write_text(json.dumps(list(ids)), encoding="utf-8")
-        with open(self.partial / "texts.jsonl", "w", encoding="utf-8") as handle:
-            for text in texts:
-                handle.write(json.dumps(text, ensure_ascii=False) + "\n")
-        for path in self.partial.iterdir():
-            _fsync(path)
+        meta = _stamped(meta, prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1])))
+        segment = make_segment(self.name, full, ids, texts, meta, head_source)
+        save_segment(self.partial, segment, meta, with_full=False)
         final = self.partial.with_name(self.name)
         self.partial.rename(final)
         _fsync(final.parent)
-        write_manifest(self.root, meta, [{"name": self.name, "rows": len(ids)}])
-        remove_unlisted_segments(self.root, keep={self.name})
+        previous = _generation(self.root)
+        write_manifest(self.root, meta, [_entry(segment, None)], previous + 1)
+        remove_unlisted(self.root, keep_segments={self.name}, keep_tombstones=set())
         return meta
 
     def abort(self) -> None:
@@ -201,6 +283,139 @@ class LocalBuilder:
     def close(self) -> None:
         """Let the next writer in."""
         self._lock.close()
+
+
+class LocalWriter(SegmentWriter):
+    """The one writer of an index folder (it holds the folder's lock until closed): new documents
+    go to a new segment, deletions to tombstone files, and each write ends by replacing the
+    manifest, the moment it becomes visible and durable."""
+
+    def __init__(self, root: Path | str, previous: SegmentedStore | None = None) -> None:
+        """``previous``: a store of this folder, whose segments are reused rather than read again."""
+        self.root = Path(root)
+        manifest = read_manifest(self.root)  # a clear error before the lock is taken for nothing
+        self._lock = acquire_writer_lock(self.root)
+        manifest = read_manifest(self.root)
+        self.generation = manifest["generation"]
+        self._handles: list = []
+        reusable = previous.segments if isinstance(previous, LocalStore) and previous.root == self.root else ()
+        super().__init__(load_segments(self.root, manifest, self._handles, reusable), manifest["meta"])
+        self._tombstone_files = {e["name"]: e["tombstones"] for e in manifest["segments"]}
+        remove_unlisted(
+            self.root,
+            keep_segments={s.name for s in self.segments},
+            keep_tombstones={f for f in self._tombstone_files.values() if f},
+        )
+
+    def _new_segment(self, full, ids, texts, head_source) -> Segment:
+        name = _segment_name()
+        partial = self.root / SEGMENTS / f"{name}.partial"
+        segment = make_segment(name, full, ids, texts, self.meta, head_source)
+        save_segment(partial, segment, self.meta)
+        partial.rename(partial.with_name(name))
+        _fsync(partial.parent)
+        return segment
+
+    def _commit(self, segments: list[Segment], new: list[Segment]) -> None:
+        generation = self.generation + 1
+        (self.root / TOMBSTONES).mkdir(exist_ok=True)
+        files = {}
+        for segment in segments:
+            before = next((s for s in self.segments if s.name == segment.name), None)
+            if before is not None and before.deleted is segment.deleted:
+                files[segment.name] = self._tombstone_files.get(segment.name)
+                continue
+            if not len(segment.deleted):
+                files[segment.name] = None
+                continue
+            name = f"{segment.name}.{generation}.npy"
+            partial = self.root / TOMBSTONES / f".{name}.partial"
+            with open(partial, "wb") as handle:
+                np.save(handle, np.asarray(segment.deleted, np.int64))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, self.root / TOMBSTONES / name)
+            files[segment.name] = name
+        _fsync(self.root / TOMBSTONES)
+        meta = replace(self.meta, count=self.live_count(segments))
+        write_manifest(self.root, meta, [_entry(s, files[s.name]) for s in segments], generation)
+        segments = [replace(s, tombstones=files[s.name]) if s.tombstones != files[s.name] else s for s in segments]
+        self.segments, self.meta, self.generation, self._tombstone_files = segments, meta, generation, files
+        remove_unlisted(
+            self.root, keep_segments={s.name for s in segments}, keep_tombstones={f for f in files.values() if f}
+        )
+
+    def save_meta(self, meta: IndexMeta) -> None:
+        """Store new metadata (a re-tuned schedule) with the same segments."""
+        self.meta = replace(meta, count=self.live_count())
+        self.generation += 1
+        entries = [_entry(s, self._tombstone_files.get(s.name)) for s in self.segments]
+        write_manifest(self.root, self.meta, entries, self.generation)
+
+    def compact(self, progress=None) -> Segment:
+        """Merge the live rows of every segment into one new segment and switch to it. Readers
+        keep answering from the segments they opened; the next search after the switch reads the
+        new one. ``progress`` is called with the rows copied since its last call."""
+        name = _segment_name()
+        partial = self.root / SEGMENTS / f"{name}.partial"
+        partial.mkdir(parents=True)
+        count = self.live_count()
+        full = np.lib.format.open_memmap(
+            partial / "full.npy", mode="w+", dtype=np.float32, shape=(count, self.meta.full_dim)
+        )
+        ids, texts, heads, norms, written = [], [], [], {d: [] for d in self.meta.prefix_norm_dims}, 0
+        for segment in self.segments:
+            live = segment.live
+            rows = np.arange(len(segment)) if live is None else live
+            for start in range(0, len(rows), COPY_BLOCK):
+                block = rows[start : start + COPY_BLOCK]
+                full[written : written + len(block)] = segment.full[block]
+                written += len(block)
+                if progress:
+                    progress(len(block))
+            ids.extend(segment.ids[rows].tolist())
+            every = segment.text_list()
+            texts.extend(every[r] for r in rows.tolist())
+            heads.append(np.asarray(segment.codes if self.meta.binary_head else segment.head)[rows])
+            for dim in norms:
+                norms[dim].append(segment.norms[dim][rows])
+        head = np.concatenate(heads) if heads else None
+        graph = make_head_index(head, "hnsw") if self.meta.head_index == "hnsw" and count else None
+        merged = Segment(
+            name=name,
+            full=full,
+            ids=np.asarray(ids, dtype=object),
+            head=None if self.meta.binary_head else head,
+            codes=head if self.meta.binary_head else None,
+            norms={dim: np.concatenate(parts) for dim, parts in norms.items()},
+            texts=lambda: texts,
+            graph=graph,
+        )
+        save_segment(partial, merged, self.meta, with_full=False)
+        partial.rename(partial.with_name(name))
+        _fsync(partial.parent)
+        self._commit([merged], new=[merged])
+        return merged
+
+    def close(self) -> None:
+        """Let the next writer in."""
+        for handle in self._handles:
+            handle.close()
+        self._lock.close()
+
+
+COPY_BLOCK = 65_536  # rows copied at once by compaction
+
+
+def _entry(segment: Segment, tombstones: str | None) -> dict:
+    return {"name": segment.name, "rows": len(segment), "deleted": len(segment.deleted), "tombstones": tombstones}
+
+
+def _generation(root: Path) -> int:
+    try:
+        return int(read_manifest(root)["generation"])
+    except StoreError:
+        return 0
 
 
 def acquire_writer_lock(root: Path):
@@ -217,7 +432,7 @@ def acquire_writer_lock(root: Path):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise StoreError(f"{root} is being written by {holder}; wait for it to finish, then try again") from None
+        raise BusyError(f"{root} is being written by {holder}; wait for it to finish, then try again") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}")
@@ -225,9 +440,14 @@ def acquire_writer_lock(root: Path):
     return handle
 
 
-def write_manifest(root: Path, meta: IndexMeta, segments: list[dict]) -> None:
+def write_manifest(root: Path, meta: IndexMeta, segments: list[dict], generation: int) -> None:
     """Replace ``root/manifest.json`` atomically and durably: a reader sees the old or the new one."""
-    manifest = {"format_version": FORMAT_VERSION, "meta": meta.to_dict(), "segments": segments}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "generation": generation,
+        "meta": meta.to_dict(),
+        "segments": segments,
+    }
     partial = root / f".{MANIFEST}.{os.getpid()}.partial"
     with open(partial, "w", encoding="utf-8") as handle:
         handle.write(json.dumps(manifest, indent=2) + "\n")
@@ -237,11 +457,18 @@ def write_manifest(root: Path, meta: IndexMeta, segments: list[dict]) -> None:
     _fsync(root)
 
 
-def remove_unlisted_segments(root: Path, keep: set[str]) -> None:
-    """Remove segments the manifest no longer names, and what an index of format 1 left behind."""
-    for path in (root / SEGMENTS).iterdir():
-        if path.name not in keep and not path.name.endswith(".partial"):
+def remove_unlisted(root: Path, keep_segments: set[str], keep_tombstones: set[str]) -> None:
+    """Remove segments and tombstone files the manifest no longer names (a reader that opened
+    them keeps its memory maps and file handles), leftovers of killed writes, and what an index
+    of format 1 left behind."""
+    for path in (root / SEGMENTS).iterdir() if (root / SEGMENTS).is_dir() else ():
+        if path.name not in keep_segments:
             shutil.rmtree(path, ignore_errors=True)
+    for path in (root / TOMBSTONES).iterdir() if (root / TOMBSTONES).is_dir() else ():
+        if path.name not in keep_tombstones:
+            path.unlink(missing_ok=True)
+    for path in root.glob(f".{MANIFEST}.*.partial"):
+        path.unlink(missing_ok=True)
     if (root / "current").is_symlink():
         (root / "current").unlink()
     shutil.rmtree(root / "builds", ignore_errors=True)

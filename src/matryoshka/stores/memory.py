@@ -35,6 +35,54 @@ def make_head_index(head: np.ndarray, kind: str = "flat"):
     return index
 
 
+def gather(full: np.ndarray, rows: np.ndarray, dim: int) -> np.ndarray:
+    """(..., dim) copies of the ``dim``-prefixes of ``rows`` (any shape) of ``full``."""
+    # column-slice first: numpy's mixed fancy+slice indexing is several times slower
+    return np.asarray(full[:, :dim][rows.ravel()], dtype=np.float32).reshape(*rows.shape, dim)
+
+
+def rescore_rows(full: np.ndarray, rows: np.ndarray, queries: np.ndarray, norms: np.ndarray | None) -> np.ndarray:
+    """Prefix cosines of each query (nq, dim) with its candidate ``rows`` (nq, m) of ``full``, read
+    in place by FAISS where the prefix allows it (see :mod:`matryoshka.rescore`), else gathered and
+    multiplied; -inf where a row is -1."""
+    scores = prefix_cosines(full, rows, queries, norms=norms)
+    if scores is None:
+        scores = rerank(gather(full, np.maximum(rows, 0), queries.shape[1]), queries)
+        scores[rows < 0] = -np.inf  # "no candidate", as a graph head may answer
+    return scores
+
+
+def exact_top_k(
+    queries: np.ndarray, k: int, parts: Sequence[tuple[np.ndarray, np.ndarray | None]], dim: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blocked exact search: (scores, rows) of the top ``k`` over ``parts``, each (vectors,
+    rows): ``vectors`` (n, d) unit rows and ``rows`` (n,) the row number each answers as, -1 for
+    a row to skip (``None``: numbered on from the previous part). With ``dim``, over the
+    re-normalised ``dim``-prefixes."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    best_scores = np.zeros((len(queries), 0), np.float32)
+    best_rows = np.zeros((len(queries), 0), np.int64)
+    offset = 0
+    for full, numbers in parts:
+        prefix = dim is not None and dim != full.shape[1]
+        for start in range(0, len(full), EXACT_BLOCK):
+            rows = np.asarray(full[start : start + EXACT_BLOCK, :dim] if prefix else full[start : start + EXACT_BLOCK])
+            block = queries @ (normalize(rows) if prefix else rows).T
+            answers = np.arange(offset + start, offset + start + len(rows))
+            if numbers is not None:
+                answers = np.asarray(numbers[start : start + len(rows)], dtype=np.int64)
+                block[:, answers < 0] = -np.inf
+            take = min(k, block.shape[1])
+            part = np.argpartition(-block, take - 1, axis=1)[:, :take]
+            best_scores = np.concatenate([best_scores, np.take_along_axis(block, part, axis=1)], axis=1)
+            best_rows = np.concatenate([best_rows, answers[part]], axis=1)
+            keep = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
+            best_scores = np.take_along_axis(best_scores, keep, axis=1)
+            best_rows = np.take_along_axis(best_rows, keep, axis=1)
+        offset += len(full)
+    return best_scores, best_rows
+
+
 class MemoryStore:
     """The funnel protocol over arrays. ``full`` holds unit rows; the head is its re-normalised prefix."""
 
@@ -125,17 +173,12 @@ class MemoryStore:
         )
 
     def gather(self, rows: np.ndarray, dim: int) -> np.ndarray:
-        # column-slice first: numpy's mixed fancy+slice indexing is several times slower
-        return np.asarray(self.full[:, :dim][rows.ravel()], dtype=np.float32).reshape(*rows.shape, dim)
+        return gather(self.full, rows, dim)
 
     def rescore(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """Prefix cosines of each query with its candidate rows, read in place by FAISS where the
         prefix allows it (see :mod:`matryoshka.rescore`), else gathered and multiplied."""
-        scores = prefix_cosines(self.full, rows, queries, norms=self._norms_at(queries.shape[1]))
-        if scores is None:
-            scores = rerank(self.gather(np.maximum(rows, 0), queries.shape[1]), queries)
-            scores[rows < 0] = -np.inf  # "no candidate", as a graph head may answer
-        return scores
+        return rescore_rows(self.full, rows, queries, self._norms_at(queries.shape[1]))
 
     def scores_in_place(self, dim: int) -> bool:
         return fusable(self.full, dim)
@@ -150,23 +193,14 @@ class MemoryStore:
     def exact_search(self, queries: np.ndarray, k: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Blocked exact search over the full vectors (the ground truth the funnel is judged by),
         or over their re-normalised ``dim`` prefix."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        prefix = dim is not None and dim != self.full_dim
-        best_scores = np.zeros((len(queries), 0), np.float32)
-        best_rows = np.zeros((len(queries), 0), np.int64)
-        for start in range(0, len(self), EXACT_BLOCK):
-            rows = np.asarray(
-                self.full[start : start + EXACT_BLOCK, :dim] if prefix else self.full[start : start + EXACT_BLOCK]
-            )
-            block = queries @ (normalize(rows) if prefix else rows).T
-            take = min(k, block.shape[1])
-            part = np.argpartition(-block, take - 1, axis=1)[:, :take]
-            best_scores = np.concatenate([best_scores, np.take_along_axis(block, part, axis=1)], axis=1)
-            best_rows = np.concatenate([best_rows, part + start], axis=1)
-            keep = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
-            best_scores = np.take_along_axis(best_scores, keep, axis=1)
-            best_rows = np.take_along_axis(best_rows, keep, axis=1)
-        return best_scores, best_rows
+        return exact_top_k(queries, k, [(self.full, None)], dim)
+
+    def sample_rows(self, count: int, seed: int = 0) -> np.ndarray:
+        drawn = np.random.default_rng(seed).choice(len(self), size=min(count, len(self)), replace=False)
+        return np.sort(drawn).astype(np.int64)
+
+    def document_vectors(self, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(self.full[np.asarray(rows, np.int64)], dtype=np.float32)
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         if self._ids is None:

@@ -25,6 +25,7 @@ import json
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -32,11 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import BusyError, StoreError
 from ..metrics import top_k
 from ..vectors import binary_codes, hamming_similarity, normalize
 from .base import IndexMeta, check_head_kind
 from .milvus_client import connect, disconnect, is_lite, search, server_version
+from .segments import DeleteReport, UpsertReport, check_batch
 
 DEFAULT_COLLECTION = "matryoshka"
 INSERT_BATCH = 1000
@@ -49,6 +51,8 @@ LITE_INDEX_TYPES = ("FLAT", "BIN_FLAT")
 HNSW_BUILD = {"M": 32, "efConstruction": 200}
 INDEX_WAIT_S = 1800  # for Milvus to index a new generation
 DOCUMENT_FIELDS = ("doc_id", "text")
+LEASE_S = 300  # a writer's claim on an index; renewed by each write, left to expire by a killed writer
+LOOKUP_BATCH = 1000  # document ids looked up per query
 
 
 @dataclass(frozen=True)
@@ -128,12 +132,15 @@ def _meta_name(collection: str) -> str:
     return f"{collection}_meta"
 
 
-def _read_pointer(client, collection: str) -> tuple[str, Layout, IndexMeta] | None:
+def _read_pointer(client, collection: str, strong: bool = False) -> tuple[str, Layout, IndexMeta, dict] | None:
+    """(generation, layout, meta, state) of the index's current generation; ``state`` holds what
+    writes keep beside the metadata: the next free row and the Milvus timestamp of the last write."""
     name = _meta_name(collection)
     if not client.has_collection(name):
         return None
     client.load_collection(name)
-    rows = client.get(name, ids=["current"], output_fields=["value"])
+    extra = {"consistency_level": "Strong"} if strong else {}
+    rows = client.get(name, ids=["current"], output_fields=["value"], **extra)
     if not rows:
         return None
     value = json.loads(rows[0]["value"])
@@ -146,10 +153,31 @@ def _read_pointer(client, collection: str) -> tuple[str, Layout, IndexMeta] | No
         )
     layout = value["layout"]
     layout["prefix_dims"] = tuple(layout["prefix_dims"])
-    return value["generation"], Layout(**layout), meta
+    state = {
+        "next_row": int(value.get("next_row", meta.count)),
+        "written_ts": int(value.get("written_ts", 0)),
+        "writing": bool(value.get("writing", False)),
+    }
+    return value["generation"], Layout(**layout), meta, state
 
 
-def _write_pointer(client, collection: str, generation: str, layout: Layout, meta: IndexMeta) -> None:
+def _write_pointer(
+    client,
+    collection: str,
+    generation: str,
+    layout: Layout,
+    meta: IndexMeta,
+    state: dict | None = None,
+    flush: bool = True,
+) -> None:
+    name = _ensure_meta_collection(client, collection)
+    value = json.dumps({"generation": generation, "layout": asdict(layout), "meta": meta.to_dict(), **(state or {})})
+    client.upsert(name, [{"key": "current", "value": value, "vector": [0.0, 0.0]}])
+    if flush:
+        client.flush(name)
+
+
+def _ensure_meta_collection(client, collection: str) -> str:
     from pymilvus import DataType, MilvusClient
 
     name = _meta_name(collection)
@@ -161,9 +189,7 @@ def _write_pointer(client, collection: str, generation: str, layout: Layout, met
         index = client.prepare_index_params()
         index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
         client.create_collection(name, schema=schema, index_params=index)
-    value = json.dumps({"generation": generation, "layout": asdict(layout), "meta": meta.to_dict()})
-    client.upsert(name, [{"key": "current", "value": value, "vector": [0.0, 0.0]}])
-    client.flush(name)
+    return name
 
 
 class MilvusStore:
@@ -182,6 +208,9 @@ class MilvusStore:
             raise
         self._documents: dict[int, tuple[str, str]] = {}
         self._pool = ThreadPoolExecutor(max_workers=QUERY_WORKERS, thread_name_prefix="matryoshka-milvus")
+        # released by close(), or when no one holds this store any more (a reader that moved on to a
+        # newer state drops the old one without closing it, since a search may still be running on it)
+        self._release = weakref.finalize(self, _release, self._pool, self.client, uri)
 
     def _open(self, head_index: str | None) -> None:
         pointer = _read_pointer(self.client, self.collection)
@@ -189,7 +218,9 @@ class MilvusStore:
             raise StoreError(
                 f"no matryoshka index {self.collection!r} at {self.uri}; run 'matryoshka index --db {self.uri}' first"
             )
-        self.generation, self.layout, self.meta = pointer
+        self.generation, self.layout, self.meta, state = pointer
+        self._written_ts = state["written_ts"]
+        self._state = (self.generation, self.meta, state["written_ts"])
         self.full_dim, self.head_dim = self.meta.full_dim, self.meta.head_dim
         self.binary_head = self.meta.binary_head
         check_head_kind(self.meta.head_index, head_index, f"index {self.collection!r} at {self.uri}")
@@ -241,6 +272,7 @@ class MilvusStore:
             limit,
             expr=expr,
             output_fields=outputs if field_name == "full" or self.layout.kind == "fields" else (),
+            guarantee_ts=self._written_ts,
         )
 
     # the funnel ----------------------------------------------------------------------------------
@@ -372,6 +404,34 @@ class MilvusStore:
         return np.take_along_axis(scores, rows, axis=1), rows
 
     # documents -------------------------------------------------------------------------------------
+    def sample_rows(self, count: int, seed: int = 0) -> np.ndarray:
+        """Up to ``count`` live rows drawn at random (rows are not numbered 0..len-1 once documents
+        have been deleted)."""
+        state = _read_pointer(self.client, self.collection)
+        top = max(1, state[3]["next_row"] if state else len(self))
+        drawn = np.unique(np.random.default_rng(seed).integers(0, top, size=min(top, 3 * count)))
+        full = self.layout.collection(self.collection, self.generation, "full")
+        found = []
+        for start in range(0, len(drawn), LOOKUP_BATCH):
+            hits = self.client.query(
+                full, filter=f"row in {drawn[start : start + LOOKUP_BATCH].tolist()}", output_fields=["row"]
+            )
+            found.extend(int(hit["row"]) for hit in hits)
+        return np.sort(np.asarray(found[:count], np.int64))
+
+    def document_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), d) full vectors of ``rows``."""
+        full = self.layout.collection(self.collection, self.generation, "full")
+        vector = self.layout.vector_field("full")
+        out = np.zeros((len(rows), self.full_dim), np.float32)
+        position = {int(r): i for i, r in enumerate(rows)}
+        for start in range(0, len(rows), GET_BATCH):
+            for hit in self.client.get(
+                full, ids=[int(r) for r in rows[start : start + GET_BATCH]], output_fields=[vector]
+            ):
+                out[position[int(hit["row"])]] = np.asarray(hit[vector], np.float32)
+        return out
+
     def _fetch_documents(self, rows: np.ndarray) -> None:
         missing = sorted({int(r) for r in np.ravel(rows) if r >= 0 and int(r) not in self._documents})
         full = self.layout.collection(self.collection, self.generation, "full")
@@ -396,18 +456,215 @@ class MilvusStore:
 
     def is_current(self) -> bool:
         pointer = _read_pointer(self.client, self.collection)
-        return pointer is not None and pointer[0] == self.generation
+        return pointer is not None and (pointer[0], pointer[2], pointer[3]["written_ts"]) == self._state
 
     def save_tuning(self, meta: IndexMeta, head_params: dict) -> None:
         """Record a schedule (and head settings) tuned on this generation, in its pointer."""
         self.layout = replace(self.layout, head_params=dict(head_params))
         self.meta = meta
-        _write_pointer(self.client, self.collection, self.generation, self.layout, meta)
+        pointer = _read_pointer(self.client, self.collection, strong=True)
+        _write_pointer(
+            self.client, self.collection, self.generation, self.layout, meta, pointer[3] if pointer else None
+        )
 
     def close(self) -> None:
         """Release the connection (a Milvus Lite file admits one process at a time)."""
-        self._pool.shutdown(wait=True)
-        disconnect(self.client, self.uri)
+        self._release()
+
+
+def _release(pool: ThreadPoolExecutor, client, uri: str) -> None:
+    pool.shutdown(wait=True)
+    disconnect(client, uri)
+
+
+class MilvusWriter:
+    """Writes to the current generation in place, with Milvus's own upsert and delete: a
+    document keeps its row when it is replaced, a new one takes the next free row. The pointer
+    row, written last, carries the live count and the Milvus timestamp of the write, which every
+    reader's searches then wait for (so a search that sees the new count sees the new rows)."""
+
+    def __init__(self, uri: str, collection: str = DEFAULT_COLLECTION) -> None:
+        self.uri, self.collection = uri, collection
+        self.client = connect(uri, create=False)
+        try:
+            pointer = _read_pointer(self.client, collection, strong=True)
+            if pointer is None:
+                raise StoreError(
+                    f"no matryoshka index {collection!r} at {uri}; run 'matryoshka index --db {uri}' first"
+                )
+            self.generation, self.layout, self.meta, self.state = pointer
+            self._lease = _take_lease(self.client, collection)
+            self._recover()
+        except BaseException:
+            disconnect(self.client, uri)
+            raise
+
+    def _name(self, field_name: str = "full") -> str:
+        return self.layout.collection(self.collection, self.generation, field_name)
+
+    def _names(self) -> list[str]:
+        return list(dict.fromkeys(self._name(f) for f in self.layout.fields()))
+
+    def _recover(self) -> None:
+        """After a writer was killed between its rows and the pointer (the pointer still says it was
+        writing): count the live rows again, and move the next free row past any it wrote."""
+        if not self.state.get("writing"):
+            return
+        stray = self.client.query(
+            self._name(), filter=f"row >= {self.state['next_row']}", output_fields=["row"], consistency_level="Strong"
+        )
+        if stray:
+            self.state["next_row"] = max(int(hit["row"]) for hit in stray) + 1
+        counted = self.client.query(self._name(), filter="", output_fields=["count(*)"], consistency_level="Strong")
+        live = int(counted[0]["count(*)"])
+        self._save(replace(self.meta, count=live))
+
+    def _rows_of(self, ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), LOOKUP_BATCH):
+            hits = self.client.query(
+                self._name(),
+                filter=f"doc_id in {json.dumps(list(ids[start : start + LOOKUP_BATCH]))}",
+                output_fields=["row", "doc_id"],
+                consistency_level="Strong",
+            )
+            found.update((hit["doc_id"], int(hit["row"])) for hit in hits)
+        return found
+
+    def upsert(
+        self, ids: Sequence[str], full: np.ndarray, texts: Sequence[str], head_source: np.ndarray | None = None
+    ) -> UpsertReport:
+        """Add documents; an id already in the index keeps its row and gets the new vectors and text."""
+        ids = check_batch(ids, full, texts)
+        if any(len(str(i).encode("utf-8")) > 1024 for i in ids):
+            raise StoreError("a document id longer than 1,024 bytes cannot be stored in Milvus")
+        existing = self._rows_of(ids)
+        next_row = self.state["next_row"]
+        rows = []
+        for doc_id in ids:
+            if doc_id in existing:
+                rows.append(existing[doc_id])
+            else:
+                rows.append(next_row)
+                next_row += 1
+        source = full if head_source is None else head_source
+        self._mark_writing()
+        for start in range(0, len(ids), INSERT_BATCH):
+            stop = start + INSERT_BATCH
+            write_rows(
+                self.client,
+                self.layout,
+                self.collection,
+                self.generation,
+                rows[start:stop],
+                np.asarray(full[start:stop]),
+                np.asarray(source[start:stop]),
+                ids[start:stop],
+                list(texts[start:stop]),
+                self.meta,
+                verb="upsert",
+            )
+        added = len(ids) - len(existing)
+        self.state["next_row"] = next_row
+        self._save(replace(self.meta, count=self.meta.count + added))
+        return UpsertReport(added=added, replaced=len(existing))
+
+    def delete(self, ids: Sequence[str]) -> DeleteReport:
+        """Delete documents by id; ids not in the index are reported, not an error."""
+        ids = list(dict.fromkeys(str(i) for i in ids))
+        existing = self._rows_of(ids)
+        if existing:
+            self._mark_writing()
+            for name in self._names():
+                self.client.delete(name, ids=sorted(existing.values()))
+            self._save(replace(self.meta, count=self.meta.count - len(existing)))
+        return DeleteReport([i for i in ids if i in existing], [i for i in ids if i not in existing])
+
+    def compact(self, progress=None) -> None:
+        """Ask Milvus to merge its segments and drop deleted rows (it does so in the background too)."""
+        for name in [] if is_lite(self.uri) else self._names():  # Milvus Lite compacts on its own only
+            compact = getattr(self.client, "compact", None)
+            if compact is not None:
+                try:
+                    compact(name)
+                except Exception:  # noqa: BLE001 - a server that refuses leaves the data correct, compacted later
+                    pass
+        if progress:
+            progress(self.meta.count)
+
+    def live_count(self) -> int:
+        return self.meta.count
+
+    def store_view(self) -> MilvusStore:
+        return MilvusStore(self.uri, collection=self.collection)
+
+    def save_meta(self, meta: IndexMeta) -> None:
+        self._save(replace(meta, count=self.meta.count))
+
+    def _mark_writing(self) -> None:
+        """Say in the pointer that rows are being written, so that a writer killed before it
+        writes the pointer again is repaired by the next one."""
+        _write_pointer(
+            self.client,
+            self.collection,
+            self.generation,
+            self.layout,
+            self.meta,
+            {**self.state, "writing": True},
+            flush=is_lite(self.uri),
+        )
+
+    def _save(self, meta: IndexMeta) -> None:
+        from pymilvus.client import ts_utils
+
+        if is_lite(self.uri):  # a server keeps what it acknowledged in its log; Milvus Lite on flush
+            for name in self._names():
+                self.client.flush(name)
+        written = [ts_utils.get_collection_ts(name) or 0 for name in self._names()]
+        self.state["written_ts"] = max([self.state.get("written_ts", 0), *written])
+        self.state["writing"] = False
+        self.meta = meta
+        _write_pointer(
+            self.client, self.collection, self.generation, self.layout, meta, self.state, flush=is_lite(self.uri)
+        )
+        self._lease = _take_lease(self.client, self.collection, self._lease)
+
+    def __enter__(self) -> MilvusWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.client.delete(_meta_name(self.collection), ids=["writer"])
+        finally:
+            disconnect(self.client, self.uri)
+
+
+def _take_lease(client, collection: str, ours: str | None = None) -> str:
+    """Claim the index for one writer: a ``writer`` row in the pointer collection naming the
+    holder and when the claim lapses. Another live claim is an error naming its holder."""
+    import os
+    import socket
+
+    name = _ensure_meta_collection(client, collection)
+    rows = client.get(name, ids=["writer"], output_fields=["value"], consistency_level="Strong")
+    if rows:
+        held = json.loads(rows[0]["value"])
+        if held.get("token") != ours and held.get("until", 0) > time.time():
+            raise BusyError(
+                f"index {collection!r} is being written by {held.get('holder', 'another process')}; "
+                "wait for it to finish, then try again"
+            )
+    token = ours or f"{socket.gethostname()}:{os.getpid()}:{time.monotonic_ns()}"
+    value = {
+        "token": token,
+        "holder": f"process {os.getpid()} on {socket.gethostname()}",
+        "until": time.time() + LEASE_S,
+    }
+    client.upsert(name, [{"key": "writer", "value": json.dumps(value), "vector": [0.0, 0.0]}])
+    return token
 
 
 def _padded(rows: list[np.ndarray], scores: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -458,13 +715,16 @@ class MilvusBuilder:
         self._create(layout, meta)
         for start in range(0, len(ids), INSERT_BATCH):
             stop = min(start + INSERT_BATCH, len(ids))
-            self._insert(
+            write_rows(
+                self.client,
                 layout,
-                start,
+                self.collection,
+                self.generation,
+                list(range(start, stop)),
                 np.asarray(full[start:stop]),
                 np.asarray((full if head_source is None else head_source)[start:stop]),
-                ids,
-                texts,
+                ids[start:stop],
+                texts[start:stop],
                 meta,
             )
             if progress:
@@ -520,33 +780,6 @@ class MilvusBuilder:
             self.client.create_collection(collection, schema=schema, index_params=index)
             self.created.append(collection)
 
-    def _insert(
-        self, layout: Layout, start: int, block: np.ndarray, source: np.ndarray, ids, texts, meta: IndexMeta
-    ) -> None:
-        if layout.binary_head:
-            heads = [bytes(code) for code in binary_codes(source, meta.head_dim)]
-        else:
-            heads = normalize(source[:, : meta.head_dim]).tolist()
-        columns = {
-            "head": heads,
-            "full": block.tolist(),
-            **{f"p{d}": normalize(block[:, :d]).tolist() for d in layout.prefix_dims},
-        }
-        rows = range(start, start + len(block))
-        documents = {r: {"doc_id": str(ids[r])[:1024], "text": _clip(texts[r])} for r in rows}
-        if layout.kind == "fields":
-            self.client.insert(
-                self.created[0],
-                [{"row": r, **{name: columns[name][r - start] for name in columns}, **documents[r]} for r in rows],
-            )
-            return
-        for field_name in layout.fields():
-            collection = layout.collection(self.collection, self.generation, field_name)
-            extra = (lambda r: documents[r]) if field_name == "full" else (lambda r: {})
-            self.client.insert(
-                collection, [{"row": r, "vector": columns[field_name][r - start], **extra(r)} for r in rows]
-            )
-
     def _wait_for_indexes(self, name: str) -> None:
         """Until Milvus has indexed every flushed row: a segment not yet indexed is searched exactly,
         so an approximate head tuned before that would look better than it is."""
@@ -578,6 +811,50 @@ class MilvusBuilder:
             except Exception:  # noqa: BLE001 - best effort: the pointer never named these
                 pass
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def write_rows(
+    client,
+    layout: Layout,
+    collection: str,
+    generation: str,
+    rows: Sequence[int],
+    block: np.ndarray,
+    source: np.ndarray,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    meta: IndexMeta,
+    verb: str = "insert",
+) -> None:
+    """Write documents as ``rows`` of a generation, every stage's field (``verb``: ``insert`` for
+    new rows, ``upsert`` to replace rows that may exist)."""
+    if layout.binary_head:
+        heads = [bytes(code) for code in binary_codes(source, meta.head_dim)]
+    else:
+        heads = normalize(source[:, : meta.head_dim]).tolist()
+    columns = {
+        "head": heads,
+        "full": block.tolist(),
+        **{f"p{d}": normalize(block[:, :d]).tolist() for d in layout.prefix_dims},
+    }
+    documents = [{"doc_id": str(doc_id)[:1024], "text": _clip(text)} for doc_id, text in zip(ids, texts)]
+    write = getattr(client, verb)
+    if layout.kind == "fields":
+        name = layout.collection(collection, generation, "head")
+        write(
+            name,
+            [{"row": int(r), **{f: columns[f][i] for f in columns}, **documents[i]} for i, r in enumerate(rows)],
+        )
+        return
+    for field_name in layout.fields():
+        name = layout.collection(collection, generation, field_name)
+        write(
+            name,
+            [
+                {"row": int(r), "vector": columns[field_name][i], **(documents[i] if field_name == "full" else {})}
+                for i, r in enumerate(rows)
+            ],
+        )
 
 
 def _clip(text: str) -> str:

@@ -133,14 +133,28 @@ def search(
     *,
     expr: str = "",
     output_fields: tuple[str, ...] = (),
+    guarantee_ts: int = 0,
 ) -> Answers:
     """One Milvus search request, its results read as arrays. ``params`` is Milvus's search
-    parameters, e.g. ``{"metric_type": "IP", "params": {"ef": 200}}``."""
+    parameters, e.g. ``{"metric_type": "IP", "params": {"ef": 200}}``. ``guarantee_ts``: a
+    Milvus timestamp the search must see every write up to (a write's own), else the
+    collection's default consistency."""
     from pymilvus.client.prepare import Prepare
+    from pymilvus.client.types import ConsistencyLevel
     from pymilvus.exceptions import MilvusException
 
+    consistency = {"consistency_level": ConsistencyLevel.Customized, "guarantee_timestamp": guarantee_ts}
     request = Prepare.search_requests_with_expr(
-        collection, data, field, params, limit, expr, None, list(output_fields), -1
+        collection,
+        data,
+        field,
+        params,
+        limit,
+        expr,
+        None,
+        list(output_fields),
+        -1,
+        **(consistency if guarantee_ts else {}),
     )
     connection = client._get_connection()
     response = connection._stub.Search(request, timeout=SEARCH_TIMEOUT_S)

@@ -1,0 +1,198 @@
+"""The live index at a million vectors: how fast documents go in, what searching many segments
+costs against the compacted index, and how long compaction takes.
+
+Corpus: the 117,659 WordNet 3.0 glosses bundled with the package, embedded with WordLlama (256
+dims), each plus 8 jittered copies (as in benchmarks/funnel.py): 1,058,931 vectors. Queries: 200
+lemmas; the schedule is tuned on 500 others. The index has a binary head of all 256 sign bits;
+every layout is searched with the same schedule, the one autotune chose for the compacted index,
+so the layouts are compared at the same work per query; recall@10 is against exact search over the same live documents.
+
+Layouts, all on the local store with the same live documents:
+- compacted: one segment (``index`` of the whole corpus);
+- 10 and 50 segments: ``index`` of the first part, then ``add`` of equal parts;
+- 10 segments with 10% of the documents deleted (re-added in an 11th), to show tombstones cost
+  neither recall nor time.
+
+Also: ``add`` throughput with precomputed vectors into the 1M index (batches of 1,000 and of
+10,000), and the time to compact the 50-segment index (and to re-tune after it).
+
+Run:  python benchmarks/live.py            (about 30 minutes on 2 cores; needs 6 GB of disk)
+Writes benchmarks/results/live.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import expand, machine
+
+from matryoshka.demo import best_seconds, lemma_queries, read_glosses
+from matryoshka.funnel import Schedule, recall_at_k
+from matryoshka.index import Index, build_index
+from matryoshka.models import load_model
+from matryoshka.stores import open_writer
+
+K = 10
+QUERIES = 200
+TUNE = 500  # lemmas the compacted index's schedule is tuned on (not measured)
+SINGLE = 100  # queries timed one at a time (median)
+
+
+def corpus(copies: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Ids, vectors, the measured queries, and other lemmas to tune the schedule on."""
+    model = load_model("wordllama")
+    glosses = read_glosses()
+    vectors = model.encode(glosses.texts, kind="document")
+    full = expand(vectors, copies, jitter=0.5)
+    ids = [f"{i}" for i in range(len(full))]
+    lemmas = model.encode(lemma_queries(glosses, QUERIES + TUNE, seed=3), kind="query")
+    return ids, full, lemmas[:QUERIES], lemmas[QUERIES:]
+
+
+def measure(index: Index, schedule: Schedule, queries: np.ndarray, truth: np.ndarray) -> dict:
+    """Recall@10 and latency of one schedule: one query at a time (median) and the whole batch (best of 3)."""
+    found = index.search_vectors(queries, K, schedule=schedule)
+    ids = index.hits(found)
+    recall = recall_at_k(np.array([h.ids for h in ids]), truth)
+    single = []
+    for query in queries[:SINGLE]:
+        started = time.perf_counter()
+        index.search_vectors(query[None, :], K, schedule=schedule)
+        single.append(time.perf_counter() - started)
+    batch = best_seconds(lambda: index.search_vectors(queries, K, schedule=schedule), repeats=3)
+    return {
+        "recall@10": round(float(recall), 4),
+        "one_query_ms": round(1000 * statistics.median(single), 3),
+        "batch_ms_per_query": round(1000 * batch / len(queries), 4),
+        "segments": len(index.store.segments),
+    }
+
+
+def exact_ids(index: Index, queries: np.ndarray) -> np.ndarray:
+    return np.array([h.ids for h in index.hits(index.search_vectors(queries, K, exact=True))])
+
+
+def build_in_parts(db: Path, ids: list[str], full: np.ndarray, parts: int, schedule: str, autotune) -> float:
+    """``index`` of the first part, ``add`` of the others; returns the seconds the adds took."""
+    bounds = np.linspace(0, len(ids), parts + 1).astype(int)
+    build_index(db, ids[: bounds[1]], [""] * bounds[1], vectors=full[: bounds[1]], head_index="binary", k=K)
+    _keep_schedule(db, schedule, autotune)
+    started = time.perf_counter()
+    with Index(db) as index:
+        for start, stop in zip(bounds[1:-1], bounds[2:]):
+            index.add(ids[start:stop], vectors=full[start:stop])
+    _keep_schedule(db, schedule, autotune)  # an add that doubled the corpus re-tuned it; compare alike
+    return time.perf_counter() - started
+
+
+def _keep_schedule(db: Path, schedule: str, autotune) -> None:
+    from dataclasses import replace
+
+    with open_writer(db) as writer:
+        writer.save_meta(replace(writer.meta, schedule=schedule, autotune=autotune))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--copies", type=int, default=8, help="jittered copies of each gloss vector (8: 1M)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where the indexes are written (default: a temp dir)"
+    )
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "live.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="matryoshka-live-", dir=args.workdir))
+    print(f"Machine: {machine()}\nWork folder: {work}", flush=True)
+    ids, full, queries, tune = corpus(args.copies)
+    n = len(ids)
+    print(f"{n:,} vectors of {full.shape[1]} dims, {len(queries)} queries", flush=True)
+    results: dict = {"machine": machine(), "documents": n, "dims": int(full.shape[1]), "layouts": {}}
+
+    # the compacted index: one segment, its tuned schedule used for every layout
+    started = time.perf_counter()
+    build_index(work / "one", ids, [""] * n, vectors=full, head_index="binary", k=K, tune_queries=tune)
+    results["build_s"] = round(time.perf_counter() - started, 1)
+    with Index(work / "one") as index:
+        schedule, autotune = Schedule.parse(index.meta.schedule), index.meta.autotune
+        truth = exact_ids(index, queries)
+        results["schedule"] = str(schedule)
+        results["layouts"]["compacted (1 segment)"] = measure(index, schedule, queries, truth)
+        print("compacted", results["layouts"]["compacted (1 segment)"], flush=True)
+        # add throughput into the 1M index, precomputed vectors
+        rng = np.random.default_rng(5)
+        extra = full[rng.choice(n, 20_000, replace=False)]
+        throughput = {}
+        for batch in (1_000, 10_000):
+            adds = 10_000 // batch
+            started = time.perf_counter()
+            for step in range(adds):
+                chunk = extra[step * batch : (step + 1) * batch]
+                index.add([f"new-{batch}-{step}-{i}" for i in range(len(chunk))], vectors=chunk)
+            seconds = time.perf_counter() - started
+            throughput[f"batches of {batch:,}"] = round(10_000 / seconds)
+            print(f"add, batches of {batch:,}: {10_000 / seconds:,.0f} documents/s", flush=True)
+        results["add_documents_per_s"] = throughput
+    shutil.rmtree(work / "one")
+
+    for parts in (10, 50):
+        db = work / f"s{parts}"
+        add_s = build_in_parts(db, ids, full, parts, str(schedule), autotune)
+        with Index(db) as index:
+            label = f"{parts} segments"
+            results["layouts"][label] = {**measure(index, schedule, queries, truth), "adds_s": round(add_s, 1)}
+            print(label, results["layouts"][label], flush=True)
+            if parts == 10:  # delete a tenth and add it again: tombstones in every segment, an 11th segment
+                rng = np.random.default_rng(9)
+                again = np.sort(rng.choice(n, n // 10, replace=False))
+                index.delete([ids[i] for i in again])
+                index.add([ids[i] for i in again], vectors=full[again])
+                _keep_schedule(db, str(schedule), autotune)
+                label = "10 segments + 10% deleted and re-added"
+                results["layouts"][label] = measure(index, schedule, queries, truth)
+                print(label, results["layouts"][label], flush=True)
+        if parts == 10:
+            shutil.rmtree(db)
+    with Index(work / "s50") as index:
+        with open_writer(work / "s50", previous=index.store) as writer:
+            started = time.perf_counter()
+            writer.compact()
+            results["compact_s"] = round(time.perf_counter() - started, 1)
+            started = time.perf_counter()
+            index._retune(writer)
+            results["retune_s"] = round(time.perf_counter() - started, 1)
+        print(f"compact: {results['compact_s']} s, re-tune: {results['retune_s']} s", flush=True)
+        results["layouts"]["50 segments, compacted"] = measure(index, schedule, queries, truth)
+    shutil.rmtree(work)
+
+    base = results["layouts"]["compacted (1 segment)"]
+    print(f"\nSchedule {results['schedule']}, {n:,} documents, k={K}")
+    print(f"{'layout':<42}{'recall@10':>10}{'one query ms':>14}{'× compacted':>12}{'batch ms/q':>12}{'×':>7}")
+    for label, row in results["layouts"].items():
+        print(
+            f"{label:<42}{row['recall@10']:>10.4f}{row['one_query_ms']:>14.3f}"
+            f"{row['one_query_ms'] / base['one_query_ms']:>12.2f}{row['batch_ms_per_query']:>12.4f}"
+            f"{row['batch_ms_per_query'] / base['batch_ms_per_query']:>7.2f}"
+        )
+    print(
+        f"add: {results['add_documents_per_s']} documents/s; compact 1M: {results['compact_s']} s "
+        f"(+ re-tune {results['retune_s']} s); build 1M: {results['build_s']} s"
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"Results written to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

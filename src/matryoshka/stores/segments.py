@@ -1,0 +1,444 @@
+"""An index made of segments: immutable blocks of rows, some of them deleted.
+
+A write never changes a segment: new and replaced documents go to a new segment, and deleting a
+document marks its row in a tombstone set. Searches see only live rows, numbered 0..len-1 in
+segment order, so a deleted row never takes a shortlist place: the head of every live row is
+gathered into one contiguous array when the store opens (the head is what a search holds in RAM
+anyway), and a head scan over ten segments is one scan, as over one. Re-ranking reads each
+candidate where it lies, in its own segment's full vectors. An HNSW head keeps a graph per
+segment, searched with the segment's tombstones excluded.
+
+:class:`SegmentWriter` holds the rules every store's writer shares (upsert, delete, compact);
+the local store persists its changes as files, the memory store by swapping objects.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import StoreError
+from ..rescore import unit_cosines_one
+from ..selection import HammingShortlist, scan_shortlist
+from ..vectors import binary_codes, hamming_similarity, normalize, prefix_norm_dims, prefix_norms
+from .base import IndexMeta
+from .memory import HNSW_M, HNSW_MIN_EF_SEARCH, exact_top_k, make_head_index, rescore_rows
+
+NO_ROWS = np.zeros(0, np.int64)
+
+
+@dataclass
+class Segment:
+    """One block of rows as stored. ``full`` is (n, d) unit rows (an array or a memory map);
+    ``head`` (n, head_dim) the re-normalised float head, or ``codes`` (n, head_dim / 8) the sign
+    bits of a binary head; ``norms`` each row's prefix norm at the stage dims; ``deleted`` the
+    sorted rows of this segment that are deleted."""
+
+    name: str
+    full: np.ndarray
+    ids: np.ndarray  # (n,) object: document ids
+    head: np.ndarray | None
+    codes: np.ndarray | None
+    norms: dict[int, np.ndarray]
+    texts: Callable[[], list[str]]  # read on first use
+    graph: object | None = None  # FAISS HNSW graph over the head, for an hnsw head
+    deleted: np.ndarray = field(default_factory=lambda: NO_ROWS)
+    tombstones: str | None = None  # where ``deleted`` was read from, for a store on files
+    _rows_by_id: dict[str, int] | None = field(default=None, repr=False)  # built on first lookup, kept by copies
+    _text_cache: list[str] | None = field(default=None, repr=False)
+    _text_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __len__(self) -> int:
+        return int(self.full.shape[0])
+
+    @property
+    def live(self) -> np.ndarray | None:
+        """Rows not deleted (``None``: all of them)."""
+        if not len(self.deleted):
+            return None
+        keep = np.ones(len(self), bool)
+        keep[self.deleted] = False
+        return np.flatnonzero(keep)
+
+    @property
+    def live_count(self) -> int:
+        return len(self) - len(self.deleted)
+
+    def text_list(self) -> list[str]:
+        with self._text_lock:  # searches in several threads may ask at once; the file is read once
+            if self._text_cache is None:
+                self._text_cache = self.texts()
+            return self._text_cache
+
+    def live_row_of(self, doc_id: str) -> int | None:
+        """The row holding ``doc_id`` in this segment, unless there is none or it is deleted."""
+        if self._rows_by_id is None:
+            self._rows_by_id = {doc_id: row for row, doc_id in enumerate(self.ids.tolist())}
+        row = self._rows_by_id.get(doc_id)
+        if row is None:
+            return None
+        position = np.searchsorted(self.deleted, row)
+        return None if position < len(self.deleted) and self.deleted[position] == row else row
+
+    def with_deleted(self, rows: np.ndarray) -> Segment:
+        """This segment with ``rows`` deleted too (a new object; this one is not changed)."""
+        deleted = np.union1d(self.deleted, np.asarray(rows, np.int64))
+        self.live_row_of("")  # build the lookup once, for this segment and its copies
+        return replace(self, deleted=deleted, _text_cache=self.text_list() if self._text_cache else None)
+
+
+def make_segment(
+    name: str,
+    full: np.ndarray,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    meta: IndexMeta,
+    head_source: np.ndarray | None = None,
+    head: np.ndarray | None = None,
+) -> Segment:
+    """A segment in RAM from unit vectors: the head is cut from ``head_source`` (an adapter's
+    ``f(x)``) or from ``full``, unless ``head`` gives it as stored (float rows, or sign bits for a
+    binary head)."""
+    source = full if head_source is None else head_source
+    dims = list(meta.prefix_norm_dims) or prefix_norm_dims(full.shape[1])
+    table = prefix_norms(full, dims)
+    codes = graph = None
+    if meta.binary_head:
+        codes = binary_codes(source, meta.head_dim) if head is None else head
+        head = None
+    else:
+        if head is None:
+            head = normalize(np.asarray(source[:, : meta.head_dim], dtype=np.float32))
+        if meta.head_index == "hnsw" and len(head):
+            graph = make_head_index(head, "hnsw")
+    texts = list(texts)
+    return Segment(
+        name=name,
+        full=full if isinstance(full, np.ndarray) and full.dtype == np.float32 else np.asarray(full, np.float32),
+        ids=np.asarray(list(ids), dtype=object),
+        head=head,
+        codes=codes,
+        norms={dim: np.ascontiguousarray(table[:, i]) for i, dim in enumerate(dims)},
+        texts=lambda: texts,
+        graph=graph,
+    )
+
+
+class SegmentedStore:
+    """The funnel protocol (:class:`~matryoshka.stores.base.Store`) over the live rows of segments."""
+
+    kind = "segments"
+
+    def __init__(self, segments: Sequence[Segment], meta: IndexMeta) -> None:
+        self.meta = meta
+        self.full_dim, self.head_dim = meta.full_dim, meta.head_dim
+        self.head_index_kind = meta.head_index
+        self.binary_head = meta.binary_head
+        self.segments = list(segments)
+        lives = [s.live for s in self.segments]
+        counts = [s.live_count for s in self.segments]
+        self._live = lives  # per segment: its live rows (None: all), in the order they are numbered
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._count = int(self._starts[-1])
+        self._ids = np.concatenate(
+            [np.zeros(0, object)] + [s.ids if live is None else s.ids[live] for s, live in zip(self.segments, lives)]
+        )
+        self._head = None
+        if self._count and self.binary_head:
+            self._head = HammingShortlist(self._gather_live("codes"))
+        elif self._count and self.head_index_kind != "hnsw":
+            self._head = np.ascontiguousarray(self._gather_live("head"), dtype=np.float32)
+
+    def _gather_live(self, name: str) -> np.ndarray:
+        parts = []
+        for segment, live in zip(self.segments, self._live):
+            array = getattr(segment, name)
+            parts.append(np.asarray(array) if live is None else np.asarray(array)[live])
+        return np.concatenate(parts)
+
+    def __len__(self) -> int:
+        return self._count
+
+    # rows ----------------------------------------------------------------------------------------
+    def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment, row within it) of each live row number (-1 stays -1 in both)."""
+        rows = np.asarray(rows, np.int64)
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        which = np.where(rows >= 0, np.minimum(which, len(self.segments) - 1), -1)
+        local = np.full(rows.shape, -1, np.int64)
+        for s, live in enumerate(self._live):
+            mask = which == s
+            if mask.any():
+                offsets = rows[mask] - self._starts[s]
+                local[mask] = offsets if live is None else live[offsets]
+        return which, local
+
+    # the funnel ----------------------------------------------------------------------------------
+    def head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` live rows by the head; a first stage of another dim falls back to an exact scan."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n = min(n, self._count)
+        if self.binary_head:
+            if queries.shape[1] != self.head_dim:
+                raise StoreError(
+                    f"this index's binary head holds {self.head_dim} bits; got {queries.shape[1]}-dim head queries"
+                )
+            distances, rows = self._head.search(binary_codes(queries, self.head_dim), n)
+            return hamming_similarity(distances, self.head_dim), rows.astype(np.int64)
+        if queries.shape[1] != self.head_dim:
+            return self.exact_search(queries, n, dim=queries.shape[1])
+        if self.head_index_kind == "hnsw":
+            return self._graph_search(queries, n)
+        return scan_shortlist(queries, self._head, n)
+
+    def _graph_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each segment's graph without its tombstones, merged: the top ``n`` of the union."""
+        import faiss
+
+        all_scores, all_rows = [], []
+        for s, segment in enumerate(self.segments):
+            count = segment.live_count
+            if not count:
+                continue
+            take = min(n, count)
+            params = faiss.SearchParametersHNSW(efSearch=max(take, HNSW_MIN_EF_SEARCH))
+            if len(segment.deleted):
+                skipped = faiss.IDSelectorBatch(segment.deleted)
+                params.sel = selector = faiss.IDSelectorNot(skipped)  # noqa: F841 - both must outlive the search
+            scores, local = segment.graph.search(queries, take, params=params)
+            all_scores.append(scores)
+            all_rows.append(self._numbers(s, local.astype(np.int64)))
+        scores, rows = np.concatenate(all_scores, axis=1), np.concatenate(all_rows, axis=1)
+        scores[rows < 0] = -np.inf
+        if scores.shape[1] > n:
+            best = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+            scores, rows = np.take_along_axis(scores, best, axis=1), np.take_along_axis(rows, best, axis=1)
+        return scores, rows
+
+    def _numbers(self, segment: int, local: np.ndarray) -> np.ndarray:
+        """Live row numbers of rows of one segment (-1 for -1)."""
+        live = self._live[segment]
+        numbers = local if live is None else np.searchsorted(live, local)
+        return np.where(local >= 0, numbers + self._starts[segment], -1)
+
+    def rescore(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Prefix cosines of each query with its candidates, each read in its own segment: the
+        candidates are sorted by row number, which groups them by segment, and each segment
+        scores only its own (a block per query, padded with -1 to the longest)."""
+        dim = queries.shape[1]
+        if len(self.segments) == 1 and self._live[0] is None:
+            segment = self.segments[0]
+            return rescore_rows(segment.full, rows, queries, segment.norms.get(dim))
+        rows = np.asarray(rows, np.int64)
+        nq, m = rows.shape
+        if nq == 1:
+            return self._rescore_one(rows[0], queries)[None, :]
+        order = np.argsort(rows, axis=1, kind="stable")
+        ordered = np.take_along_axis(rows, order, axis=1)
+        # where each segment's block starts in each query's sorted candidates, found in one search
+        spread = np.arange(nq, dtype=np.int64)[:, None] * (self._count + 2)
+        bounds = np.searchsorted((ordered + 1 + spread).ravel(), (self._starts[None, :] + 1 + spread).ravel())
+        bounds = bounds.reshape(nq, -1) - np.arange(nq)[:, None] * m
+        scores = np.full((nq, m), -np.inf, np.float32)
+        for s, segment in enumerate(self.segments):
+            first, counts = bounds[:, s], bounds[:, s + 1] - bounds[:, s]
+            width = int(counts.max())
+            if not width:
+                continue
+            columns = first[:, None] + np.arange(width)
+            valid = np.arange(width) < counts[:, None]
+            columns = np.where(valid, columns, 0)
+            local = np.take_along_axis(ordered, columns, axis=1) - self._starts[s]
+            live = self._live[s]
+            local = np.where(valid, local if live is None else live[np.where(valid, local, 0)], -1)
+            part = rescore_rows(segment.full, local, queries, segment.norms.get(dim))
+            which_query = np.broadcast_to(np.arange(nq)[:, None], valid.shape)[valid]
+            scores[which_query, columns[valid]] = part[valid]
+        out = np.empty_like(scores)
+        np.put_along_axis(out, order, scores, axis=1)
+        return out
+
+    def _rescore_one(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """:meth:`rescore` for one query: its sorted candidates sliced by segment."""
+        dim = query.shape[1]
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        bounds = np.searchsorted(ordered, self._starts)
+        scores = np.full(len(rows), -np.inf, np.float32)
+        unit = np.ascontiguousarray(query[0] / (np.linalg.norm(query[0]) or 1.0), dtype=np.float32)
+        for s in np.flatnonzero(np.diff(bounds)):
+            segment, live = self.segments[s], self._live[s]
+            local = ordered[bounds[s] : bounds[s + 1]] - self._starts[s]
+            local = local if live is None else live[local]
+            norms = segment.norms.get(dim)
+            part = unit_cosines_one(segment.full, local, unit, norms)
+            if part is None:
+                part = rescore_rows(segment.full, local[None, :], query, norms)[0]
+            scores[bounds[s] : bounds[s + 1]] = part
+        out = np.empty_like(scores)
+        out[order] = scores
+        return out
+
+    def scores_in_place(self, dim: int) -> bool:
+        from ..rescore import fusable
+
+        return all(fusable(s.full, dim) for s in self.segments)
+
+    def exact_search(self, queries: np.ndarray, k: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` live rows by the full vectors, or by re-normalised ``dim`` prefixes."""
+        parts = []
+        for s, segment in enumerate(self.segments):
+            numbers = None
+            if len(segment.deleted) or len(self.segments) > 1:
+                numbers = self._numbers(s, np.arange(len(segment)))
+                numbers[segment.deleted] = -1
+            parts.append((segment.full, numbers))
+        return exact_top_k(queries, k, parts, dim)
+
+    # documents -----------------------------------------------------------------------------------
+    def sample_rows(self, count: int, seed: int = 0) -> np.ndarray:
+        """Up to ``count`` live rows drawn at random, sorted."""
+        drawn = np.random.default_rng(seed).choice(self._count, size=min(count, self._count), replace=False)
+        return np.sort(drawn).astype(np.int64)
+
+    def document_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), d) full vectors of live rows."""
+        which, local = self._locate(np.asarray(rows, np.int64))
+        out = np.zeros((len(which), self.full_dim), np.float32)
+        for s, segment in enumerate(self.segments):
+            mask = which == s
+            if mask.any():
+                out[mask] = segment.full[local[mask]]
+        return out
+
+    def ids_of(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        found = self._ids[np.maximum(rows, 0)] if self._count else np.full(rows.shape, "", object)
+        return np.where(rows >= 0, found, "")
+
+    def texts_of(self, rows: np.ndarray) -> list[list[str]]:
+        which, local = self._locate(np.atleast_2d(rows))
+        return [
+            [self.segments[s].text_list()[r] if s >= 0 else "" for s, r in zip(ws, ls)]
+            for ws, ls in zip(which.tolist(), local.tolist())
+        ]
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def memory_bytes(self) -> int:
+        """RAM the search needs beyond the memory-mapped full vectors: the head, graphs, norms."""
+        graph = self._count * HNSW_M * 2 * 4 if self.head_index_kind == "hnsw" else 0
+        bits = self.head_dim // 8 if self.binary_head else self.head_dim * 4
+        norms = sum(a.nbytes for s in self.segments for a in s.norms.values())
+        return int(self._count * bits + graph + norms)
+
+    def is_current(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        """Nothing to release here; stores on files close theirs."""
+
+
+class UpsertReport(NamedTuple):
+    added: int  # ids new to the index
+    replaced: int  # ids that were there and now hold the new vectors
+
+
+class DeleteReport(NamedTuple):
+    deleted: list[str]
+    not_found: list[str]
+
+
+def check_batch_ids(ids: Sequence[str], what: str = "this batch") -> list[str]:
+    """Ids as strings; a batch must not name one document twice (which text would win?)."""
+    ids = [str(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        duplicate = next(i for i in ids if i in seen or seen.add(i))
+        raise StoreError(f"id {duplicate!r} appears more than once in {what}")
+    return ids
+
+
+def check_batch(ids: Sequence[str], full: np.ndarray, texts: Sequence[str]) -> list[str]:
+    """A write's ids (see :func:`check_batch_ids`), with one vector and one text per id."""
+    ids = check_batch_ids(ids)
+    if len(texts) != len(ids) or len(full) != len(ids):
+        raise StoreError(f"{len(ids)} ids, {len(texts)} texts and {len(full)} vectors: give one of each per document")
+    return ids
+
+
+class SegmentWriter:
+    """What a write does to a segmented index, whatever keeps it: the rules of upsert, delete and
+    compaction over the current segments. A subclass says how a new state is made durable
+    (:meth:`_commit`) and how a segment is written (:meth:`_new_segment`)."""
+
+    def __init__(self, segments: Sequence[Segment], meta: IndexMeta) -> None:
+        self.segments = list(segments)
+        self.meta = meta
+
+    def _find(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(segment, row) of each of ``ids`` that is live in the index."""
+        found: dict[str, tuple[int, int]] = {}
+        for s, segment in enumerate(self.segments):
+            for doc_id in ids:
+                row = segment.live_row_of(doc_id)
+                if row is not None:
+                    found[doc_id] = (s, row)
+        return found
+
+    def upsert(
+        self, ids: Sequence[str], full: np.ndarray, texts: Sequence[str], head_source: np.ndarray | None = None
+    ) -> UpsertReport:
+        """Add documents; an id already in the index is replaced (its old row is deleted)."""
+        ids = check_batch(ids, full, texts)
+        replaced = list(self._find(ids).values())
+        segments = self._with_deleted(replaced)
+        segment = self._new_segment(full, ids, texts, head_source)
+        segments.append(segment)
+        self._commit(segments, new=[segment])
+        return UpsertReport(added=len(ids) - len(replaced), replaced=len(replaced))
+
+    def delete(self, ids: Sequence[str]) -> DeleteReport:
+        """Delete documents by id; ids not in the index are reported, not an error."""
+        ids = list(dict.fromkeys(str(i) for i in ids))
+        where = self._find(ids)
+        found = [i for i in ids if i in where]
+        missing = [i for i in ids if i not in where]
+        if found:
+            self._commit(self._with_deleted([where[i] for i in found]), new=[])
+        return DeleteReport(found, missing)
+
+    def _with_deleted(self, places: Sequence[tuple[int, int]]) -> list[Segment]:
+        by_segment: dict[int, list[int]] = {}
+        for s, row in places:
+            by_segment.setdefault(s, []).append(row)
+        return [
+            segment.with_deleted(np.asarray(by_segment[s])) if s in by_segment else segment
+            for s, segment in enumerate(self.segments)
+        ]
+
+    def store_view(self) -> SegmentedStore:
+        """The state this writer holds, searchable (for re-tuning)."""
+        return SegmentedStore(self.segments, self.meta)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let the next writer in."""
+
+    def live_count(self, segments: Sequence[Segment] | None = None) -> int:
+        return sum(s.live_count for s in (self.segments if segments is None else segments))
+
+    def _new_segment(self, full, ids, texts, head_source) -> Segment:
+        raise NotImplementedError
+
+    def _commit(self, segments: list[Segment], new: list[Segment]) -> None:
+        """Make ``segments`` the index's state (``new`` are not stored yet), with the live count in the meta."""
+        raise NotImplementedError
