@@ -187,6 +187,8 @@ class LocalStore(SegmentedStore):
         self._stamp = stamp
         self.generation = manifest["generation"]
         super().__init__(segments, manifest["meta"])
+        if previous is None:
+            clean_leftovers(self.root)
 
     def is_current(self) -> bool:
         return _stamp(self.root / MANIFEST) == self._stamp
@@ -204,6 +206,31 @@ def _stamp(path: Path) -> tuple | None:
     except OSError:
         return None
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def clean_leftovers(root: Path) -> None:
+    """Remove what a killed writer left (files no manifest names), if no writer is at work now:
+    the first open of an index cleans up, the writers' lock says when it is safe."""
+    try:
+        handle = open(root / LOCK, "a+", encoding="utf-8")
+    except OSError:
+        return  # a read-only place: nothing can have been left by a write here since
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return
+    try:
+        manifest = read_manifest(root)
+        remove_unlisted(
+            root,
+            keep_segments={entry["name"] for entry in manifest["segments"]},
+            keep_tombstones={entry["tombstones"] for entry in manifest["segments"] if entry["tombstones"]},
+        )
+    except (StoreError, OSError):
+        pass  # the next writer cleans up instead
+    finally:
+        handle.close()
 
 
 def _segment_name() -> str:
