@@ -554,8 +554,7 @@ class Index:
         try:
             self._retune_on(store, writer)
         finally:
-            if store is not writer:
-                store.close()
+            store.close()
 
     def _retune_on(self, store: Store, writer) -> None:
         meta, tuned = writer.meta, writer.meta.autotune

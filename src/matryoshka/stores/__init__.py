@@ -14,6 +14,7 @@ __all__ = [
     "IndexMeta",
     "Store",
     "check_ids",
+    "is_memory_uri",
     "is_milvus_uri",
     "open_store",
     "open_builder",
@@ -26,12 +27,17 @@ def is_milvus_uri(db: str | Path) -> bool:
     return str(db).endswith(".db") or str(db).split("://")[0] in ("http", "https", "tcp", "grpc")
 
 
+def is_memory_uri(db: str | Path) -> bool:
+    """An index held in this process only: ``memory://<name>``."""
+    return str(db).startswith("memory://")
+
+
 def open_store(
     db: str | Path, *, head_index: str | None = None, collection: str | None = None, previous: Store | None = None
 ) -> Store:
     """Open an existing index for search. ``previous``: this index as opened before, whose
     unchanged parts (the local store's segments) are reused."""
-    if str(db).startswith("memory://"):
+    if is_memory_uri(db):
         from .in_memory import open_in_memory
 
         return open_in_memory(str(db), head_index)
@@ -46,7 +52,7 @@ def open_store(
 
 def open_builder(db: str | Path, collection: str | None = None, head_index: str = "flat"):
     """A builder that stages a new index at ``db`` and makes it current only when complete."""
-    if str(db).startswith("memory://"):
+    if is_memory_uri(db):
         from .in_memory import InMemoryBuilder
 
         return InMemoryBuilder(str(db))
@@ -62,7 +68,7 @@ def open_builder(db: str | Path, collection: str | None = None, head_index: str 
 def open_writer(db: str | Path, collection: str | None = None, previous: Store | None = None):
     """The one writer of an existing index (add, delete, compact); a second gets a StoreError
     naming the first. Close it (or use it in ``with``) to let the next writer in."""
-    if str(db).startswith("memory://"):
+    if is_memory_uri(db):
         from .in_memory import InMemoryWriter
 
         return InMemoryWriter(str(db))

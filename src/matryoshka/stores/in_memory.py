@@ -16,16 +16,12 @@ import numpy as np
 from ..errors import BusyError, StoreError
 from ..vectors import prefix_norm_dims
 from .base import IndexMeta, check_head_kind
-from .segments import Segment, SegmentedStore, SegmentWriter, make_segment
+from .segments import Segment, SegmentedStore, SegmentWriter, gather_live, make_segment, merged_segment
 
 SCHEME = "memory://"
 _INDEXES: dict[str, InMemoryStore] = {}
 _WRITERS: dict[str, threading.Lock] = {}
 _REGISTRY = threading.Lock()
-
-
-def is_memory_uri(db: object) -> bool:
-    return str(db).startswith(SCHEME)
 
 
 def _name(uri: str) -> str:
@@ -53,11 +49,6 @@ def open_in_memory(uri: str, head_index: str | None = None) -> InMemoryStore:
         raise StoreError(f"no index {uri!r} in this process; build it first (index --db {uri})")
     check_head_kind(store.meta.head_index, head_index, uri)
     return store
-
-
-def drop_in_memory(uri: str) -> None:
-    """Forget an in-memory index (its memory is freed once no reader holds it)."""
-    _INDEXES.pop(_name(uri), None)
 
 
 def _writer_lock(name: str) -> threading.Lock:
@@ -108,7 +99,7 @@ class InMemoryWriter(SegmentWriter):
         self._serial += 1
         return make_segment(f"s{self._serial}-{time.monotonic_ns()}", full, ids, texts, self.meta, head_source)
 
-    def _commit(self, segments: list[Segment], new: list[Segment]) -> None:
+    def _commit(self, segments: list[Segment]) -> None:
         self.meta = replace(self.meta, count=self.live_count(segments))
         self.segments = segments
         _INDEXES[self.name] = InMemoryStore(self.name, segments, self.meta)
@@ -119,25 +110,13 @@ class InMemoryWriter(SegmentWriter):
 
     def compact(self, progress=None) -> Segment:
         """Merge every segment's live rows into one."""
-        parts = [(s, np.arange(len(s)) if s.live is None else s.live) for s in self.segments]
-        full = np.concatenate(
-            [np.zeros((0, self.meta.full_dim), np.float32)] + [np.asarray(s.full)[r] for s, r in parts]
-        )
-        ids = [i for s, r in parts for i in s.ids[r].tolist()]
-        texts = [t for s, r in parts for t in (s.text_list()[i] for i in r.tolist())]
-        heads = [self._empty_head()] + [np.asarray(s.codes if self.meta.binary_head else s.head)[r] for s, r in parts]
-        head = np.concatenate(heads)  # as stored (an adapter's), not cut again from the full vectors
-        merged = make_segment(f"s{self._serial + 1}-{time.monotonic_ns()}", full, ids, texts, self.meta, head=head)
         self._serial += 1
+        name = f"s{self._serial}-{time.monotonic_ns()}"
+        merged = merged_segment(name, self.segments, self.meta, gather_live(self.segments, "full"))
         if progress:
-            progress(len(ids))
-        self._commit([merged], new=[merged])
+            progress(len(merged))
+        self._commit([merged])
         return merged
 
     def close(self) -> None:
         self._lock.release()
-
-    def _empty_head(self) -> np.ndarray:
-        if self.meta.binary_head:
-            return np.zeros((0, self.meta.head_dim // 8), np.uint8)
-        return np.zeros((0, self.meta.head_dim), np.float32)

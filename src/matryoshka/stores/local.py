@@ -37,8 +37,7 @@ import numpy as np
 from ..errors import BusyError, StoreError
 from ..vectors import prefix_norm_dims
 from .base import FORMAT_VERSION, IndexMeta, check_format_version, check_head_kind
-from .memory import make_head_index
-from .segments import NO_ROWS, Segment, SegmentedStore, SegmentWriter, make_segment
+from .segments import NO_ROWS, Segment, SegmentedStore, SegmentWriter, live_rows, make_segment, merged_segment
 
 MANIFEST = "manifest.json"
 SEGMENTS = "segments"
@@ -100,7 +99,6 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previo
             deleted=deleted,
             tombstones=entry["tombstones"],
             texts=_text_reader(handle),
-            _text_cache=previous._text_cache,
             _text_lock=Lock(),
         )
     try:
@@ -262,6 +260,14 @@ def save_segment(path: Path, segment: Segment, meta: IndexMeta, *, with_full: bo
         _fsync(item)
 
 
+def publish_segment(partial: Path, segment: Segment, meta: IndexMeta, *, with_full: bool = True) -> None:
+    """Write a segment under its ``.partial`` folder, then give it its name: complete and durable
+    on disk, though no reader sees it until a manifest names it."""
+    save_segment(partial, segment, meta, with_full=with_full)
+    partial.rename(partial.with_name(segment.name))
+    _fsync(partial.parent)
+
+
 class LocalBuilder:
     """Stages a build in ``segments/<name>.partial``; :meth:`commit` makes it the index."""
 
@@ -295,10 +301,7 @@ class LocalBuilder:
         ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
         meta = _stamped(meta, prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1])))
         segment = make_segment(self.name, full, ids, texts, meta, head_source)
-        save_segment(self.partial, segment, meta, with_full=False)
-        final = self.partial.with_name(self.name)
-        self.partial.rename(final)
-        _fsync(final.parent)
+        publish_segment(self.partial, segment, meta, with_full=False)
         previous = _generation(self.root)
         write_manifest(self.root, meta, [_entry(segment, None)], previous + 1)
         remove_unlisted(self.root, keep_segments={self.name}, keep_tombstones=set())
@@ -338,12 +341,10 @@ class LocalWriter(SegmentWriter):
         name = _segment_name()
         partial = self.root / SEGMENTS / f"{name}.partial"
         segment = make_segment(name, full, ids, texts, self.meta, head_source)
-        save_segment(partial, segment, self.meta)
-        partial.rename(partial.with_name(name))
-        _fsync(partial.parent)
+        publish_segment(partial, segment, self.meta)
         return segment
 
-    def _commit(self, segments: list[Segment], new: list[Segment]) -> None:
+    def _commit(self, segments: list[Segment]) -> None:
         generation = self.generation + 1
         (self.root / TOMBSTONES).mkdir(exist_ok=True)
         files = {}
@@ -390,38 +391,18 @@ class LocalWriter(SegmentWriter):
         full = np.lib.format.open_memmap(
             partial / "full.npy", mode="w+", dtype=np.float32, shape=(count, self.meta.full_dim)
         )
-        ids, texts, heads, norms, written = [], [], [], {d: [] for d in self.meta.prefix_norm_dims}, 0
+        written = 0
         for segment in self.segments:
-            live = segment.live
-            rows = np.arange(len(segment)) if live is None else live
+            rows = live_rows(segment)
             for start in range(0, len(rows), COPY_BLOCK):
                 block = rows[start : start + COPY_BLOCK]
                 full[written : written + len(block)] = segment.full[block]
                 written += len(block)
                 if progress:
                     progress(len(block))
-            ids.extend(segment.ids[rows].tolist())
-            every = segment.text_list()
-            texts.extend(every[r] for r in rows.tolist())
-            heads.append(np.asarray(segment.codes if self.meta.binary_head else segment.head)[rows])
-            for dim in norms:
-                norms[dim].append(segment.norms[dim][rows])
-        head = np.concatenate(heads) if heads else None
-        graph = make_head_index(head, "hnsw") if self.meta.head_index == "hnsw" and count else None
-        merged = Segment(
-            name=name,
-            full=full,
-            ids=np.asarray(ids, dtype=object),
-            head=None if self.meta.binary_head else head,
-            codes=head if self.meta.binary_head else None,
-            norms={dim: np.concatenate(parts) for dim, parts in norms.items()},
-            texts=lambda: texts,
-            graph=graph,
-        )
-        save_segment(partial, merged, self.meta, with_full=False)
-        partial.rename(partial.with_name(name))
-        _fsync(partial.parent)
-        self._commit([merged], new=[merged])
+        merged = merged_segment(name, self.segments, self.meta, full)
+        publish_segment(partial, merged, self.meta, with_full=False)
+        self._commit([merged])
         return merged
 
     def close(self) -> None:

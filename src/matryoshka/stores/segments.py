@@ -74,21 +74,63 @@ class Segment:
                 self._text_cache = self.texts()
             return self._text_cache
 
-    def live_row_of(self, doc_id: str) -> int | None:
-        """The row holding ``doc_id`` in this segment, unless there is none or it is deleted."""
+    def rows_by_id(self) -> dict[str, int]:
+        """Each document id's row, deleted or not; built once and shared by this segment's copies."""
         if self._rows_by_id is None:
             self._rows_by_id = {doc_id: row for row, doc_id in enumerate(self.ids.tolist())}
-        row = self._rows_by_id.get(doc_id)
+        return self._rows_by_id
+
+    def live_row_of(self, doc_id: str) -> int | None:
+        """The row holding ``doc_id`` in this segment, unless there is none or it is deleted."""
+        row = self.rows_by_id().get(doc_id)
         if row is None:
             return None
         position = np.searchsorted(self.deleted, row)
         return None if position < len(self.deleted) and self.deleted[position] == row else row
 
     def with_deleted(self, rows: np.ndarray) -> Segment:
-        """This segment with ``rows`` deleted too (a new object; this one is not changed)."""
-        deleted = np.union1d(self.deleted, np.asarray(rows, np.int64))
-        self.live_row_of("")  # build the lookup once, for this segment and its copies
-        return replace(self, deleted=deleted, _text_cache=self.text_list() if self._text_cache else None)
+        """This segment with ``rows`` deleted too (a new object sharing the arrays; this one is not changed)."""
+        self.rows_by_id()  # built before the copy, so that both keep it
+        return replace(self, deleted=np.union1d(self.deleted, np.asarray(rows, np.int64)))
+
+
+def live_rows(segment: Segment) -> np.ndarray:
+    """The rows of ``segment`` that are not deleted, in order."""
+    live = segment.live
+    return np.arange(len(segment)) if live is None else live
+
+
+def gather_live(segments: Sequence[Segment], name: str, lives: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
+    """The array attribute ``name`` (``full``, ``head``, ``codes``, ``ids``) of every segment at its
+    live rows, concatenated in segment order: the rows a reader numbers 0..n-1. ``lives``: each
+    segment's :attr:`Segment.live`, when already known."""
+    lives = [s.live for s in segments] if lives is None else lives
+    return np.concatenate(
+        [
+            np.asarray(getattr(s, name)) if live is None else np.asarray(getattr(s, name))[live]
+            for s, live in zip(segments, lives)
+        ]
+    )
+
+
+def merged_segment(name: str, segments: Sequence[Segment], meta: IndexMeta, full: np.ndarray) -> Segment:
+    """One segment of every live row of ``segments``, in order (what compaction writes). ``full``
+    holds their vectors already, copied by the caller (who may stream them to disk); the heads,
+    prefix norms, ids and texts are taken as stored, not computed again."""
+    rows = [live_rows(s) for s in segments]
+    head = gather_live(segments, "codes" if meta.binary_head else "head")
+    texts = [text for s, r in zip(segments, rows) for text in (s.text_list()[i] for i in r.tolist())]
+    graph = make_head_index(head, "hnsw") if meta.head_index == "hnsw" and len(head) else None
+    return Segment(
+        name=name,
+        full=full,
+        ids=gather_live(segments, "ids"),
+        head=None if meta.binary_head else head,
+        codes=head if meta.binary_head else None,
+        norms={dim: np.concatenate([s.norms[dim][r] for s, r in zip(segments, rows)]) for dim in meta.prefix_norm_dims},
+        texts=lambda: texts,
+        graph=graph,
+    )
 
 
 def make_segment(
@@ -144,21 +186,12 @@ class SegmentedStore:
         self._live = lives  # per segment: its live rows (None: all), in the order they are numbered
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._count = int(self._starts[-1])
-        self._ids = np.concatenate(
-            [np.zeros(0, object)] + [s.ids if live is None else s.ids[live] for s, live in zip(self.segments, lives)]
-        )
+        self._ids = gather_live(self.segments, "ids", lives)
         self._head = None
         if self._count and self.binary_head:
-            self._head = HammingShortlist(self._gather_live("codes"))
+            self._head = HammingShortlist(gather_live(self.segments, "codes", lives))
         elif self._count and self.head_index_kind != "hnsw":
-            self._head = np.ascontiguousarray(self._gather_live("head"), dtype=np.float32)
-
-    def _gather_live(self, name: str) -> np.ndarray:
-        parts = []
-        for segment, live in zip(self.segments, self._live):
-            array = getattr(segment, name)
-            parts.append(np.asarray(array) if live is None else np.asarray(array)[live])
-        return np.concatenate(parts)
+            self._head = np.ascontiguousarray(gather_live(self.segments, "head", lives), dtype=np.float32)
 
     def __len__(self) -> int:
         return self._count
@@ -398,7 +431,7 @@ class SegmentWriter:
         segments = self._with_deleted(replaced)
         segment = self._new_segment(full, ids, texts, head_source)
         segments.append(segment)
-        self._commit(segments, new=[segment])
+        self._commit(segments)
         return UpsertReport(added=len(ids) - len(replaced), replaced=len(replaced))
 
     def delete(self, ids: Sequence[str]) -> DeleteReport:
@@ -408,7 +441,7 @@ class SegmentWriter:
         found = [i for i in ids if i in where]
         missing = [i for i in ids if i not in where]
         if found:
-            self._commit(self._with_deleted([where[i] for i in found]), new=[])
+            self._commit(self._with_deleted([where[i] for i in found]))
         return DeleteReport(found, missing)
 
     def _with_deleted(self, places: Sequence[tuple[int, int]]) -> list[Segment]:
@@ -439,6 +472,6 @@ class SegmentWriter:
     def _new_segment(self, full, ids, texts, head_source) -> Segment:
         raise NotImplementedError
 
-    def _commit(self, segments: list[Segment], new: list[Segment]) -> None:
-        """Make ``segments`` the index's state (``new`` are not stored yet), with the live count in the meta."""
+    def _commit(self, segments: list[Segment]) -> None:
+        """Make ``segments`` the index's state (its new segments already written), with the live count in the meta."""
         raise NotImplementedError
