@@ -130,3 +130,48 @@ def test_page_is_readable_on_a_narrow_screen(browser, demo_server):
     assert right["y"] > left["y"] + left["height"] - 1  # stacked, not side by side
     page.screenshot(path=str(ARTIFACTS / "web-narrow.png"), full_page=True)
     page.close()
+
+
+def test_the_filter_box_keeps_results_to_the_filter_and_says_what_is_wrong(browser, demo_server):
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.goto(demo_server.url)
+    page.wait_for_function("document.getElementById('info').textContent.includes('117,659 documents')")
+    assert "pos (string), lemmas (list)" in page.locator("#filter-fields").inner_text()
+    page.locator("#query").fill("move quickly")
+    page.locator("#filter").click()
+    page.keyboard.type('{"pos": "verb"}')
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "document.querySelectorAll('#results-full li').length === 10 && "
+        "document.querySelectorAll('#results-dim li').length === 10"
+    )
+    for list_id in ("results-full", "results-dim"):
+        shown = page.locator(f"#{list_id} li .fields").all_inner_texts()
+        assert len(shown) == 10 and all("pos: verb" in fields for fields in shown), shown
+    assert page.locator("#funnel tbody tr").first.locator("td").first.inner_text() == "filter"
+    assert "documents pass the filter" in page.locator("#full-timing").inner_text()
+    verbs = _ids(page, "results-full")
+    assert all(".v." in synset for synset in verbs)
+
+    page.locator("#filter").fill('{"pos": "verb", "lemmas": {"$in": ["run", "sprint"]}}')
+    page.locator("#query").press("Enter")
+    page.wait_for_function(
+        "ids => JSON.stringify([...document.querySelectorAll('#results-full li')]"
+        ".map(i => i.dataset.id)) !== JSON.stringify(ids)",
+        arg=verbs,
+    )
+    narrowed = page.locator("#results-full li .fields").all_inner_texts()
+    assert narrowed and all("run" in f or "sprint" in f for f in narrowed)
+    page.screenshot(path=str(ARTIFACTS / "web-filter.png"), full_page=True)
+
+    page.locator("#filter").fill('{"pos": {"$gt": 3}}')  # a type mismatch: the server's 422, shown
+    page.locator("#query").press("Enter")
+    page.wait_for_function("document.getElementById('error').textContent.includes('filter.pos.$gt')")
+    assert "field 'pos' is a string" in page.locator("#error").inner_text()
+    page.locator("#filter").fill('{"pos": ')  # not JSON: said before any request
+    page.locator("#query").press("Enter")
+    page.wait_for_function("document.getElementById('error').textContent.includes('not valid JSON')")
+    page.locator("#filter").fill("")
+    page.locator("#query").press("Enter")
+    page.wait_for_function("document.getElementById('error').hidden")
+    page.close()

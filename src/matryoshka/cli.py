@@ -247,7 +247,11 @@ CollectionOption = typer.Option(None, help="Milvus only: the index's collection 
 @app.command()
 def index(
     corpus: Path = typer.Option(
-        ..., "--corpus", "-c", help="Documents: JSONL/CSV/TSV with 'text' (+ 'id', 'title'), TXT, or a BEIR folder."
+        ...,
+        "--corpus",
+        "-c",
+        help="Documents: JSONL/CSV/TSV with 'text' (+ 'id', 'title'), TXT, or a BEIR folder. Every other "
+        "field (column) is stored as filterable metadata: strings, integers, floats, booleans, lists of strings.",
     ),
     db: str = DbOption,
     model: str | None = typer.Option(
@@ -304,6 +308,9 @@ def index(
       matryoshka index --model wordllama --corpus big.jsonl --head-index binary --db ./big-index
 
       matryoshka index --corpus ./scifact --adapter minilm-adapter.npz --db ./adapted-index
+
+    A JSONL line such as {"id": "d1", "text": "…", "lang": "en", "year": 2021, "tags": ["a"]} gives the
+    document the metadata fields lang, year and tags, for 'search --where'.
     """
     from .index import build_index
 
@@ -339,11 +346,15 @@ def index(
                 tune_queries=tune,
                 collection=collection,
                 progress=lambda n: progress.advance(step, n),
+                metadata=documents.metadata,
+                schema=documents.schema,
             )
         console.print(
             f"Indexed [bold]{meta.count:,}[/bold] documents into [bold]{db}[/bold]: model {meta.model or '(vectors)'}, "
             f"{meta.full_dim} dims, head {meta.head_dim}{' bits (binary)' if meta.binary_head else ''}"
         )
+        if meta.fields:
+            console.print(f"Metadata fields: {describe_fields(meta.fields)}", markup=False)
         tuned = meta.autotune
         console.print(
             f"Default schedule [bold]{meta.schedule}[/bold] (recall@{tuned.k} "
@@ -362,7 +373,7 @@ def add(
         ...,
         "--corpus",
         "-c",
-        help="Documents to add, as for 'index': JSONL/CSV/TSV with 'text' (+ 'id'), TXT, or BEIR.",
+        help="Documents to add, as for 'index': JSONL/CSV/TSV with 'text' (+ 'id' and metadata fields), TXT, or BEIR.",
     ),
     db: str = DbOption,
     vectors: Path | None = typer.Option(
@@ -389,7 +400,14 @@ def add(
         with Index(db, collection=collection) as opened:
             with _progress() as progress:
                 step = progress.add_task("Encoding" if array is None else "Storing", total=len(documents))
-                report = opened.add(documents.ids, documents.texts, array, progress=lambda n: progress.advance(step, n))
+                report = opened.add(
+                    documents.ids,
+                    documents.texts,
+                    array,
+                    metadata=documents.metadata,
+                    schema=documents.schema,
+                    progress=lambda n: progress.advance(step, n),
+                )
             console.print(
                 f"Added [bold]{report.added:,}[/bold] and replaced [bold]{report.replaced:,}[/bold] documents in "
                 f"[bold]{db}[/bold]; it now holds {len(opened):,}"
@@ -483,6 +501,16 @@ def search(
         None, "--json", help="Write one row per query (ids, scores, per-stage time) here."
     ),
     show: int = typer.Option(3, help="How many queries to print as tables."),
+    where: str | None = typer.Option(
+        None,
+        "--where",
+        "-w",
+        help='Keep only documents whose metadata matches this JSON filter, e.g. \'{"lang": "en", "year": {"$gte": 2020}}\'. '
+        "Operators: $eq $ne $gt $gte $lt $lte $in $nin, $and $or $not (on a list field $eq and $in mean 'holds').",
+    ),
+    fields: str | None = typer.Option(
+        None, help="Metadata fields to show with each hit, comma-separated (default: all; '' for none)."
+    ),
     collection: str | None = CollectionOption,
 ) -> None:
     """Search an index with the funnel (or --exact), printing results and the time spent per stage.
@@ -490,6 +518,8 @@ def search(
     [bold]Examples[/bold]
 
       matryoshka search --db ./my-index --query "what causes tides?"
+
+      matryoshka search --db ./my-index --query "tides" --where '{"lang": "en", "year": {"$gte": 2020}}' --fields lang,year
 
       matryoshka search --db scifact.db --queries questions.txt --k 10 --schedule 8:400,16:200,32:100,64:50,128:25,256:10 --json out.json
     """
@@ -504,6 +534,8 @@ def search(
             raise DataError(json_path, "is a folder; give a file name for the JSON")
         opened = Index(db, model=model, collection=collection)
         plan = Schedule.parse(schedule) if schedule else None
+        scope = opened.parse_filter(where)  # a bad filter fails before any encoding
+        names = opened.check_fields([f.strip() for f in fields.split(",") if f.strip()] if fields is not None else None)
         if query_vectors is not None:
             vectors = read_vectors(query_vectors, "query vectors")
             labels = [str(i) for i in range(len(vectors))]
@@ -513,18 +545,19 @@ def search(
                 vectors = opened.encode_queries(labels)
         mode = search_mode(exact=exact, dim=dim)
         plan = plan or (opened.schedule_for(k) if mode == "funnel" else None)
-        result = opened.search_vectors(vectors, k, schedule=plan, exact=exact, dim=dim)
-        hits = opened.hits(result)
+        result = opened.search_vectors(vectors, k, schedule=plan, exact=exact, dim=dim, filter=scope)
+        hits = opened.hits(result, names)
         for label, found in list(zip(labels, hits))[:show]:
             console.print(hits_table(label, found, min(console.width, 160)))
         described = f"{dim}-dim prefix" if dim else "exact" if exact else str(plan)
         per_stage = "  ".join(
-            f"{d}d→{n}: {1000 * s:.1f} ms"
+            f"{'filter' if d == 0 else f'{d}d'}→{n:,}: {1000 * s:.1f} ms"
             for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)
         )
+        how = f", {result.plan}" if scope is not None else ""
         console.print(
             Text.assemble(
-                f"{len(hits)} queries, {described}: {1000 * result.seconds / len(hits):.2f} ms/query  ",
+                f"{len(hits)} queries, {described}{how}: {1000 * result.seconds / len(hits):.2f} ms/query  ",
                 (f"({per_stage}, whole batch)", "dim"),
             )
         )
@@ -539,25 +572,44 @@ def search(
 
 def hits_table(label: str, found, width: int) -> Table:
     """One query's hits in ``width`` columns: rank, score and id keep their width, the text gets
-    the rest and ends in an ellipsis (rich would rather squeeze the narrow columns to nothing)."""
+    the rest and ends in an ellipsis (rich would rather squeeze the narrow columns to nothing);
+    metadata fields, when the hits carry any, get a column of their own."""
     hits = found.to_list()
+    shown = any(hit.get("fields") for hit in hits)
     rank_width = len(str(len(hits))) + 1
     id_width = min(ID_WIDTH, width // 4, max([len(h["id"]) for h in hits] + [2]))
-    text_width = max(10, width - rank_width - SCORE_WIDTH - id_width - 13)  # 13: borders and padding
+    fields_width = FIELDS_WIDTH if shown else 0
+    text_width = max(10, width - rank_width - SCORE_WIDTH - id_width - fields_width - 13 - 3 * shown)
     table = Table(title=Text(label[:100]), title_justify="left")
     table.add_column("#", justify="right", width=rank_width, no_wrap=True)
     table.add_column("score", justify="right", width=SCORE_WIDTH, no_wrap=True)
     table.add_column("id", width=id_width, no_wrap=True, overflow="ellipsis")
     table.add_column("text", width=text_width, no_wrap=True, overflow="ellipsis")
+    if shown:
+        table.add_column("fields", width=fields_width, overflow="fold")
     for hit in hits:
         text = " ".join(hit["text"].split())
         text = text if len(text) <= text_width else text[: text_width - 1] + "…"
-        table.add_row(str(hit["rank"]), f"{hit['score']:.4f}", Text(hit["id"]), Text(text))
+        cells = [str(hit["rank"]), f"{hit['score']:.4f}", Text(hit["id"]), Text(text)]
+        if shown:
+            cells.append(Text(describe_values(hit.get("fields") or {})))
+        table.add_row(*cells)
+    if not hits:
+        table.caption = "no document matches"
     return table
+
+
+def describe_fields(schema: dict) -> str:
+    return ", ".join(f"{name} ({kind})" for name, kind in schema.items())
+
+
+def describe_values(values: dict) -> str:
+    return "  ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in values.items())
 
 
 ID_WIDTH = 30
 SCORE_WIDTH = 7
+FIELDS_WIDTH = 36
 
 
 @app.command()

@@ -17,6 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .metadata import (
+    RESERVED_FIELDS,
+    MetadataError,
+    Schema,
+    check_field_name,
+    check_size,
+    merged_type,
+    type_of,
+    typed_cells,
+)
 
 TEXT_SUFFIXES = (".jsonl", ".csv", ".tsv", ".txt")
 FIRST_OF_PAIR = ("anchor", "sentence1", "query", "text1")
@@ -26,10 +36,13 @@ SCORE_FIELDS = ("score", "label")
 
 @dataclass(frozen=True)
 class Corpus:
-    """Documents with unique string ids; ``texts`` are what gets encoded."""
+    """Documents with unique string ids; ``texts`` are what gets encoded. ``metadata`` holds each
+    document's other fields (``None``: the file has none), typed by ``schema``."""
 
     ids: list[str]
     texts: list[str]
+    metadata: list[dict] | None = None
+    schema: Schema | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -177,12 +190,16 @@ def _pick(record: dict, names: tuple[str, ...]) -> str | None:
 
 def read_texts(path: Path | str) -> Corpus:
     """Documents from JSONL/CSV/TSV (a ``text`` field, optional ``id``/``_id`` and ``title``),
-    plain text (one document per line, ids are line numbers), or a BEIR folder's corpus."""
+    plain text (one document per line, ids are line numbers), or a BEIR folder's corpus. Every
+    other field (column) of a JSONL (CSV/TSV) file is the document's metadata, typed per field
+    (see :mod:`matryoshka.metadata`)."""
     path = Path(path)
     if path.is_dir():
         return read_beir_corpus(path)
     ids: list[str] = []
     texts: list[str] = []
+    metadata: list[dict] = []
+    lines: list[int] = []
     seen: dict[str, int] = {}
     for number, record in read_records(path):
         text = _text_field(path, number, record, "text")
@@ -200,7 +217,40 @@ def read_texts(path: Path | str) -> Corpus:
         seen[doc_id] = number
         ids.append(doc_id)
         texts.append(f"{title} {text}".strip() if title else text)
-    return Corpus(ids, texts)
+        metadata.append({k: v for k, v in record.items() if k not in RESERVED_FIELDS})
+        lines.append(number)
+    if not any(metadata):
+        return Corpus(ids, texts)
+    if _format_of(path) in ("csv", "tsv"):
+        names = list(metadata[0])
+        columns = typed_cells({name: [m[name] for m in metadata] for name in names})
+        metadata = [{name: columns[name][i] for name in names} for i in range(len(metadata))]
+    return Corpus(ids, texts, metadata, metadata_schema(path, metadata, lines))
+
+
+def metadata_schema(path: Path, metadata: Sequence[dict], lines: Sequence[int]) -> Schema:
+    """Each metadata field's type, checked on every record: a value that cannot be stored, or one
+    whose type differs from the field's earlier values, is a DataError naming its line."""
+    schema: dict[str, str | None] = {}
+    first: dict[str, int] = {}
+    for record, number in zip(metadata, lines):
+        try:
+            check_size(record)
+        except MetadataError as exc:
+            raise DataError(path, str(exc), number) from None
+        for name, value in record.items():
+            try:
+                check_field_name(name)
+                found = type_of(value, name)
+                if found is not None:
+                    schema[name] = merged_type(schema.get(name), found, name)
+                    first.setdefault(name, number)
+                else:
+                    schema.setdefault(name, None)
+            except MetadataError as exc:
+                since = f" (line {first[name]})" if "before" in str(exc) and name in first else ""
+                raise DataError(path, f"{exc}{since}", number) from None
+    return {name: kind or "string" for name, kind in schema.items()}
 
 
 def read_ids(path: Path | str) -> list[str]:

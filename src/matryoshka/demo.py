@@ -153,6 +153,18 @@ def read_glosses(path: Path = WORDNET_FILE) -> Glosses:
     return Glosses(ids, texts, lemmas)
 
 
+PARTS_OF_SPEECH = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
+
+
+def gloss_metadata(glosses: Glosses) -> list[dict]:
+    """Filterable fields of each gloss: its part of speech (from the synset id, ``bank.n.…``)
+    and its lemmas, so the served demo answers filters like ``{"pos": "verb"}``."""
+    return [
+        {"pos": PARTS_OF_SPEECH.get(synset.split(".")[-2], "other"), "lemmas": list(lemmas)}
+        for synset, lemmas in zip(glosses.ids, glosses.lemmas)
+    ]
+
+
 def lemma_queries(glosses: Glosses, count: int, seed: int = 0) -> list[str]:
     """Distinct lemmas in a fixed random order: the words people look up in a dictionary."""
     words = sorted({lemma for lemmas in glosses.lemmas for lemma in lemmas})
@@ -219,7 +231,14 @@ def funnel_showdown(encoder: Encoder, index_dir: Path, progress: Progress = _sil
     started = time.perf_counter()
     progress("Indexing (binary head) and tuning on lemma queries", 0, 1)
     build_index(
-        index_dir, glosses.ids, glosses.texts, encoder=encoder, vectors=vectors, head_index="binary", tune_queries=tune
+        index_dir,
+        glosses.ids,
+        glosses.texts,
+        encoder=encoder,
+        vectors=vectors,
+        head_index="binary",
+        tune_queries=tune,
+        metadata=gloss_metadata(glosses),
     )
     progress("Indexing (binary head) and tuning on lemma queries", 1, 1)
     seconds["index"] = time.perf_counter() - started

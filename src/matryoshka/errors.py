@@ -50,3 +50,8 @@ class TrainingError(MatryoshkaError):
 
 class UsageError(MatryoshkaError):
     """Options or arguments that do not fit together."""
+
+
+class FilterError(MatryoshkaError):
+    """A metadata filter that cannot be applied: bad JSON, an unknown operator or field, or a value
+    of the wrong type; the message gives the place in the filter (``filter.year.$gte``)."""

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ScheduleError, StoreError, UsageError
+from .filters import Filter
 from .metrics import top_k
 from .stores.base import Store
+from .stores.segments import DENSE_SHARE
 from .vectors import normalize, stage_dims
 
 GATHER_BUDGET = 64 * 2**20  # candidate floats gathered at once per stage (256 MiB)
@@ -150,10 +152,17 @@ class SearchResult:
     stage_keeps: list[int] = field(default_factory=list)
     stage_seconds: list[float] = field(default_factory=list)
     source: Store | None = field(default=None, repr=False)  # the store the rows number (set by Index)
+    plan: str = "funnel"  # how it was answered: "funnel", "filtered funnel", "exact over the filtered rows", ...
+    passing: int | None = None  # rows that passed the filter (None: no filter)
 
     @property
     def seconds(self) -> float:
         return float(sum(self.stage_seconds))
+
+
+# a filtered row scored exactly, per dim, against a head multiply-add (calibrated at 1M rows by
+# benchmarks/filters.py: it picks the faster plan at every filter measured there)
+EXACT_ROW_COST = 6.0
 
 
 def funnel_search(
@@ -163,18 +172,33 @@ def funnel_search(
     k: int,
     *,
     head_queries: np.ndarray | None = None,
+    where: Filter | None = None,
+    plan: str | None = None,
 ) -> SearchResult:
     """Answer a batch of full-dimension unit queries with the funnel.
 
     ``head_queries`` lets the early stages use another space than the last (an adapter's
-    rotation); by default every stage uses prefixes of ``queries``.
+    rotation); by default every stage uses prefixes of ``queries``. ``where`` keeps only the
+    rows matching a metadata filter: in a store that searches itself (Milvus) it goes into the
+    head search; here it becomes a row mask, and when few rows pass, searching those exactly
+    costs less than any funnel (the result's ``plan`` says which ran; ``plan="exact"`` or
+    ``"funnel"`` forces one). Fewer than ``k`` matching rows: the rest of each answer is row -1,
+    score -inf.
     """
     queries = _as_batch(queries, store.full_dim)
     early = queries if head_queries is None else _as_batch(head_queries, store.full_dim)
-    schedule.check(store.full_dim, k, len(store))
+    schedule.check(store.full_dim, k, len(store) if where is None else max(k, len(store)))
     check_head(schedule, store)
     if getattr(store, "runs_stages", False):  # a server runs every stage itself (Milvus)
-        return _server_side(store, queries, early, schedule, k)
+        return _server_side(store, queries, early, schedule, k, where)
+    if where is not None:
+        return _filtered(store, queries, early, schedule, k, where, plan)
+    return _in_chunks(store, queries, early, schedule, k)
+
+
+def _in_chunks(
+    store: Store, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int, allowed: np.ndarray | None = None
+) -> SearchResult:
     # bound the candidates gathered at once (queries x shortlist x dim) by running the batch in chunks;
     # a store that scores candidates in place holds only their scores
     per_query = max(
@@ -183,9 +207,9 @@ def funnel_search(
     )
     chunk = max(1, GATHER_BUDGET // per_query)
     if len(queries) <= chunk:
-        return _funnel_chunk(store, queries, early, schedule, k)
+        return _funnel_chunk(store, queries, early, schedule, k, allowed)
     parts = [
-        _funnel_chunk(store, queries[s : s + chunk], early[s : s + chunk], schedule, k)
+        _funnel_chunk(store, queries[s : s + chunk], early[s : s + chunk], schedule, k, allowed)
         for s in range(0, len(queries), chunk)
     ]
     return SearchResult(
@@ -197,16 +221,81 @@ def funnel_search(
     )
 
 
-def _server_side(store: Store, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int) -> SearchResult:
-    """Hand each stage's unit queries to a store that runs the whole funnel (``run_stages``)."""
+def filtered_plan(schedule: Schedule, corpus_size: int, passing: int) -> str:
+    """``"exact"`` when scoring the ``passing`` rows at full dimension costs less than the funnel
+    over them (by :func:`schedule_cost`, the head scanning only the passing rows when they are
+    few), else ``"funnel"``. A mask passing over a quarter of the corpus always takes the funnel:
+    scoring that many rows exactly is a scan the tuned funnel already beats."""
+    if passing <= schedule.shortlist:
+        return "exact"
+    if passing > DENSE_SHARE * corpus_size:
+        return "funnel"
+    exact = passing * schedule.full_dim * EXACT_ROW_COST
+    return "exact" if exact <= schedule_cost(schedule, passing) else "funnel"
+
+
+def _filtered(
+    store: Store,
+    queries: np.ndarray,
+    early: np.ndarray,
+    schedule: Schedule,
+    k: int,
+    where: Filter,
+    plan: str | None = None,
+) -> SearchResult:
+    started = time.perf_counter()
+    allowed = store.filter_mask(where)
+    passing = int(np.count_nonzero(allowed))
+    mask_seconds = time.perf_counter() - started
+    if not passing or (plan or filtered_plan(schedule, len(store), passing)) == "exact":
+        started = time.perf_counter()
+        scores, rows = store.exact_search(queries, k, allowed=allowed) if passing else _nothing(len(queries), k)
+        result = SearchResult(rows, scores.astype(np.float32), [schedule.full_dim], [min(k, passing)], [])
+        result.stage_seconds = [time.perf_counter() - started]
+        result.plan = "exact over the filtered rows"
+    else:
+        cut = schedule.scaled(1.0, min(k, passing), passing)
+        result = _in_chunks(store, queries, early, cut, min(k, passing), allowed)
+        result.plan = "filtered funnel"
+        result.rows, result.scores = _pad(result.rows, result.scores, k)
+    result.stage_dims.insert(0, 0)
+    result.stage_keeps.insert(0, passing)
+    result.stage_seconds.insert(0, mask_seconds)
+    result.passing = passing
+    return result
+
+
+def _nothing(count: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((count, k), -np.inf, np.float32), np.full((count, k), -1, np.int64)
+
+
+def _pad(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Answers of fewer than ``k`` columns widened to ``k`` with -1 / -inf."""
+    if rows.shape[1] >= k:
+        return rows, scores
+    out_scores, out_rows = _nothing(len(rows), k)
+    out_rows[:, : rows.shape[1]], out_scores[:, : rows.shape[1]] = rows, scores
+    return out_rows, out_scores
+
+
+def _server_side(
+    store: Store, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int, where: Filter | None = None
+) -> SearchResult:
+    """Hand each stage's unit queries to a store that runs the whole funnel (``run_stages``),
+    with the filter for its head search."""
     stage_queries = []
     for position, stage in enumerate(schedule.stages):
         source = queries if stage.dim == store.full_dim and position else early
         prefix = source[:, : stage.dim]
         stage_queries.append(prefix if position == 0 and stage.binary else normalize(prefix))
-    scores, rows, seconds = store.run_stages(stage_queries, [(s.dim, s.keep) for s in schedule.stages], k)
+    stages = [(s.dim, s.keep) for s in schedule.stages]
+    scores, rows, seconds = store.run_stages(stage_queries, stages, k, where=where)
     keeps = [min(s.keep, len(store)) for s in schedule.stages[:-1]] + [k]
-    return SearchResult(rows[:, :k], scores[:, :k].astype(np.float32), [s.dim for s in schedule.stages], keeps, seconds)
+    result = SearchResult(
+        rows[:, :k], scores[:, :k].astype(np.float32), [s.dim for s in schedule.stages], keeps, seconds
+    )
+    result.plan = "funnel in Milvus" + (", filtered in the head search" if where is not None else "")
+    return result
 
 
 def check_head(schedule: Schedule, store: Store) -> None:
@@ -224,11 +313,17 @@ def check_head(schedule: Schedule, store: Store) -> None:
         )
 
 
-def _funnel_chunk(store: Store, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int) -> SearchResult:
+def _funnel_chunk(
+    store: Store, queries: np.ndarray, early: np.ndarray, schedule: Schedule, k: int, allowed: np.ndarray | None = None
+) -> SearchResult:
     result = SearchResult(np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32))
     started = time.perf_counter()
     first = schedule.stages[0]
-    scores, rows = store.head_search(normalize(early[:, : first.dim]), min(first.keep, len(store)))
+    head_queries = normalize(early[:, : first.dim])
+    if allowed is None:
+        scores, rows = store.head_search(head_queries, min(first.keep, len(store)))
+    else:
+        scores, rows = store.head_search(head_queries, first.keep, allowed=allowed)
     _record(result, first.dim, rows.shape[1], started)
     for stage in schedule.stages[1:]:
         started = time.perf_counter()

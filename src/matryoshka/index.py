@@ -15,6 +15,7 @@ import numpy as np
 
 from .adapt import AdaptedEncoder, adapted_queries, load_adapter
 from .errors import MatryoshkaError, StoreError, UsageError
+from .filters import Filter, parse_filter
 from .funnel import (
     TUNE_MARGIN,
     Schedule,
@@ -26,6 +27,7 @@ from .funnel import (
     shortlist_candidates,
     worst_bound,
 )
+from .metadata import MetadataError, infer_schema, merge_schemas
 from .models import MODEL_ALIASES, Encoder, check_unicode, load_model
 from .samples import AUTOTUNE_SAMPLE, tuning_texts
 from .stores import (
@@ -71,10 +73,13 @@ def build_index(
     tune_queries: np.ndarray | None = None,
     collection: str | None = None,
     progress: Callable[[int], None] | None = None,
+    metadata: Sequence[dict] | None = None,
+    schema: dict[str, str] | None = None,
 ) -> IndexMeta:
     """Encode (or take) the corpus vectors, autotune the head dim and default schedule on a sample
     of the corpus, and store everything. Without ``vectors`` the ``encoder`` encodes the texts;
     with both, the vectors are taken as that model's and queries can later be given as text.
+    ``metadata``: a dict per document (filterable fields), typed by ``schema`` (inferred if not given).
 
     All or nothing: the new index becomes visible only once complete. ``progress`` is called with
     the number of documents encoded (and, for Milvus, written) since the last call."""
@@ -93,6 +98,7 @@ def build_index(
     full_dim = vectors.shape[1] if vectors is not None else encoder.full_dim
     milvus = is_milvus_uri(db)
     head_dim = check_head_choice(head_index, head_dim, full_dim, milvus=milvus)
+    metadata, schema = check_metadata(metadata, schema, len(ids))
     meta = IndexMeta(
         model=encoder.name if encoder is not None else None,
         full_dim=full_dim,
@@ -102,6 +108,7 @@ def build_index(
         query_prompt=getattr(encoder, "query_prompt", None),
         document_prompt=getattr(encoder, "document_prompt", None),
         adapter=adapter_path,
+        fields=schema or {},
     )
     builder = open_builder(db, collection, head_index)
     try:
@@ -150,7 +157,7 @@ def build_index(
                 corpus_size=len(ids),
             ),
         )
-        meta = builder.commit(full, ids, list(texts), meta, progress=progress, head_source=adapted)
+        meta = builder.commit(full, ids, list(texts), meta, progress=progress, head_source=adapted, metadata=metadata)
     except BaseException:
         builder.abort()
         raise
@@ -159,6 +166,20 @@ def build_index(
     if milvus and meta.head_index in APPROXIMATE_HEADS:
         meta = tune_on_store(db, collection, full, queries, groups, meta, adapter)
     return meta
+
+
+def check_metadata(
+    metadata: Sequence[dict] | None, schema: dict[str, str] | None, count: int
+) -> tuple[list[dict] | None, dict[str, str] | None]:
+    """One metadata dict per document, and their schema (inferred when not given)."""
+    if metadata is None:
+        return None, None
+    metadata = [dict(m or {}) for m in metadata]
+    if len(metadata) != count:
+        raise StoreError(f"{len(metadata)} metadata records for {count} documents")
+    inferred = infer_schema(metadata)
+    schema = merge_schemas(schema or {}, inferred) if schema else inferred
+    return (metadata, schema) if schema else (None, None)
 
 
 APPROXIMATE_HEADS = ("hnsw", "binary-ivf")
@@ -296,20 +317,22 @@ def _shortlists(k: int, count: int, longest: int | None) -> list[int] | None:
 
 @dataclass
 class Hits:
-    """One query's answer: ids, cosines and texts, best first."""
+    """One query's answer: ids, cosines, texts and metadata fields, best first."""
 
     ids: list[str]
     scores: list[float]
     texts: list[str]
+    fields: list[dict] | None = None  # each hit's metadata (None: not asked for)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def to_list(self) -> list[dict]:
-        """``[{"rank", "id", "score", "text"}, ...]``, best first."""
+        """``[{"rank", "id", "score", "text"[, "fields"]}, ...]``, best first."""
+        fields = self.fields if self.fields is not None else [None] * len(self.ids)
         return [
-            {"rank": rank, "id": i, "score": s, "text": t}
-            for rank, (i, s, t) in enumerate(zip(self.ids, self.scores, self.texts), start=1)
+            {"rank": rank, "id": i, "score": s, "text": t, **({} if f is None else {"fields": f})}
+            for rank, (i, s, t, f) in enumerate(zip(self.ids, self.scores, self.texts, fields), start=1)
         ]
 
     def __str__(self) -> str:
@@ -334,7 +357,7 @@ def answers_json(
     """One JSON object per query: what ``matryoshka search --json`` writes and ``POST /search``
     answers. ``stages`` are the whole batch's (dim, keep, milliseconds) per funnel stage."""
     stages = [
-        {"dim": d, "keep": n, "ms": round(1000 * s, 3)}
+        {"dim": d, "keep": n, "ms": round(1000 * s, 3), **({"stage": "filter"} if d == 0 else {})}
         for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)
     ]
     return [
@@ -346,6 +369,8 @@ def answers_json(
             "schedule": str(schedule) if schedule else None,
             "hits": found.to_list(),
             "stages": stages,
+            "plan": result.plan,
+            **({} if result.passing is None else {"filter_passed": result.passing}),
             "batch_size": len(hits),
         }
         for query, found in zip(queries, hits)
@@ -483,11 +508,15 @@ class Index:
         texts: Sequence[str] | None = None,
         vectors: np.ndarray | None = None,
         *,
+        metadata: Sequence[dict] | None = None,
+        schema: dict[str, str] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> UpsertReport:
         """Add documents, or replace those whose id is already in the index (upsert). Texts are
         encoded with the index's model unless ``vectors`` (n, d) are given; both may be given.
-        Durable when it returns; the schedule is re-tuned when the corpus has doubled since it was.
+        ``metadata``: a dict per document; a new field joins the index's fields, a known one
+        must keep its type. Durable when it returns; the schedule is re-tuned when the corpus has
+        doubled since it was.
 
         Example::
 
@@ -512,6 +541,12 @@ class Index:
                     raise StoreError(f"document {ids[position]!r}: its text is {type(text).__name__}, not a string")
                 check_unicode(text, f"document {ids[position]!r}")
         meta = self.current_store().meta
+        metadata, schema = check_metadata(metadata, schema, len(ids))
+        if schema:
+            try:
+                merge_schemas(meta.fields, schema)
+            except MetadataError as exc:
+                raise StoreError(f"these documents do not fit the index's metadata: {exc}") from None
         if vectors is not None:
             full = validate_vectors(vectors, count=len(ids), dim=meta.full_dim, what="vectors")
         else:
@@ -523,7 +558,9 @@ class Index:
             full = np.concatenate(parts)
         head_source = normalize(self.adapter.transform(full)) if self.adapter is not None else None
         with open_writer(self.db, self._options["collection"], previous=self.store) as writer:
-            report = writer.upsert(ids, full, texts if texts is not None else [""] * len(ids), head_source)
+            report = writer.upsert(
+                ids, full, texts if texts is not None else [""] * len(ids), head_source, metadata, schema
+            )
             tuned = writer.meta.autotune
             if tuned is not None and writer.live_count() >= 2 * max(1, tuned.corpus_size):
                 self._retune(writer)
@@ -613,17 +650,39 @@ class Index:
         schedule: Schedule | str | None = None,
         exact: bool = False,
         dim: int | None = None,
+        filter: dict | str | None = None,
+        fields: Sequence[str] | None = None,
     ) -> list[Hits]:
         """Encode query texts with the index's model and search: one :class:`Hits` per query.
+        ``filter`` keeps documents whose metadata matches (see :mod:`matryoshka.filters`);
+        ``fields`` names the metadata fields each hit returns (default: all).
 
         Example::
 
             with Index("./my-index") as index:
-                print(index.search("what causes tides?", k=3)[0])
+                print(index.search("what causes tides?", k=3, filter={"year": {"$gte": 2020}})[0])
         """
         texts = [queries] if isinstance(queries, str) else list(queries)
         plan = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
-        return self.hits(self.search_vectors(self.encode_queries(texts), k, schedule=plan, exact=exact, dim=dim))
+        where = self.parse_filter(filter)  # a bad filter fails before any encoding
+        result = self.search_vectors(self.encode_queries(texts), k, schedule=plan, exact=exact, dim=dim, filter=where)
+        return self.hits(result, fields)
+
+    def parse_filter(self, spec: dict | str | Filter | None) -> Filter | None:
+        """A filter checked against this index's metadata fields (a FilterError says what is wrong)."""
+        if isinstance(spec, Filter) or spec is None:
+            return spec
+        return parse_filter(spec, self.current_store().meta.fields)
+
+    def check_fields(self, names: Sequence[str] | None) -> list[str] | None:
+        """Field names to return with hits, each one of the index's (``None``: all)."""
+        if names is None:
+            return None
+        known = self.current_store().meta.fields
+        for name in names:
+            if name not in known:
+                raise UsageError(f"unknown field {name!r}; this index's metadata fields: {', '.join(known) or 'none'}")
+        return list(names)
 
     def search_vectors(
         self,
@@ -633,9 +692,12 @@ class Index:
         schedule: Schedule | None = None,
         exact: bool = False,
         dim: int | None = None,
+        filter: dict | str | Filter | None = None,
     ) -> SearchResult:
         """Funnel search by default; ``exact`` scans the full vectors; ``dim`` scans only the
-        re-normalised ``dim`` prefixes, i.e. what an index of ``dim``-dim embeddings would return."""
+        re-normalised ``dim`` prefixes, i.e. what an index of ``dim``-dim embeddings would return.
+        ``filter`` keeps only documents whose metadata matches; fewer than ``k`` may."""
+        where = self.parse_filter(filter)
         store = self.current_store()
         meta = store.meta
         queries = validate_vectors(np.atleast_2d(queries), dim=meta.full_dim, what="query vectors")
@@ -644,19 +706,22 @@ class Index:
             if schedule is not None:
                 raise StoreError("give a dim or a schedule, not both")
         if exact or (dim is not None and dim != meta.full_dim):
-            if k > len(store):
+            if k > len(store) and where is None:
                 raise StoreError(f"k={k} is larger than the corpus ({len(store)} documents)")
             dim = dim or meta.full_dim
             started = time.perf_counter()
+            scoped = {} if where is None else {"where": where}
             if dim == meta.full_dim:
-                scores, rows = store.exact_search(queries, k)
+                scores, rows = store.exact_search(queries, k, **scoped)
             else:
-                scores, rows = store.exact_search(normalize(queries[:, :dim]), k, dim=dim)
+                scores, rows = store.exact_search(normalize(queries[:, :dim]), k, dim=dim, **scoped)
             elapsed = [time.perf_counter() - started]
-            return SearchResult(rows, scores.astype(np.float32), [dim], [k], elapsed, source=store)
+            result = SearchResult(rows, scores.astype(np.float32), [dim], [k], elapsed, source=store)
+            result.plan = "exact" if where is None else "exact over the filtered rows"
+            return result
         schedule = schedule or self.schedule_for(k, store)
         if self.adapter is None:
-            result = funnel_search(store, queries, schedule, k)
+            result = funnel_search(store, queries, schedule, k, where=where)
         elif len(schedule.stages) > 2:
             raise StoreError(
                 f"an index with an adapter searches its head and then the full vectors: give a two-stage "
@@ -664,15 +729,27 @@ class Index:
             )
         else:
             head_queries = adapted_queries(self.adapter, queries, schedule.head_dim)
-            result = funnel_search(store, queries, schedule, k, head_queries=head_queries)
+            result = funnel_search(store, queries, schedule, k, head_queries=head_queries, where=where)
         result.source = store
         return result
 
-    def hits(self, result: SearchResult) -> list[Hits]:
+    def hits(self, result: SearchResult, fields: Sequence[str] | None = None) -> list[Hits]:
+        """Each query's hits (rows of -1, past the last match of a filter, left out), with the
+        metadata ``fields`` named (default: all of them)."""
         store = result.source or self.store
         ids = store.ids_of(result.rows)
         texts = store.texts_of(result.rows)
-        return [Hits(list(map(str, i)), [float(s) for s in sc], t) for i, sc, t in zip(ids, result.scores, texts)]
+        found = result.rows >= 0
+        metadata = store.fields_of(result.rows, fields) if store.meta.fields else None
+        return [
+            Hits(
+                [str(i) for i, ok in zip(ids[q], found[q]) if ok],
+                [float(s) for s, ok in zip(result.scores[q], found[q]) if ok],
+                [t for t, ok in zip(texts[q], found[q]) if ok],
+                None if metadata is None else [m for m, ok in zip(metadata[q], found[q]) if ok],
+            )
+            for q in range(len(result.rows))
+        ]
 
 
 def _canonical(name: str) -> str:

@@ -194,21 +194,46 @@ class HammingShortlist:
         # FAISS's first search starts its thread pool: do it here rather than in the first query
         self.search(np.zeros((1, self.bits // 8), dtype=np.uint8), min(self.count, 100))
 
-    def search(self, codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(distances, rows), each (queries, n), rows in no particular order."""
+    @property
+    def codes(self) -> np.ndarray:
+        """The stored codes, (count, bits / 8) uint8: a view of FAISS's own copy."""
+        import faiss
+
+        return faiss.rev_swig_ptr(self.index.xb.data(), self.count * self.bits // 8).reshape(self.count, self.bits // 8)
+
+    def search(self, codes: np.ndarray, n: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, rows), each (queries, n), rows in no particular order. ``allowed``: a
+        boolean mask over the rows; only those are answered (the threshold is estimated from the
+        allowed rows of the sample, and the range search's answers are kept to them), with ``n``
+        at most their number."""
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        n = min(n, self.count)
-        rank = _sample_rank(n, self.count)
+        passing = self.count if allowed is None else int(allowed.sum())
+        n = min(n, passing)
+        rank = _sample_rank(n, passing)
+        if allowed is not None:
+            in_sample = int(allowed[_sample_columns(self.count)].sum())
+            rank = None if rank is None or rank >= in_sample // 2 else rank
         if rank is None:
-            return self.index.search(codes, n)
-        sample_distances, _ = self.sample.search(codes, rank)
-        radius = sample_distances[:, -1].astype(np.int64) + 1  # a range search keeps distances below it
+            return self.search_subset(codes, n, allowed)
+        if allowed is None:
+            sample_distances, _ = self.sample.search(codes, rank)
+            radius = sample_distances[:, -1].astype(np.int64) + 1  # a range search keeps distances below it
+        else:  # the rank-th smallest distance among the sample's allowed rows
+            sample_distances, sample_rows = self.sample.search(codes, len(_sample_columns(self.count)))
+            usable = allowed[_sample_columns(self.count)][sample_rows]
+            position = np.argmax(np.cumsum(usable, axis=1) >= rank, axis=1)
+            radius = sample_distances[np.arange(len(codes)), position].astype(np.int64) + 1
         out_distances = np.empty((len(codes), n), dtype=np.int32)
         out_rows = np.empty((len(codes), n), dtype=np.int64)
         short = []
         for value in np.unique(radius):
             members = np.flatnonzero(radius == value)
             limits, distances, rows = self.index.range_search(codes[members], int(value))
+            if allowed is not None:
+                kept = allowed[rows]
+                owner = np.repeat(np.arange(len(members)), np.diff(limits).astype(np.int64))
+                distances, rows = distances[kept], rows[kept]
+                limits = np.concatenate([[0], np.cumsum(np.bincount(owner[kept], minlength=len(members)))])
             counts = np.diff(limits).astype(np.int64)
             ok = counts >= n
             short.append(members[~ok])
@@ -224,5 +249,19 @@ class HammingShortlist:
                 out_rows[members[ok]], out_distances[members[ok]] = picked, picked_distances
         short = np.concatenate(short)
         if len(short):
-            out_distances[short], out_rows[short] = self.index.search(codes[short], n)
+            out_distances[short], out_rows[short] = self.search_subset(codes[short], n, allowed)
         return out_distances, out_rows
+
+    def search_subset(self, codes: np.ndarray, n: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's k-NN over every row, or over the allowed rows' codes gathered (cheaper than a
+        scan of every row when few are allowed)."""
+        import faiss
+
+        if allowed is None:
+            return self.index.search(codes, n)
+        passing = np.flatnonzero(allowed)
+        subset = faiss.IndexBinaryFlat(self.bits)
+        subset.use_heap = False
+        subset.add(np.ascontiguousarray(self.codes[passing]))
+        distances, local = subset.search(codes, n)
+        return distances, np.where(local >= 0, passing[np.maximum(local, 0)], -1)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .batching import MicroBatcher
 from .errors import BusyError, MatryoshkaError, ModelError, ScheduleError, UsageError
+from .filters import Filter
 from .funnel import Schedule, Stage, check_head
 from .http_guards import BodyGuard, TimedHttpProtocol, bind
 from .index import Index, answers_json, search_mode
@@ -71,6 +72,12 @@ class SearchRequest(_Body):
         "On an index with a binary head the first stage is that head (dim = its bits).",
     )
     exact: bool = Field(False, description="Exact full-dimension search instead of the funnel.")
+    filter: dict[str, Any] | None = Field(
+        None,
+        description='Keep only documents whose metadata matches, e.g. {"lang": "en", "year": {"$gte": 2020}}; '
+        "operators $eq $ne $gt $gte $lt $lte $in $nin $and $or $not.",
+    )
+    fields: list[str] | None = Field(None, description="Metadata fields returned with each hit; default all.")
 
 
 class SimilarityRequest(_Body):
@@ -82,6 +89,9 @@ class SimilarityRequest(_Body):
 class DocumentIn(_Body):
     id: str = Field(description="The document's id; a document with this id already in the index is replaced.")
     text: str = Field(description="The document's text, encoded by the index's model.")
+    metadata: dict[str, Any] | None = Field(
+        None, description="Filterable fields: strings, numbers, booleans or lists of strings."
+    )
 
 
 class UpsertRequest(_Body):
@@ -101,10 +111,13 @@ class SearchPlan:
     mode: Literal["funnel", "exact", "prefix"]
     dim: int | None
     schedule: Schedule | None
+    where: Filter | None = None
+    fields: tuple[str, ...] | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.k, self.mode, self.dim, self.schedule)
+        """Plans that may share one search: the same k, mode, schedule, filter and fields."""
+        return (self.k, self.mode, self.dim, self.schedule, self.where.key if self.where else None, self.fields)
 
 
 class DeniedError(Exception):
@@ -234,6 +247,7 @@ class SearchService:
             "limits": asdict(self.limits),
             "read_only": not self.writable,
             "schedule_warning": self.index.schedule_warning(),
+            "fields": dict(self.meta.fields),
         }
 
     def embed(self, request: EmbedRequest) -> dict:
@@ -257,7 +271,13 @@ class SearchService:
             schedule = self._schedule(request.schedule, k)
         dim = request.dim if request.dim not in (None, self.full_dim) else None
         mode = search_mode(exact=request.exact or request.dim is not None, dim=dim)
-        return SearchPlan(request.query, k, mode, dim, schedule)  # no schedule: the index's own, when searched
+        where = self.index.parse_filter(request.filter)
+        try:
+            fields = self.index.check_fields(request.fields)
+        except UsageError as exc:
+            raise LimitError(f"fields: {exc}") from None
+        # no schedule: the index's own, when searched
+        return SearchPlan(request.query, k, mode, dim, schedule, where, None if fields is None else tuple(fields))
 
     def search(self, request: SearchRequest) -> dict:
         answer = self.search_many([self.prepare(request)])[0]
@@ -305,9 +325,9 @@ class SearchService:
                 with self._store_lock:
                     schedule = plan.schedule or (self.index.schedule_for(plan.k) if plan.mode == "funnel" else None)
                     result = self.index.search_vectors(
-                        queries, plan.k, schedule=schedule, exact=plan.mode == "exact", dim=plan.dim
+                        queries, plan.k, schedule=schedule, exact=plan.mode == "exact", dim=plan.dim, filter=plan.where
                     )
-                    return result, self.index.hits(result), schedule
+                    return result, self.index.hits(result, plan.fields), schedule
             except MatryoshkaError:
                 raise
             except Exception:
@@ -371,9 +391,10 @@ class SearchService:
                 check_unicode(text, field)
             except ModelError as exc:
                 raise LimitError(str(exc)) from None
+        metadata = [document.metadata or {} for document in request.documents]
         with self._write_lock:
             vectors = self.encode(texts, "document")
-            report = self.index.add(ids, texts, vectors)
+            report = self.index.add(ids, texts, vectors, metadata=metadata if any(metadata) else None)
             return {"added": report.added, "replaced": report.replaced, "documents": len(self.index)}
 
     def delete(self, request: DeleteRequest) -> dict:
@@ -460,6 +481,8 @@ def create_app(
     if api_key is not None and not api_key.strip():
         raise UsageError("the API key is empty; give a secret, or no key for a read-only server")
     service = SearchService(index, limits, writable=api_key is not None)
+    import pyarrow.compute  # noqa: F401 - filters need it; loaded now rather than in the first filtered request
+
     batcher: MicroBatcher[SearchPlan, dict] = MicroBatcher(service.search_many, max_batch=limits.max_batch)
     follower = IndexFollower(service, follow_interval)
 

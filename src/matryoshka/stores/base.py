@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Protocol
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import MatryoshkaError, StoreError
+from ..metadata import check_schema
 
 FORMAT_VERSION = 2
 HEAD_INDEXES = ("flat", "hnsw", "binary", "binary-ivf")  # binary-ivf: Milvus's BIN_IVF_FLAT, on a Milvus server
@@ -38,7 +39,8 @@ class IndexMeta:
     """Stored with the index so that search encodes queries the way indexing encoded documents.
 
     ``head_dim`` is in dims for a float head and in bits for a binary one; ``prefix_norm_dims``
-    are the stage dims at which the store keeps every row's prefix norm."""
+    are the stage dims at which the store keeps every row's prefix norm; ``fields`` the metadata
+    schema (field name -> type, see :mod:`matryoshka.metadata`)."""
 
     model: str | None
     full_dim: int
@@ -52,6 +54,7 @@ class IndexMeta:
     adapter: str | None = None
     prefix_norm_dims: tuple[int, ...] = ()
     created: str = ""
+    fields: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -83,6 +86,11 @@ class IndexMeta:
         values = _typed_fields(cls, data, where)
         if values.get("autotune") is not None:
             values["autotune"] = cls._autotune(values["autotune"], where)
+        if "fields" in values:
+            try:
+                values["fields"] = check_schema(values["fields"], where)
+            except MatryoshkaError as exc:
+                raise StoreError(str(exc)) from None
         return cls(**values)
 
     @staticmethod
@@ -173,6 +181,11 @@ class Store(Protocol):
         """Document texts, one list per row of ``rows``."""
         ...
 
+    def fields_of(self, rows: np.ndarray, names: Sequence[str] | None = None) -> list[list[dict]]:
+        """Document metadata (dicts without missing values), one list per row of ``rows``;
+        ``names`` picks the fields (``None``: all)."""
+        ...
+
     def memory_bytes(self) -> int:
         """RAM this process holds for search, beyond memory-mapped or server-side vectors."""
         ...
@@ -186,9 +199,15 @@ class Store(Protocol):
         ...
 
     # A store that runs every stage of a funnel itself (a database server) says so with
-    # ``runs_stages = True`` and a method ``run_stages(stage_queries, stages, k) -> (scores, rows,
-    # stage_seconds)``, where ``stages`` are (dim, keep) and ``stage_queries`` each stage's unit
-    # queries; the funnel then hands it the whole schedule instead of calling ``rescore`` per stage.
+    # ``runs_stages = True`` and a method ``run_stages(stage_queries, stages, k, where=None) ->
+    # (scores, rows, stage_seconds)``, where ``stages`` are (dim, keep), ``stage_queries`` each
+    # stage's unit queries and ``where`` a metadata filter (a matryoshka.filters.Filter) for its
+    # head search; the funnel then hands it the whole schedule instead of calling ``rescore`` per
+    # stage, and its ``exact_search`` takes ``where=`` too.
+    #
+    # A store searched in this process filters by a row mask instead: ``filter_mask(where) ->
+    # (len,) bool`` over its rows, which ``head_search(queries, n, allowed=mask)`` and
+    # ``exact_search(queries, k, dim, allowed=mask)`` then keep to (the segment stores do).
 
     def is_current(self) -> bool:
         """Whether this is still the index's current state (no build or write has replaced it since

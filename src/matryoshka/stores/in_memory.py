@@ -69,11 +69,11 @@ class InMemoryBuilder:
     def full_array(self, count: int, dim: int) -> np.ndarray:
         return np.zeros((count, dim), np.float32)
 
-    def commit(self, full, ids, texts, meta: IndexMeta, progress=None, head_source=None) -> IndexMeta:
+    def commit(self, full, ids, texts, meta: IndexMeta, progress=None, head_source=None, metadata=None) -> IndexMeta:
         meta = replace(
             meta, prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1])), created=time.strftime("%Y-%m-%dT%H:%M:%S")
         )
-        segment = make_segment("s0", full, ids, texts, meta, head_source)
+        segment = make_segment("s0", full, ids, texts, meta, head_source, metadata=metadata)
         _INDEXES[self.name] = InMemoryStore(self.name, [segment], meta)
         return meta
 
@@ -95,9 +95,10 @@ class InMemoryWriter(SegmentWriter):
         self._serial = len(store.segments)
         super().__init__(store.segments, store.meta)
 
-    def _new_segment(self, full, ids, texts, head_source) -> Segment:
+    def _new_segment(self, full, ids, texts, head_source, metadata=None) -> Segment:
         self._serial += 1
-        return make_segment(f"s{self._serial}-{time.monotonic_ns()}", full, ids, texts, self.meta, head_source)
+        name = f"s{self._serial}-{time.monotonic_ns()}"
+        return make_segment(name, full, ids, texts, self.meta, head_source, metadata=metadata)
 
     def _commit(self, segments: list[Segment]) -> None:
         self.meta = replace(self.meta, count=self.live_count(segments))

@@ -10,6 +10,8 @@ Layout (index format 2)::
                        head.hnsw     a FAISS HNSW graph over the head, for an hnsw head
                        prefix_norms.npy n x len(meta.prefix_norm_dims): each row's norm at those stage dims
                        ids.json, texts.jsonl
+                       metadata.arrow   the rows' metadata, a column per field (Arrow IPC file,
+                                        memory-mapped; absent when the index has no metadata)
     DB/tombstones/<segment>.<generation>.npy   sorted rows of that segment that are deleted
 
 The manifest is the one source of truth: a reader sees the index it names, and a writer makes a
@@ -40,6 +42,7 @@ from .base import FORMAT_VERSION, IndexMeta, check_format_version, check_head_ki
 from .segments import NO_ROWS, Segment, SegmentedStore, SegmentWriter, live_rows, make_segment, merged_segment
 
 MANIFEST = "manifest.json"
+METADATA = "metadata.arrow"
 SEGMENTS = "segments"
 TOMBSTONES = "tombstones"
 LOCK = ".lock"
@@ -112,6 +115,7 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previo
         table = np.load(path / "prefix_norms.npy")
         full = np.load(path / "full.npy", mmap_mode="r")
         ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+        metadata = read_metadata(path / METADATA) if (path / METADATA).is_file() else None
         deleted = NO_ROWS
         if entry["tombstones"]:
             deleted = np.load(root / TOMBSTONES / entry["tombstones"]).astype(np.int64)
@@ -119,6 +123,10 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previo
     except (OSError, ValueError) as exc:
         raise StoreError(f"{root}: the index's files cannot be read ({exc}); re-index it") from None
     handles.append(handle)
+    if metadata is not None and metadata.num_rows != entry["rows"]:
+        raise StoreError(
+            f"{root}: segment {entry['name']} has metadata for {metadata.num_rows} rows, not {entry['rows']}"
+        )
     if len(full) != entry["rows"] or len(ids) != entry["rows"] or len(deleted) != entry["deleted"]:
         raise StoreError(
             f"{root}: segment {entry['name']} holds {len(full)} vectors, {len(ids)} ids and {len(deleted)} "
@@ -136,7 +144,26 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previo
         graph=graph,
         deleted=deleted,
         tombstones=entry["tombstones"],
+        metadata=metadata,
     )
+
+
+def read_metadata(path: Path):
+    """A segment's metadata table, memory-mapped (columns are read as filters touch them)."""
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            return pa.ipc.open_file(source).read_all()
+    except pa.ArrowInvalid as exc:
+        raise StoreError(f"{path}: not a readable metadata file ({exc}); re-index it") from None
+
+
+def write_metadata(path: Path, table) -> None:
+    import pyarrow as pa
+
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
 
 
 def _text_reader(handle):
@@ -256,6 +283,8 @@ def save_segment(path: Path, segment: Segment, meta: IndexMeta, *, with_full: bo
     with open(path / "texts.jsonl", "w", encoding="utf-8") as handle:
         for text in segment.text_list():
             handle.write(json.dumps(text, ensure_ascii=False) + "\n")
+    if segment.metadata is not None:
+        write_metadata(path / METADATA, segment.metadata)
     for item in path.iterdir():
         _fsync(item)
 
@@ -296,11 +325,13 @@ class LocalBuilder:
         meta: IndexMeta,
         progress=None,
         head_source: np.ndarray | None = None,
+        metadata: Sequence[dict] | None = None,
     ) -> IndexMeta:
         """Write the segment and switch the manifest to it; returns the metadata as stored.
-        ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
+        ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``);
+        ``metadata``: a dict per document, typed by ``meta.fields``."""
         meta = _stamped(meta, prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1])))
-        segment = make_segment(self.name, full, ids, texts, meta, head_source)
+        segment = make_segment(self.name, full, ids, texts, meta, head_source, metadata=metadata)
         publish_segment(self.partial, segment, meta, with_full=False)
         previous = _generation(self.root)
         write_manifest(self.root, meta, [_entry(segment, None)], previous + 1)
@@ -337,10 +368,10 @@ class LocalWriter(SegmentWriter):
             keep_tombstones={f for f in self._tombstone_files.values() if f},
         )
 
-    def _new_segment(self, full, ids, texts, head_source) -> Segment:
+    def _new_segment(self, full, ids, texts, head_source, metadata=None) -> Segment:
         name = _segment_name()
         partial = self.root / SEGMENTS / f"{name}.partial"
-        segment = make_segment(name, full, ids, texts, self.meta, head_source)
+        segment = make_segment(name, full, ids, texts, self.meta, head_source, metadata=metadata)
         publish_segment(partial, segment, self.meta)
         return segment
 

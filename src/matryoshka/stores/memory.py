@@ -213,6 +213,10 @@ class MemoryStore:
             return [["" for _ in row] for row in rows]
         return [[self._texts[r] for r in row] for row in rows]
 
+    def fields_of(self, rows: np.ndarray, names: Sequence[str] | None = None) -> list[list[dict]]:
+        """Arrays hold no metadata."""
+        return [[{} for _ in row] for row in np.atleast_2d(rows)]
+
     def is_current(self) -> bool:
         """Arrays in memory change only through this object."""
         return True

@@ -13,6 +13,11 @@ sharing row ids (layout ``collections``).
 restricted to that query's survivors (``row in [...]``) with ``limit`` = the stage's keep, one
 request per query, sent in parallel. The last stage brings the document ids and texts back.
 
+**Metadata.** The head's collection has a JSON field ``match`` that filters search (see
+:func:`matryoshka.filters.match_document`): a metadata filter becomes a Milvus expression on it,
+evaluated inside the head search. The full vectors' collection keeps each document's metadata
+as it was given (``fields``, JSON text), returned with hits.
+
 **Writes.** A pointer collection ``<name>_meta`` holds the current generation, its layout and the
 IndexMeta. A build writes a new generation and then upserts the pointer, so a build that fails or
 is killed leaves the previous generation answering; other generations are dropped after the
@@ -34,6 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BusyError, StoreError
+from ..filters import Filter, match_document, milvus_expression
+from ..metadata import merge_schemas
 from ..metrics import top_k
 from ..vectors import binary_codes, hamming_similarity, normalize
 from .base import IndexMeta, check_head_kind
@@ -64,6 +71,7 @@ class Layout:
     head_index_type: str  # FLAT, HNSW, BIN_FLAT or BIN_IVF_FLAT
     head_params: dict = field(default_factory=dict)  # search parameters of an approximate head: nprobe, ef_factor
     nlist: int | None = None  # cells of a BIN_IVF_FLAT head
+    filterable: bool = False  # has the metadata fields (``match`` and ``fields``); older layouts do not
 
     @property
     def binary_head(self) -> bool:
@@ -125,7 +133,7 @@ def choose_layout(
     )
     nlist = int(np.clip(4 * np.sqrt(count), 1, 65_536)) if index_type == "BIN_IVF_FLAT" else None
     head_params = {"nprobe": max(1, nlist // 16)} if nlist else ({"ef_factor": 1} if index_type == "HNSW" else {})
-    return Layout(kind, prefixes, index_type, head_params, nlist)
+    return Layout(kind, prefixes, index_type, head_params, nlist, filterable=True)
 
 
 def _meta_name(collection: str) -> str:
@@ -276,8 +284,19 @@ class MilvusStore:
         )
 
     # the funnel ----------------------------------------------------------------------------------
-    def head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` rows by the head, one request for the batch: (scores, rows), padded with -inf / -1."""
+    def _expression(self, where: Filter | None) -> str:
+        """The filter as an expression on the ``match`` field ('' for none)."""
+        if where is None:
+            return ""
+        if not self.layout.filterable:
+            raise StoreError(
+                f"index {self.collection!r} was built before metadata filters; re-index it with 'matryoshka index' to filter"
+            )
+        return milvus_expression(where, "match")
+
+    def head_search(self, queries: np.ndarray, n: int, where: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` rows by the head (among those matching ``where``), one request for the batch:
+        (scores, rows), padded with -inf / -1."""
         if n > MAX_TOPK:
             raise StoreError(f"Milvus returns at most {MAX_TOPK} results per search; shortlist {n} is too long")
         if queries.shape[1] != self.head_dim:
@@ -289,22 +308,27 @@ class MilvusStore:
             data = [bytes(code) for code in binary_codes(queries, self.head_dim)]
         else:
             data = np.asarray(queries, np.float32).tolist()
-        answers = self._search("head", data, n, params=self.layout.head_search_params(n))
+        answers = self._search("head", data, n, params=self.layout.head_search_params(n), expr=self._expression(where))
         scores = [hamming_similarity(s, self.head_dim) for s in answers.scores] if self.binary_head else answers.scores
         return _padded(answers.rows, scores, n)
 
     def run_stages(
-        self, stage_queries: Sequence[np.ndarray], stages: Sequence[tuple[int, int]], k: int
+        self,
+        stage_queries: Sequence[np.ndarray],
+        stages: Sequence[tuple[int, int]],
+        k: int,
+        where: Filter | None = None,
     ) -> tuple[np.ndarray, np.ndarray, list[float]]:
         """A whole funnel in Milvus: ``stages`` are (dim, keep), the first the head; ``stage_queries``
-        the unit queries of each stage. Returns (scores, rows) of the last stage, each (nq, k), and
-        each stage's seconds."""
+        the unit queries of each stage; ``where`` a filter applied in the head search (the later
+        stages search only its survivors). Returns (scores, rows) of the last stage, each (nq, k),
+        and each stage's seconds."""
         seconds = []
         started = time.perf_counter()
         if len(stages) == 1:  # one stage: a plain search of that field
-            scores, rows = self._field_search(stage_queries[0], stages[0][0], min(k, len(self)))
+            scores, rows = self._field_search(stage_queries[0], stages[0][0], min(k, len(self)), where)
             return scores, rows, [time.perf_counter() - started]
-        _, rows = self.head_search(stage_queries[0], min(stages[0][1], len(self)))
+        _, rows = self.head_search(stage_queries[0], min(stages[0][1], len(self)), where)
         survivors = [row[row >= 0] for row in rows]
         seconds.append(time.perf_counter() - started)
         scores: list[np.ndarray] = []
@@ -312,7 +336,7 @@ class MilvusStore:
             started = time.perf_counter()
             last = position == len(stages) - 1
             field_name = self._field(dim)
-            outputs = DOCUMENT_FIELDS if last else ()
+            outputs = self._document_fields() if last else ()
 
             def stage(
                 query: int,
@@ -341,23 +365,51 @@ class MilvusStore:
         padded_scores, padded_rows = _padded(survivors, scores, k)
         return padded_scores, padded_rows, seconds
 
-    def _field_search(self, queries: np.ndarray, dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _document_fields(self) -> tuple[str, ...]:
+        return (*DOCUMENT_FIELDS, "fields") if self.layout.filterable else DOCUMENT_FIELDS
+
+    def _field_search(
+        self, queries: np.ndarray, dim: int, k: int, where: Filter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         field_name = self._field(dim)
         params = self.layout.head_search_params(k) if field_name == "head" else None
+        expr = self._expression(where)
+        if expr and self.layout.kind == "collections" and field_name != "head":
+            # Milvus 2.3 layout: only the head's collection holds ``match``; its exact twin is the full vectors
+            rows = self._matching_rows(expr)
+            if not len(rows):
+                return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+            expr = f"row in {rows.tolist()}"
         answers = self._search(
-            field_name, normalize(queries[:, :dim]).tolist(), k, outputs=DOCUMENT_FIELDS, params=params
+            field_name,
+            normalize(queries[:, :dim]).tolist(),
+            k,
+            outputs=self._document_fields(),
+            params=params,
+            expr=expr,
         )
         for query in range(len(answers.rows)):
             self._remember(answers, query)
         return _padded(answers.rows, answers.scores, k)
 
+    def _matching_rows(self, expr: str) -> np.ndarray:
+        """Every row whose metadata matches ``expr`` (a query of the head's collection)."""
+        name = self.layout.collection(self.collection, self.generation, "head")
+        hits = self.client.query(name, filter=expr, output_fields=["row"])
+        return np.sort(np.asarray([int(hit["row"]) for hit in hits], np.int64))
+
     def _remember(self, answers, query: int) -> None:
-        """Keep the ids and texts a final stage brought back, for :meth:`ids_of` and :meth:`texts_of`."""
+        """Keep the ids, texts and metadata a final stage brought back, for :meth:`ids_of`,
+        :meth:`texts_of` and :meth:`fields_of`."""
         if "doc_id" in answers.fields:
-            for row, doc_id, text in zip(
-                answers.rows[query], answers.fields["doc_id"][query], answers.fields["text"][query]
+            fields = answers.fields.get("fields", [None] * len(answers.rows))[query]
+            for row, doc_id, text, extra in zip(
+                answers.rows[query],
+                answers.fields["doc_id"][query],
+                answers.fields["text"][query],
+                fields if fields is not None else [None] * len(answers.rows[query]),
             ):
-                self._documents[int(row)] = (doc_id, text)
+                self._documents[int(row)] = (doc_id, text, extra)
 
     def rescore(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
         """(nq, m) cosines of each query with its ``rows``, by a search of that prefix's field
@@ -381,7 +433,9 @@ class MilvusStore:
     def scores_in_place(self, dim: int) -> bool:
         return True  # candidates are scored where they lie, in Milvus
 
-    def exact_search(self, queries: np.ndarray, k: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def exact_search(
+        self, queries: np.ndarray, k: int, dim: int | None = None, where: Filter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact search by Milvus over the full vectors, or a stored prefix's field. A prefix that
         is not stored cannot be re-normalised by Milvus: every vector is then read (in blocks of
         ``GET_BATCH`` ids) and scored here, O(corpus), meant for looking at one dimension's results
@@ -389,7 +443,12 @@ class MilvusStore:
         dim = dim or self.full_dim
         exact_field = dim in self.stored_dims() and not (self._field(dim) == "head" and self.layout.approximate_head)
         if exact_field:
-            return self._field_search(np.asarray(queries, np.float32), dim, k)
+            return self._field_search(np.asarray(queries, np.float32), dim, k, where)
+        if where is not None:
+            raise StoreError(
+                f"a filtered search at {dim} dims needs that prefix stored in Milvus; this index keeps "
+                f"{', '.join(map(str, self.stored_dims()))}"
+            )
         queries = np.asarray(queries, np.float32)
         scores = np.empty((len(queries), len(self)), np.float32)
         full = self.layout.collection(self.collection, self.generation, "full")
@@ -437,9 +496,23 @@ class MilvusStore:
         full = self.layout.collection(self.collection, self.generation, "full")
         for start in range(0, len(missing), GET_BATCH):
             for hit in self.client.get(
-                full, ids=missing[start : start + GET_BATCH], output_fields=list(DOCUMENT_FIELDS)
+                full, ids=missing[start : start + GET_BATCH], output_fields=list(self._document_fields())
             ):
-                self._documents[int(hit["row"])] = (hit["doc_id"], hit["text"])
+                self._documents[int(hit["row"])] = (hit["doc_id"], hit["text"], hit.get("fields"))
+
+    def fields_of(self, rows: np.ndarray, names: Sequence[str] | None = None) -> list[list[dict]]:
+        """Metadata of each row of ``rows`` (2-D) as dicts; ``names`` picks fields."""
+        rows = np.atleast_2d(rows)
+        self._fetch_documents(rows)
+        out = []
+        for row in rows:
+            found = []
+            for r in row:
+                extra = self._documents[int(r)][2] if r >= 0 else None
+                values = json.loads(extra) if extra else {}
+                found.append(values if names is None else {n: values[n] for n in names if n in values})
+            out.append(found)
+        return out
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         self._fetch_documents(rows)
@@ -532,10 +605,23 @@ class MilvusWriter:
         return found
 
     def upsert(
-        self, ids: Sequence[str], full: np.ndarray, texts: Sequence[str], head_source: np.ndarray | None = None
+        self,
+        ids: Sequence[str],
+        full: np.ndarray,
+        texts: Sequence[str],
+        head_source: np.ndarray | None = None,
+        metadata: Sequence[dict] | None = None,
+        schema: dict[str, str] | None = None,
     ) -> UpsertReport:
-        """Add documents; an id already in the index keeps its row and gets the new vectors and text."""
+        """Add documents; an id already in the index keeps its row and gets the new vectors, text
+        and metadata (a new field joins the index's fields)."""
         ids = check_batch(ids, full, texts)
+        if schema:
+            if not self.layout.filterable:
+                raise StoreError(
+                    f"index {self.collection!r} was built before metadata; re-index it to add documents with metadata"
+                )
+            self.meta = replace(self.meta, fields=merge_schemas(self.meta.fields, schema))
         if any(len(str(i).encode("utf-8")) > 1024 for i in ids):
             raise StoreError("a document id longer than 1,024 bytes cannot be stored in Milvus")
         existing = self._rows_of(ids)
@@ -563,6 +649,7 @@ class MilvusWriter:
                 list(texts[start:stop]),
                 self.meta,
                 verb="upsert",
+                metadata=None if metadata is None else metadata[start:stop],
             )
         added = len(ids) - len(existing)
         self.state["next_row"] = next_row
@@ -706,9 +793,11 @@ class MilvusBuilder:
         meta: IndexMeta,
         progress=None,
         head_source: np.ndarray | None = None,
+        metadata: Sequence[dict] | None = None,
     ) -> IndexMeta:
         """Write a new generation and switch the pointer to it; returns the metadata as stored.
-        ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``)."""
+        ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``);
+        ``metadata``: a dict per document, typed by ``meta.fields``."""
         layout = choose_layout(
             self.version, meta.head_index, meta.full_dim, meta.head_dim, len(ids), is_lite(self.uri), self.layout_kind
         )
@@ -726,6 +815,7 @@ class MilvusBuilder:
                 ids[start:stop],
                 texts[start:stop],
                 meta,
+                metadata=None if metadata is None else metadata[start:stop],
             )
             if progress:
                 progress(stop - start)
@@ -773,9 +863,12 @@ class MilvusBuilder:
                     )
                 else:
                     index.add_index(field_name=name, index_type="FLAT", metric_type="IP")
+            if "head" in group:
+                schema.add_field("match", DataType.JSON)
             if "full" in group:
                 schema.add_field("doc_id", DataType.VARCHAR, max_length=1024)
                 schema.add_field("text", DataType.VARCHAR, max_length=65_535)
+                schema.add_field("fields", DataType.VARCHAR, max_length=65_535)
             collection = layout.collection(self.collection, self.generation, group[0])
             self.client.create_collection(collection, schema=schema, index_params=index)
             self.created.append(collection)
@@ -825,9 +918,11 @@ def write_rows(
     texts: Sequence[str],
     meta: IndexMeta,
     verb: str = "insert",
+    metadata: Sequence[dict] | None = None,
 ) -> None:
     """Write documents as ``rows`` of a generation, every stage's field (``verb``: ``insert`` for
-    new rows, ``upsert`` to replace rows that may exist)."""
+    new rows, ``upsert`` to replace rows that may exist), with their ``metadata`` where the layout
+    keeps it."""
     if layout.binary_head:
         heads = [bytes(code) for code in binary_codes(source, meta.head_dim)]
     else:
@@ -838,23 +933,26 @@ def write_rows(
         **{f"p{d}": normalize(block[:, :d]).tolist() for d in layout.prefix_dims},
     }
     documents = [{"doc_id": str(doc_id)[:1024], "text": _clip(text)} for doc_id, text in zip(ids, texts)]
+    records = metadata if metadata is not None else [{}] * len(rows)
+    matches = [{"match": match_document(m, meta.fields)} for m in records] if layout.filterable else [{}] * len(rows)
+    if layout.filterable:
+        for document, record in zip(documents, records):
+            document["fields"] = json.dumps({k: v for k, v in record.items() if v is not None}, ensure_ascii=False)
     write = getattr(client, verb)
     if layout.kind == "fields":
         name = layout.collection(collection, generation, "head")
         write(
             name,
-            [{"row": int(r), **{f: columns[f][i] for f in columns}, **documents[i]} for i, r in enumerate(rows)],
+            [
+                {"row": int(r), **{f: columns[f][i] for f in columns}, **documents[i], **matches[i]}
+                for i, r in enumerate(rows)
+            ],
         )
         return
     for field_name in layout.fields():
         name = layout.collection(collection, generation, field_name)
-        write(
-            name,
-            [
-                {"row": int(r), "vector": columns[field_name][i], **(documents[i] if field_name == "full" else {})}
-                for i, r in enumerate(rows)
-            ],
-        )
+        extra = documents if field_name == "full" else matches if field_name == "head" else [{}] * len(rows)
+        write(name, [{"row": int(r), "vector": columns[field_name][i], **extra[i]} for i, r in enumerate(rows)])
 
 
 def _clip(text: str) -> str:

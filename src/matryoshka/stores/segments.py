@@ -22,6 +22,9 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import StoreError
+from ..filters import Filter, row_mask
+from ..metadata import concat_tables, empty_table, merge_schemas, rows_as_dicts, to_table
+from ..metrics import top_k
 from ..rescore import unit_cosines_one
 from ..selection import HammingShortlist, scan_shortlist
 from ..vectors import binary_codes, hamming_similarity, normalize, prefix_norm_dims, prefix_norms
@@ -29,6 +32,10 @@ from .base import IndexMeta
 from .memory import HNSW_M, HNSW_MIN_EF_SEARCH, exact_top_k, make_head_index, rescore_rows
 
 NO_ROWS = np.zeros(0, np.int64)
+MASK_CACHE = 32  # row masks of recent filters kept per segment
+STORE_MASK_CACHE = 8  # ... and for the live rows of an opened store
+EXACT_ROWS_BLOCK = 65_536  # filtered rows scored at once by an exact search
+DENSE_SHARE = 0.25  # a filter passing more of the rows than this is applied to a scan of every row
 
 
 @dataclass
@@ -36,7 +43,8 @@ class Segment:
     """One block of rows as stored. ``full`` is (n, d) unit rows (an array or a memory map);
     ``head`` (n, head_dim) the re-normalised float head, or ``codes`` (n, head_dim / 8) the sign
     bits of a binary head; ``norms`` each row's prefix norm at the stage dims; ``deleted`` the
-    sorted rows of this segment that are deleted."""
+    sorted rows of this segment that are deleted; ``metadata`` a ``pyarrow.Table`` of its rows'
+    metadata (``None``: none)."""
 
     name: str
     full: np.ndarray
@@ -48,6 +56,8 @@ class Segment:
     graph: object | None = None  # FAISS HNSW graph over the head, for an hnsw head
     deleted: np.ndarray = field(default_factory=lambda: NO_ROWS)
     tombstones: str | None = None  # where ``deleted`` was read from, for a store on files
+    metadata: object | None = None  # pyarrow.Table, a row per row of the segment
+    _masks: dict = field(default_factory=dict, repr=False)  # filter key -> row mask, shared by this segment's copies
     _rows_by_id: dict[str, int] | None = field(default=None, repr=False)  # built on first lookup, kept by copies
     _text_cache: list[str] | None = field(default=None, repr=False)
     _text_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -88,6 +98,17 @@ class Segment:
         position = np.searchsorted(self.deleted, row)
         return None if position < len(self.deleted) and self.deleted[position] == row else row
 
+    def mask(self, flt: Filter) -> np.ndarray:
+        """Which rows (deleted or not) match ``flt``; kept for the segment's life, since its rows
+        never change (a few recent filters, so a filter a service sees again costs nothing)."""
+        found = self._masks.get(flt.key)
+        if found is None:
+            found = row_mask(flt, self.metadata, len(self))
+            while len(self._masks) >= MASK_CACHE:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[flt.key] = found
+        return found
+
     def with_deleted(self, rows: np.ndarray) -> Segment:
         """This segment with ``rows`` deleted too (a new object sharing the arrays; this one is not changed)."""
         self.rows_by_id()  # built before the copy, so that both keep it
@@ -121,9 +142,16 @@ def merged_segment(name: str, segments: Sequence[Segment], meta: IndexMeta, full
     head = gather_live(segments, "codes" if meta.binary_head else "head")
     texts = [text for s, r in zip(segments, rows) for text in (s.text_list()[i] for i in r.tolist())]
     graph = make_head_index(head, "hnsw") if meta.head_index == "hnsw" and len(head) else None
+    metadata = None
+    if meta.fields and any(s.metadata is not None for s in segments):
+        metadata = concat_tables(
+            [(empty_table(len(s)) if s.metadata is None else s.metadata).take(r) for s, r in zip(segments, rows)],
+            meta.fields,
+        )
     return Segment(
         name=name,
         full=full,
+        metadata=metadata,
         ids=gather_live(segments, "ids"),
         head=None if meta.binary_head else head,
         codes=head if meta.binary_head else None,
@@ -141,10 +169,11 @@ def make_segment(
     meta: IndexMeta,
     head_source: np.ndarray | None = None,
     head: np.ndarray | None = None,
+    metadata: Sequence[dict] | None = None,
 ) -> Segment:
     """A segment in RAM from unit vectors: the head is cut from ``head_source`` (an adapter's
     ``f(x)``) or from ``full``, unless ``head`` gives it as stored (float rows, or sign bits for a
-    binary head)."""
+    binary head). ``metadata``: a dict per document, typed by ``meta.fields``."""
     source = full if head_source is None else head_source
     dims = list(meta.prefix_norm_dims) or prefix_norm_dims(full.shape[1])
     table = prefix_norms(full, dims)
@@ -167,6 +196,7 @@ def make_segment(
         norms={dim: np.ascontiguousarray(table[:, i]) for i, dim in enumerate(dims)},
         texts=lambda: texts,
         graph=graph,
+        metadata=to_table(metadata, meta.fields) if metadata is not None and meta.fields else None,
     )
 
 
@@ -187,6 +217,7 @@ class SegmentedStore:
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._count = int(self._starts[-1])
         self._ids = gather_live(self.segments, "ids", lives)
+        self._filters: dict[str, list] = {}  # filter key -> [mask, passing rows or None]
         self._head = None
         if self._count and self.binary_head:
             self._head = HammingShortlist(gather_live(self.segments, "codes", lives))
@@ -211,15 +242,98 @@ class SegmentedStore:
         return which, local
 
     # the funnel ----------------------------------------------------------------------------------
-    def head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``n`` live rows by the head; a first stage of another dim falls back to an exact scan."""
+    def filter_mask(self, flt: Filter) -> np.ndarray:
+        """Which live rows match ``flt``: (len,) booleans, from each segment's cached mask (kept
+        here too, with the passing rows once asked for, for the last few filters)."""
+        entry = self._filters.get(flt.key)
+        if entry is None:
+            parts = [
+                segment.mask(flt) if live is None else segment.mask(flt)[live]
+                for segment, live in zip(self.segments, self._live)
+            ]
+            entry = [np.concatenate(parts) if parts else np.zeros(0, bool), None]
+            while len(self._filters) >= STORE_MASK_CACHE:
+                self._filters.pop(next(iter(self._filters)))
+            self._filters[flt.key] = entry
+        return entry[0]
+
+    def _passing(self, allowed: np.ndarray) -> np.ndarray:
+        """The rows ``allowed`` passes, sorted (remembered for a mask this store made)."""
+        for entry in list(self._filters.values()):
+            if entry[0] is allowed:
+                if entry[1] is None:
+                    entry[1] = np.flatnonzero(allowed)
+                return entry[1]
+        return np.flatnonzero(allowed)
+
+    def head_search(
+        self, queries: np.ndarray, n: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` live rows by the head, among the ``allowed`` ones (a boolean mask over live
+        rows; ``None``: all). A first stage of another dim falls back to an exact scan. A mask
+        passing few rows scans only theirs; one passing many scans every row for a longer list
+        and keeps the allowed, exactly (a query whose list holds too few allowed rows is answered
+        from the allowed rows alone)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        n = min(n, self._count)
+        if self.binary_head and queries.shape[1] != self.head_dim:
+            raise StoreError(
+                f"this index's binary head holds {self.head_dim} bits; got {queries.shape[1]}-dim head queries"
+            )
+        if allowed is None:
+            return self._head_search(queries, min(n, self._count))
+        passing = self._passing(allowed)
+        n = min(n, len(passing))
+        if not n:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        dense = len(passing) > DENSE_SHARE * self._count
+        if self.head_index_kind == "hnsw" and queries.shape[1] == self.head_dim and dense:
+            return self._graph_search(queries, n, allowed)  # a graph walk loses its way when few rows pass
+        if dense and self.binary_head:
+            distances, rows = self._head.search(binary_codes(queries, self.head_dim), n, allowed=allowed)
+            return hamming_similarity(distances, self.head_dim), rows.astype(np.int64)
+        if dense and self.head_index_kind != "hnsw":
+            wider = min(self._count, int(np.ceil(1.2 * n * self._count / len(passing))) + 64)
+            scores, rows = self._head_search(queries, wider)
+            keep = allowed[np.maximum(rows, 0)] & (rows >= 0)
+            enough = keep.sum(axis=1) >= n
+            out_scores = np.full((len(queries), n), -np.inf, np.float32)
+            out_rows = np.full((len(queries), n), -1, np.int64)
+            for q in np.flatnonzero(enough):
+                picked = np.flatnonzero(keep[q])
+                best = picked[np.argsort(-scores[q, picked], kind="stable")[:n]]
+                out_scores[q], out_rows[q] = scores[q, best], rows[q, best]
+            if not enough.all():
+                short = np.flatnonzero(~enough)
+                out_scores[short], out_rows[short] = self._subset_search(queries[short], n, passing)
+            return out_scores, out_rows
+        return self._subset_search(queries, n, passing)
+
+    def _subset_search(self, queries: np.ndarray, n: int, passing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` of the live rows ``passing`` by the head: their head rows gathered and scanned."""
         if self.binary_head:
-            if queries.shape[1] != self.head_dim:
-                raise StoreError(
-                    f"this index's binary head holds {self.head_dim} bits; got {queries.shape[1]}-dim head queries"
-                )
+            distances, rows = self._head.search(
+                binary_codes(queries, self.head_dim), n, allowed=_mask_of(passing, self._count)
+            )
+            return hamming_similarity(distances, self.head_dim), rows.astype(np.int64)
+        if queries.shape[1] != self.head_dim:
+            return self.exact_search(queries, n, dim=queries.shape[1], allowed=_mask_of(passing, self._count))
+        else:
+            head = self._head[passing] if self._head is not None else self._gathered_head(passing)
+            scores, local = scan_shortlist(queries, head, n)
+        return scores, np.where(local >= 0, passing[np.maximum(local, 0)], -1)
+
+    def _gathered_head(self, rows: np.ndarray) -> np.ndarray:
+        """The float head of live ``rows``, read from each segment (an hnsw head keeps no gathered copy)."""
+        which, local = self._locate(rows)
+        out = np.empty((len(rows), self.head_dim), np.float32)
+        for s, segment in enumerate(self.segments):
+            mask = which == s
+            if mask.any():
+                out[mask] = segment.head[local[mask]]
+        return out
+
+    def _head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.binary_head:
             distances, rows = self._head.search(binary_codes(queries, self.head_dim), n)
             return hamming_similarity(distances, self.head_dim), rows.astype(np.int64)
         if queries.shape[1] != self.head_dim:
@@ -228,8 +342,11 @@ class SegmentedStore:
             return self._graph_search(queries, n)
         return scan_shortlist(queries, self._head, n)
 
-    def _graph_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each segment's graph without its tombstones, merged: the top ``n`` of the union."""
+    def _graph_search(
+        self, queries: np.ndarray, n: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each segment's graph without its tombstones (and, with ``allowed``, only its allowed
+        rows), merged: the top ``n`` of the union."""
         import faiss
 
         all_scores, all_rows = [], []
@@ -237,14 +354,26 @@ class SegmentedStore:
             count = segment.live_count
             if not count:
                 continue
-            take = min(n, count)
-            params = faiss.SearchParametersHNSW(efSearch=max(take, HNSW_MIN_EF_SEARCH))
-            if len(segment.deleted):
+            params = faiss.SearchParametersHNSW(efSearch=max(min(n, count), HNSW_MIN_EF_SEARCH))
+            if allowed is not None:
+                # a walk meets passing rows at the mask's share: widen it as much
+                params.efSearch = int(min(count, params.efSearch * self._count / max(1, np.count_nonzero(allowed))))
+                local = self._locate(np.flatnonzero(allowed[self._starts[s] : self._starts[s + 1]]) + self._starts[s])[
+                    1
+                ]
+                if not len(local):
+                    continue
+                count = len(local)
+                bitmap = np.packbits(_mask_of(local, len(segment)), bitorder="little")
+                params.sel = selector = faiss.IDSelectorBitmap(len(segment), faiss.swig_ptr(bitmap))  # noqa: F841
+            elif len(segment.deleted):
                 skipped = faiss.IDSelectorBatch(segment.deleted)
                 params.sel = selector = faiss.IDSelectorNot(skipped)  # noqa: F841 - both must outlive the search
-            scores, local = segment.graph.search(queries, take, params=params)
+            scores, local = segment.graph.search(queries, min(n, count), params=params)
             all_scores.append(scores)
             all_rows.append(self._numbers(s, local.astype(np.int64)))
+        if not all_scores:
+            return np.full((len(queries), 0), -np.inf, np.float32), np.zeros((len(queries), 0), np.int64)
         scores, rows = np.concatenate(all_scores, axis=1), np.concatenate(all_rows, axis=1)
         scores[rows < 0] = -np.inf
         if scores.shape[1] > n:
@@ -321,16 +450,53 @@ class SegmentedStore:
 
         return all(fusable(s.full, dim) for s in self.segments)
 
-    def exact_search(self, queries: np.ndarray, k: int, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top ``k`` live rows by the full vectors, or by re-normalised ``dim`` prefixes."""
+    def exact_search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        dim: int | None = None,
+        allowed: np.ndarray | None = None,
+        where: Filter | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` live rows (among the ``allowed`` ones, or those matching ``where``) by
+        the full vectors, or by re-normalised ``dim`` prefixes; fewer than ``k`` rows pass: padded
+        with -1 / -inf. A mask passing few rows scores only theirs, where they lie."""
+        if where is not None:
+            allowed = self.filter_mask(where)
+        if allowed is not None and np.count_nonzero(allowed) <= DENSE_SHARE * self._count:
+            return self._exact_rows(queries, k, self._passing(allowed), dim)
         parts = []
         for s, segment in enumerate(self.segments):
             numbers = None
-            if len(segment.deleted) or len(self.segments) > 1:
+            if len(segment.deleted) or len(self.segments) > 1 or allowed is not None:
                 numbers = self._numbers(s, np.arange(len(segment)))
                 numbers[segment.deleted] = -1
+                if allowed is not None:
+                    live = numbers >= 0
+                    numbers[live] = np.where(allowed[numbers[live]], numbers[live], -1)
             parts.append((segment.full, numbers))
         return exact_top_k(queries, k, parts, dim)
+
+    def _exact_rows(
+        self, queries: np.ndarray, k: int, rows: np.ndarray, dim: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top ``k`` of the live ``rows`` (sorted), each scored in its own segment."""
+        queries = np.ascontiguousarray(queries[:, : dim or self.full_dim], dtype=np.float32)
+        best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+        best_rows = np.zeros((len(queries), 0), np.int64)
+        for start in range(0, len(rows), EXACT_ROWS_BLOCK):
+            block = rows[start : start + EXACT_ROWS_BLOCK]
+            scores = self.rescore(np.broadcast_to(block, (len(queries), len(block))), queries)
+            best_scores = np.concatenate([best_scores, scores], axis=1)
+            best_rows = np.concatenate([best_rows, np.broadcast_to(block, scores.shape)], axis=1)
+            keep = top_k(best_scores, min(k, best_scores.shape[1]))
+            best_scores = np.take_along_axis(best_scores, keep, axis=1)
+            best_rows = np.take_along_axis(best_rows, keep, axis=1)
+        if best_rows.shape[1] < k:
+            pad = k - best_rows.shape[1]
+            best_scores = np.concatenate([best_scores, np.full((len(queries), pad), -np.inf, np.float32)], axis=1)
+            best_rows = np.concatenate([best_rows, np.full((len(queries), pad), -1, np.int64)], axis=1)
+        return best_scores, best_rows
 
     # documents -----------------------------------------------------------------------------------
     def sample_rows(self, count: int, seed: int = 0) -> np.ndarray:
@@ -360,6 +526,20 @@ class SegmentedStore:
             for ws, ls in zip(which.tolist(), local.tolist())
         ]
 
+    def fields_of(self, rows: np.ndarray, names: Sequence[str] | None = None) -> list[list[dict]]:
+        """Metadata of each row of ``rows`` (2-D) as dicts, without missing values; ``names`` picks fields."""
+        rows = np.atleast_2d(np.asarray(rows, np.int64))
+        which, local = self._locate(rows)
+        out = [[{} for _ in row] for row in rows.tolist()]
+        for s, segment in enumerate(self.segments):
+            mask = which == s
+            if segment.metadata is None or not mask.any():
+                continue
+            where = np.argwhere(mask)
+            for (q, j), found in zip(where.tolist(), rows_as_dicts(segment.metadata, local[mask], names)):
+                out[q][j] = found
+        return out
+
     # lifecycle -----------------------------------------------------------------------------------
     def memory_bytes(self) -> int:
         """RAM the search needs beyond the memory-mapped full vectors: the head, graphs, norms."""
@@ -373,6 +553,12 @@ class SegmentedStore:
 
     def close(self) -> None:
         """Nothing to release here; stores on files close theirs."""
+
+
+def _mask_of(rows: np.ndarray, size: int) -> np.ndarray:
+    mask = np.zeros(size, bool)
+    mask[rows] = True
+    return mask
 
 
 class UpsertReport(NamedTuple):
@@ -423,13 +609,25 @@ class SegmentWriter:
         return found
 
     def upsert(
-        self, ids: Sequence[str], full: np.ndarray, texts: Sequence[str], head_source: np.ndarray | None = None
+        self,
+        ids: Sequence[str],
+        full: np.ndarray,
+        texts: Sequence[str],
+        head_source: np.ndarray | None = None,
+        metadata: Sequence[dict] | None = None,
+        schema: dict[str, str] | None = None,
     ) -> UpsertReport:
-        """Add documents; an id already in the index is replaced (its old row is deleted)."""
+        """Add documents; an id already in the index is replaced (its old row is deleted, and its
+        metadata goes with it). ``metadata``: a dict per document, of the types ``schema`` gives,
+        which joins the index's fields (a field keeps its type)."""
         ids = check_batch(ids, full, texts)
+        if metadata is not None and len(metadata) != len(ids):
+            raise StoreError(f"{len(metadata)} metadata records for {len(ids)} documents")
+        if schema:
+            self.meta = replace(self.meta, fields=merge_schemas(self.meta.fields, schema))
         replaced = list(self._find(ids).values())
         segments = self._with_deleted(replaced)
-        segment = self._new_segment(full, ids, texts, head_source)
+        segment = self._new_segment(full, ids, texts, head_source, metadata)
         segments.append(segment)
         self._commit(segments)
         return UpsertReport(added=len(ids) - len(replaced), replaced=len(replaced))
@@ -469,7 +667,7 @@ class SegmentWriter:
     def live_count(self, segments: Sequence[Segment] | None = None) -> int:
         return sum(s.live_count for s in (self.segments if segments is None else segments))
 
-    def _new_segment(self, full, ids, texts, head_source) -> Segment:
+    def _new_segment(self, full, ids, texts, head_source, metadata=None) -> Segment:
         raise NotImplementedError
 
     def _commit(self, segments: list[Segment]) -> None:

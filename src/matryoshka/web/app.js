@@ -29,6 +29,24 @@ function debounce(fn, ms) {
 function currentDim() { return Number($("dim").value); }
 function currentK() { return Number($("k").value); }
 
+// The filter box's JSON, or undefined when empty; a box that is not JSON is said before any request.
+function currentFilter() {
+  const text = $("filter").value.trim();
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new Error(`The filter is not valid JSON: ${error.message}`);
+  }
+}
+
+function searchBody(extra) {
+  const body = { query: state.query, k: currentK(), ...extra };
+  const filter = currentFilter();
+  if (filter !== undefined) body.filter = filter;
+  return body;
+}
+
 function setDim(dim) {
   const full = state.info.full_dim;
   $("dim").value = dim;
@@ -62,6 +80,10 @@ function renderInfo(info) {
     buttons.appendChild(button);
   }
   setDim(info.marks[Math.min(1, info.marks.length - 1)]);
+  const fields = Object.entries(info.fields || {});
+  $("filter-fields").textContent = fields.length
+    ? `This index's fields: ${fields.map(([name, type]) => `${name} (${type})`).join(", ")}.`
+    : "This index has no metadata fields.";
 }
 
 function renderHits(list, hits, otherIds) {
@@ -80,6 +102,13 @@ function renderHits(list, hits, otherIds) {
     text.className = "text";
     text.textContent = hit.text.length > 220 ? hit.text.slice(0, 220) + "…" : hit.text;
     item.append(score, id, text);
+    if (hit.fields && Object.keys(hit.fields).length) {
+      const fields = document.createElement("span");
+      fields.className = "fields muted small";
+      fields.textContent = Object.entries(hit.fields)
+        .map(([name, value]) => `${name}: ${Array.isArray(value) ? value.join(", ") : value}`).join(" · ");
+      item.append(fields);
+    }
     list.appendChild(item);
   }
 }
@@ -93,6 +122,11 @@ function renderComparison() {
   const shared = [...dimIds].filter((id) => fullIds.has(id)).length;
   const k = state.full.hits.length;
   const overlap = $("overlap");
+  if (!k) {
+    overlap.dataset.overlap = "0";
+    overlap.textContent = "No document matches the filter.";
+    return;
+  }
   overlap.dataset.overlap = String(shared);
   overlap.textContent = `overlap@${k}: ${shared}/${k} (${Math.round(100 * shared / k)}%) of the full-dimension results ` +
     `are found at ${state.dimHits.dim} dims`;
@@ -107,8 +141,9 @@ function renderFunnel(result) {
   const widest = Math.max(...result.stages.map((s) => s.keep));
   result.stages.forEach((stage, i) => {
     const row = body.insertRow();
-    row.insertCell().textContent = String(i + 1);
-    for (const value of [stage.dim, stage.keep.toLocaleString(), stage.ms.toFixed(3)]) {
+    row.insertCell().textContent = stage.stage === "filter" ? "filter" : String(i + 1);
+    const dim = stage.stage === "filter" ? "—" : stage.dim;
+    for (const value of [dim, stage.keep.toLocaleString(), stage.ms.toFixed(3)]) {
       const cell = row.insertCell();
       cell.className = "num";
       cell.textContent = value;
@@ -119,7 +154,9 @@ function renderFunnel(result) {
     bar.title = `${stage.keep} kept`;
     row.insertCell().appendChild(bar);
   });
-  $("full-timing").textContent = `funnel · encode ${result.encode_ms.toFixed(1)} ms · search ${result.search_ms.toFixed(1)} ms`;
+  const passed = result.filter_passed === undefined ? "" : ` · ${result.filter_passed.toLocaleString()} documents pass the filter`;
+  $("full-timing").textContent = `${result.plan} · encode ${result.encode_ms.toFixed(1)} ms · ` +
+    `search ${result.search_ms.toFixed(1)} ms${passed}`;
 }
 
 async function searchAtDim() {
@@ -129,7 +166,7 @@ async function searchAtDim() {
   list.classList.add("stale");
   list.setAttribute("aria-busy", "true");
   try {
-    const dimHits = await api("/search", { query: state.query, k: currentK(), dim: currentDim() });
+    const dimHits = await api("/search", searchBody({ dim: currentDim() }));
     if (seq !== state.seq) return;  // a newer slider position has been asked for
     state.dimHits = dimHits;
     showError(null);
@@ -146,7 +183,7 @@ async function runSearch(event) {
   state.query = $("query").value.trim();
   if (!state.query) return;
   try {
-    state.full = await api("/search", { query: state.query, k: currentK() });
+    state.full = await api("/search", searchBody({}));
     renderFunnel(state.full);
     await searchAtDim();
   } catch (error) { showError(error); }
