@@ -312,7 +312,7 @@ def test_csv_columns_are_typed_and_json_fields_keep_their_types(tmp_path):
     jsonl.write_text('{"text": "a", "n": 1, "tags": []}\n{"text": "b", "n": 2.5, "title": "T"}\n')
     corpus = read_texts(jsonl)
     assert corpus.schema == {"n": "float", "tags": "list", "title": "string"}
-    assert infer_schema([{"a": None}, {"a": None}]) == {"a": "string"}
+    assert infer_schema([{"a": None}, {"a": None}]) == {}  # no value yet: no type
 
 
 # --------------------------------------------------------------------------- filtered search on every store
@@ -674,3 +674,74 @@ def test_the_server_filters_each_request_by_its_own_filter_and_takes_metadata_wi
             assert refused.status_code == 422 and "field 'where' is dict" in refused.json()["error"]
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- edges found in review
+
+
+def test_compaction_keeps_metadata_when_some_segments_have_none(tmp_path):
+    rng = np.random.default_rng(8)
+    for db in (str(tmp_path / "mixed"), "memory://filters-mixed"):
+        build_index(db, [f"a{i}" for i in range(50)], [""] * 50, vectors=unit(rng, 50))  # no metadata at all
+        with Index(db) as index:
+            index.add([f"b{i}" for i in range(10)], None, unit(rng, 10), metadata=[{"lang": "en"}] * 10)
+            index.add([f"c{i}" for i in range(5)], None, unit(rng, 5))  # a later write without metadata
+            query = unit(rng, 1)
+            before = index.hits(index.search_vectors(query, 20, exact=True, filter={"lang": "en"}))[0].ids
+            index.compact()
+            after = index.hits(index.search_vectors(query, 20, exact=True, filter={"lang": "en"}))[0]
+            assert sorted(before) == sorted(after.ids) == [f"b{i}" for i in range(10)]
+            assert after.fields == [{"lang": "en"}] * 10
+            everything = index.hits(index.search_vectors(query, 65, exact=True))[0]
+            assert len(everything) == 65 and sum(f == {} for f in everything.fields) == 55
+        with Index(db) as reopened:
+            assert len(reopened) == 65
+
+
+def test_numbers_are_compared_by_the_fields_type(tmp_path):
+    rng = np.random.default_rng(9)
+    docs = [{"n": i % 5, "x": [0.5, 2.0, 3.0][i % 3], "tags": ["", "a"] if i % 2 else ["b"]} for i in range(30)]
+    for db in (str(tmp_path / "numbers"), str(tmp_path / "numbers.db")):
+        ids = [f"d{i}" for i in range(30)]
+        build_index(db, ids, [""] * 30, vectors=unit(rng, 30), metadata=docs, k=5)
+        with Index(db) as index:
+            query = unit(rng, 1)
+            for spec in (
+                {"n": {"$in": [1.5]}},
+                {"n": {"$nin": [1.5, 2]}},
+                {"n": 2.0},
+                {"n": {"$ne": 2.5}},
+                {"n": {"$gt": 2.5}},
+                {"x": {"$in": [2.0, 3]}},
+                {"x": 3},
+                {"x": {"$in": [2**60 + 1]}},
+                {"tags": ""},
+                {"tags": {"$nin": [""]}},
+                {"n": {"$gte": -(2**63)}},
+            ):
+                found = index.hits(index.search_vectors(query, 30, exact=True, filter=spec))[0].ids
+                assert sorted(found) == sorted(i for i, doc in zip(ids, docs) if matches(spec, doc)), (db, spec)
+
+
+def test_long_filters_run_in_milvus(lite_translation):
+    many_tags = {"tags": {"$in": [f"t{i}" for i in range(300)] + ["a"]}}
+    many_ors = {"$or": [{"year": {"$gt": i}} for i in range(-200, 3)]}
+    many_nes = {"$and": [{"lang": {"$ne": f"w{i}"}} for i in range(200)] + [{"lang": {"$ne": "en"}}]}
+    for spec in (many_tags, many_ors, many_nes, {"$not": many_tags}):
+        assert lite_translation.matching(spec) == lite_translation.expected(spec)
+
+
+def test_null_only_fields_take_no_type_and_a_filter_survives_a_widening(tmp_path):
+    assert infer_schema([{"a": None, "b": 1}, {"a": None}]) == {"b": "integer"}
+    rng = np.random.default_rng(10)
+    db = str(tmp_path / "widen")
+    build_index(db, ["a", "b"], ["", ""], vectors=unit(rng, 2), metadata=[{"n": 1, "empty": None}, {"n": 5}])
+    with Index(db) as index:
+        assert index.meta.fields == {"n": "integer"}
+        index.add(["c"], None, unit(rng, 1), metadata=[{"n": None}])  # a null fits any type
+        parsed = index.parse_filter({"n": {"$gte": 3}})  # parsed while n is an integer field
+        index.add(["d"], None, unit(rng, 1), metadata=[{"n": 2.5}])
+        assert index.meta.fields["n"] == "float"
+        query = unit(rng, 1)
+        assert sorted(index.hits(index.search_vectors(query, 4, exact=True, filter=parsed))[0].ids) == ["b"]
+        assert sorted(index.hits(index.search_vectors(query, 4, filter={"n": {"$lt": 3}}))[0].ids) == ["a", "d"]

@@ -250,7 +250,7 @@ def metadata_schema(path: Path, metadata: Sequence[dict], lines: Sequence[int]) 
             except MetadataError as exc:
                 since = f" (line {first[name]})" if "before" in str(exc) and name in first else ""
                 raise DataError(path, f"{exc}{since}", number) from None
-    return {name: kind or "string" for name, kind in schema.items()}
+    return {name: kind for name, kind in schema.items() if kind is not None}  # a field with no value yet has no type
 
 
 def read_ids(path: Path | str) -> list[str]:

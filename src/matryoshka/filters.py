@@ -183,12 +183,19 @@ class _Parser:
                 raise FilterError(f"{place} takes a list of values, not {_kind(value)}")
             if len(value) > MAX_VALUES:
                 raise FilterError(f"{place} lists more than {MAX_VALUES:,} values")
-            items = tuple(self.scalar(field, kind, item, f"{place}[{i}]") for i, item in enumerate(value))
+            items = [self.scalar(field, kind, item, f"{place}[{i}]") for i, item in enumerate(value)]
+            if kind == INTEGER:  # an integer field holds no 2.5: such values can match nothing
+                items = [int(v) for v in items if float(v).is_integer()]
             return Condition(field, kind, op, tuple(sorted(set(items), key=_sort_key)))
         if isinstance(value, list):
             hint = "$in" if op == "$eq" else "$nin" if op == "$ne" else op
             raise FilterError(f"{place}: a list is not {TYPE_NAMES[kind]}; to match any of several values use {hint}")
-        return Condition(field, kind, op, self.scalar(field, kind, value, place))
+        value = self.scalar(field, kind, value, place)
+        if kind == INTEGER and op in ("$eq", "$ne"):
+            if not float(value).is_integer():  # equal to no integer: $eq matches nothing, $ne everything
+                return Condition(field, kind, "$in" if op == "$eq" else "$nin", ())
+            value = int(value)
+        return Condition(field, kind, op, value)
 
     def scalar(self, field: str, kind: str, value: object, place: str) -> object:
         wanted = STRING if kind == LIST else kind
@@ -204,8 +211,10 @@ class _Parser:
             )
         if isinstance(value, float) and not np.isfinite(value):
             raise FilterError(f"{place}: not a finite number")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
             raise FilterError(f"{place}: {value} does not fit in 64 bits")
+        if kind == FLOAT:
+            return float(value)
         if isinstance(value, str):
             try:
                 check_string(value, place)
@@ -260,21 +269,22 @@ def _condition_mask(node: Condition, table, rows: int) -> np.ndarray:
     import pyarrow.compute as pc
 
     values = column(table, node.field, node.kind)
-    if len(values) != rows:  # no table: every row lacks every field
+    if table is None:  # a segment written before any metadata: every row lacks every field
         values = pa.nulls(rows, type=values.type)
     negated = node.op in ("$ne", "$nin")
     op = OPPOSITE[node.op] if negated else node.op
+    floating = pa.types.is_floating(values.type)
     if node.kind == LIST:
         wanted = node.value if op == "$in" else (node.value,)
         matched = _lists_holding(values, wanted, rows)
     else:
         if op == "$in":
-            value_set = pa.array(list(node.value), type=values.type if node.kind != FLOAT else pa.float64())
-            result = pc.is_in(values, value_set=value_set)
+            items = [float(v) for v in node.value] if floating else list(node.value)
+            result = pc.is_in(values, value_set=pa.array(items, type=values.type))
         else:
-            scalar = pa.scalar(float(node.value) if node.kind == FLOAT else node.value)
-            if node.kind == INTEGER and isinstance(node.value, float):
-                values, scalar = values.cast(pa.float64()), pa.scalar(node.value)
+            scalar = pa.scalar(float(node.value) if floating else node.value)
+            if node.kind == INTEGER and isinstance(node.value, float):  # a range bound between integers
+                values = values.cast(pa.float64())
             result = {
                 "$eq": pc.equal,
                 "$gt": pc.greater,
@@ -317,16 +327,22 @@ def _as_numpy(result) -> np.ndarray:
 PRESENT = "$has"  # in the match document: {field: true} for every field a document holds
 
 
+LIST_KEY = "="  # prefixed to a list's strings as keys of its object in Milvus (a key may not be empty)
+
+
 def match_document(metadata: Mapping[str, object], schema: Mapping[str, str]) -> dict:
     """What Milvus filters on for one document (a JSON field): scalars as they are, a list as an
-    object whose keys are its strings, and which fields are present (Milvus Lite has no NOT, so
-    a negated condition is rewritten with these; see :func:`milvus_expression`)."""
+    object whose keys are its strings (each after ``=``), and which fields are present (Milvus
+    Lite has no NOT, so a negated condition is rewritten with these; see :func:`milvus_expression`)."""
     document: dict = {PRESENT: {}}
     for name, value in metadata.items():
         if value is None:
             continue
         kind = schema.get(name)
-        document[name] = {item: True for item in value} if kind == LIST else float(value) if kind == FLOAT else value
+        if kind == LIST:
+            document[name] = {LIST_KEY + item: True for item in value}
+        else:
+            document[name] = float(value) if kind == FLOAT else value
         document[PRESENT][name] = True
     return document
 
@@ -343,10 +359,14 @@ def milvus_expression(flt: Filter, path: str = "match") -> str:
 
 
 def _literal(value: object) -> str:
+    """A Milvus literal; numbers keep the type the parser gave them (a float field's are all
+    floats: Milvus refuses a list of ints and floats mixed)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(float(value)) if isinstance(value, float) else str(int(value))
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -355,9 +375,19 @@ def _expression(node: Node, path: str, negated: bool) -> str:
         return _expression(node.part, path, not negated)
     if isinstance(node, (AllOf, AnyOf)):
         conjunction = isinstance(node, AllOf) != negated
-        parts = [_expression(part, path, negated) for part in node.parts]
-        return "(" + (" and " if conjunction else " or ").join(parts) + ")"
+        return _joined([_expression(part, path, negated) for part in node.parts], "and" if conjunction else "or")
     return _condition_expression(node, path, negated)
+
+
+def _joined(parts: list[str], conjunction: str) -> str:
+    """``parts`` joined by ``and`` / ``or`` as a balanced tree: Milvus refuses a chain of a few
+    dozen (it nests each step one level deeper)."""
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return f"({parts[0]} {conjunction} {parts[1]})"
+    middle = len(parts) // 2
+    return f"({_joined(parts[:middle], conjunction)} {conjunction} {_joined(parts[middle:], conjunction)})"
 
 
 def _condition_expression(node: Condition, path: str, negated: bool) -> str:
@@ -368,10 +398,10 @@ def _condition_expression(node: Condition, path: str, negated: bool) -> str:
     if node.kind == LIST:
         holds = op in ("$eq", "$in")
         values = node.value if op in ("$in", "$nin") else (node.value,)
-        tests = [f"{field}[{_literal(v)}] {'==' if holds else '!='} true" for v in values]
+        tests = [f"{field}[{_literal(LIST_KEY + v)}] {'==' if holds else '!='} true" for v in values]
         if not tests:
             return NEVER if holds else ALWAYS
-        return "(" + (" or " if holds else " and ").join(tests) + ")"
+        return _joined(tests, "or" if holds else "and")
     if op in ("$in", "$nin"):
         if not node.value:
             return NEVER if op == "$in" else ALWAYS

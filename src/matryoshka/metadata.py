@@ -151,7 +151,7 @@ def infer_schema(records: Sequence[Mapping[str, object]]) -> Schema:
                     schema.setdefault(name, None)  # type: ignore[arg-type] - typed by a later value
         except MetadataError as exc:
             raise MetadataError(f"record {number}: {exc}") from None
-    return {name: kind or STRING for name, kind in schema.items()}
+    return {name: kind for name, kind in schema.items() if kind is not None}  # a field with no value yet has no type
 
 
 def cell_value(cell: str) -> object:
@@ -221,13 +221,17 @@ def empty_table(rows: int):
 
 
 def column(table, name: str, kind: str):
-    """Column ``name`` of ``table`` as ``kind`` (all nulls if the table predates the field)."""
+    """Column ``name`` of ``table`` as ``kind`` (all nulls if the table predates the field). A
+    number column stays float where it holds floats, whatever ``kind`` says: a filter parsed
+    before the field widened to float still reads it."""
     import pyarrow as pa
 
     wanted = arrow_type(kind)
     if table is None or name not in table.column_names:
         return pa.nulls(0 if table is None else table.num_rows, type=wanted)
     values = table.column(name)
+    if kind in (INTEGER, FLOAT) and pa.types.is_floating(values.type):
+        wanted = pa.float64()
     return values if values.type == wanted else values.cast(wanted)
 
 

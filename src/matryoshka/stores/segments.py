@@ -34,6 +34,7 @@ from .memory import HNSW_M, HNSW_MIN_EF_SEARCH, exact_top_k, make_head_index, re
 NO_ROWS = np.zeros(0, np.int64)
 MASK_CACHE = 32  # row masks of recent filters kept per segment
 STORE_MASK_CACHE = 8  # ... and for the live rows of an opened store
+_CACHE_LOCK = threading.Lock()  # guards the mask caches' bookkeeping (searches run in several threads)
 EXACT_ROWS_BLOCK = 65_536  # filtered rows scored at once by an exact search
 DENSE_SHARE = 0.25  # a filter passing more of the rows than this is applied to a scan of every row
 
@@ -104,9 +105,10 @@ class Segment:
         found = self._masks.get(flt.key)
         if found is None:
             found = row_mask(flt, self.metadata, len(self))
-            while len(self._masks) >= MASK_CACHE:
-                self._masks.pop(next(iter(self._masks)))
-            self._masks[flt.key] = found
+            with _CACHE_LOCK:
+                while len(self._masks) >= MASK_CACHE:
+                    self._masks.pop(next(iter(self._masks)))
+                self._masks[flt.key] = found
         return found
 
     def with_deleted(self, rows: np.ndarray) -> Segment:
@@ -145,7 +147,7 @@ def merged_segment(name: str, segments: Sequence[Segment], meta: IndexMeta, full
     metadata = None
     if meta.fields and any(s.metadata is not None for s in segments):
         metadata = concat_tables(
-            [(empty_table(len(s)) if s.metadata is None else s.metadata).take(r) for s, r in zip(segments, rows)],
+            [empty_table(len(r)) if s.metadata is None else s.metadata.take(r) for s, r in zip(segments, rows)],
             meta.fields,
         )
     return Segment(
@@ -252,14 +254,17 @@ class SegmentedStore:
                 for segment, live in zip(self.segments, self._live)
             ]
             entry = [np.concatenate(parts) if parts else np.zeros(0, bool), None]
-            while len(self._filters) >= STORE_MASK_CACHE:
-                self._filters.pop(next(iter(self._filters)))
-            self._filters[flt.key] = entry
+            with _CACHE_LOCK:
+                while len(self._filters) >= STORE_MASK_CACHE:
+                    self._filters.pop(next(iter(self._filters)))
+                self._filters[flt.key] = entry
         return entry[0]
 
     def _passing(self, allowed: np.ndarray) -> np.ndarray:
         """The rows ``allowed`` passes, sorted (remembered for a mask this store made)."""
-        for entry in list(self._filters.values()):
+        with _CACHE_LOCK:
+            entries = list(self._filters.values())
+        for entry in entries:
             if entry[0] is allowed:
                 if entry[1] is None:
                     entry[1] = np.flatnonzero(allowed)
@@ -484,8 +489,10 @@ class SegmentedStore:
         queries = np.ascontiguousarray(queries[:, : dim or self.full_dim], dtype=np.float32)
         best_scores = np.full((len(queries), 0), -np.inf, np.float32)
         best_rows = np.zeros((len(queries), 0), np.int64)
-        for start in range(0, len(rows), EXACT_ROWS_BLOCK):
-            block = rows[start : start + EXACT_ROWS_BLOCK]
+        dim = queries.shape[1]
+        step = EXACT_ROWS_BLOCK if self.scores_in_place(dim) else max(1024, 2**24 // (len(queries) * dim))
+        for start in range(0, len(rows), step):  # a prefix not scored in place is gathered: bound the copy
+            block = rows[start : start + step]
             scores = self.rescore(np.broadcast_to(block, (len(queries), len(block))), queries)
             best_scores = np.concatenate([best_scores, scores], axis=1)
             best_rows = np.concatenate([best_rows, np.broadcast_to(block, scores.shape)], axis=1)
