@@ -17,16 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .metadata import (
-    RESERVED_FIELDS,
-    MetadataError,
-    Schema,
-    check_field_name,
-    check_size,
-    merged_type,
-    type_of,
-    typed_cells,
-)
+from .metadata import RESERVED_FIELDS, MetadataError, Schema, infer_schema, typed_cells
 
 TEXT_SUFFIXES = (".jsonl", ".csv", ".tsv", ".txt")
 FIRST_OF_PAIR = ("anchor", "sentence1", "query", "text1")
@@ -231,26 +222,10 @@ def read_texts(path: Path | str) -> Corpus:
 def metadata_schema(path: Path, metadata: Sequence[dict], lines: Sequence[int]) -> Schema:
     """Each metadata field's type, checked on every record: a value that cannot be stored, or one
     whose type differs from the field's earlier values, is a DataError naming its line."""
-    schema: dict[str, str | None] = {}
-    first: dict[str, int] = {}
-    for record, number in zip(metadata, lines):
-        try:
-            check_size(record)
-        except MetadataError as exc:
-            raise DataError(path, str(exc), number) from None
-        for name, value in record.items():
-            try:
-                check_field_name(name)
-                found = type_of(value, name)
-                if found is not None:
-                    schema[name] = merged_type(schema.get(name), found, name)
-                    first.setdefault(name, number)
-                else:
-                    schema.setdefault(name, None)
-            except MetadataError as exc:
-                since = f" (line {first[name]})" if "before" in str(exc) and name in first else ""
-                raise DataError(path, f"{exc}{since}", number) from None
-    return {name: kind for name, kind in schema.items() if kind is not None}  # a field with no value yet has no type
+    try:
+        return infer_schema(metadata, lines, unit="line")
+    except MetadataError as exc:
+        raise DataError(path, str(exc), exc.record) from None
 
 
 def read_ids(path: Path | str) -> list[str]:

@@ -177,7 +177,10 @@ def check_metadata(
     metadata = [dict(m or {}) for m in metadata]
     if len(metadata) != count:
         raise StoreError(f"{len(metadata)} metadata records for {count} documents")
-    inferred = infer_schema(metadata)
+    try:
+        inferred = infer_schema(metadata)
+    except MetadataError as exc:
+        raise MetadataError(f"record {exc.record}: {exc}") from None
     schema = merge_schemas(schema or {}, inferred) if schema else inferred
     return (metadata, schema) if schema else (None, None)
 

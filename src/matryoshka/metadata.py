@@ -48,7 +48,12 @@ Schema = dict[str, str]  # field name -> one of FIELD_TYPES, in first-seen order
 
 
 class MetadataError(MatryoshkaError):
-    """A metadata value that cannot be stored; the caller adds where it was (file and line, or document)."""
+    """A metadata value that cannot be stored; the caller adds where it was (file and line, or
+    document), from ``record`` where the raiser knows it."""
+
+    def __init__(self, message: str, record: int | None = None) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 def check_field_name(name: str) -> str:
@@ -135,23 +140,31 @@ def check_size(record: Mapping[str, object]) -> None:
         )
 
 
-def infer_schema(records: Sequence[Mapping[str, object]]) -> Schema:
-    """Each field's type over ``records`` (JSON values); a MetadataError names the first
-    conflicting record as ``record N`` (1-based)."""
+def infer_schema(
+    records: Sequence[Mapping[str, object]], numbers: Sequence[int] | None = None, unit: str = "record"
+) -> Schema:
+    """Each field's type over ``records`` (JSON values), every value checked; a field with no
+    value yet has no type. ``numbers`` name the records (their lines in a file; default 1, 2, …):
+    a MetadataError carries the offending one as ``record``, and a type clash names the
+    ``unit`` (``record``, ``line``) that set the field's type."""
     schema: Schema = {}
-    for number, record in enumerate(records, start=1):
+    first: dict[str, int] = {}
+    for record, number in zip(records, numbers or range(1, len(records) + 1)):
         try:
             check_size(record)
             for name, value in record.items():
                 check_field_name(name)
                 found = type_of(value, name)
-                if found is not None:
+                if found is None:
+                    continue
+                try:
                     schema[name] = merged_type(schema.get(name), found, name)
-                else:
-                    schema.setdefault(name, None)  # type: ignore[arg-type] - typed by a later value
+                except MetadataError as exc:
+                    raise MetadataError(f"{exc} ({unit} {first[name]})") from None
+                first.setdefault(name, number)
         except MetadataError as exc:
-            raise MetadataError(f"record {number}: {exc}") from None
-    return {name: kind for name, kind in schema.items() if kind is not None}  # a field with no value yet has no type
+            raise MetadataError(str(exc), record=number) from None
+    return schema
 
 
 def cell_value(cell: str) -> object:

@@ -481,7 +481,8 @@ def create_app(
     if api_key is not None and not api_key.strip():
         raise UsageError("the API key is empty; give a secret, or no key for a read-only server")
     service = SearchService(index, limits, writable=api_key is not None)
-    import pyarrow.compute  # noqa: F401 - filters need it; loaded now rather than in the first filtered request
+    if index.meta.fields:  # filters need it: loaded now rather than in the first filtered request
+        import pyarrow.compute  # noqa: F401
 
     batcher: MicroBatcher[SearchPlan, dict] = MicroBatcher(service.search_many, max_batch=limits.max_batch)
     follower = IndexFollower(service, follow_interval)

@@ -323,18 +323,19 @@ class SegmentedStore:
         if queries.shape[1] != self.head_dim:
             return self.exact_search(queries, n, dim=queries.shape[1], allowed=_mask_of(passing, self._count))
         else:
-            head = self._head[passing] if self._head is not None else self._gathered_head(passing)
+            head = self._head[passing] if self._head is not None else self._gathered(passing, "head", self.head_dim)
             scores, local = scan_shortlist(queries, head, n)
         return scores, np.where(local >= 0, passing[np.maximum(local, 0)], -1)
 
-    def _gathered_head(self, rows: np.ndarray) -> np.ndarray:
-        """The float head of live ``rows``, read from each segment (an hnsw head keeps no gathered copy)."""
-        which, local = self._locate(rows)
-        out = np.empty((len(rows), self.head_dim), np.float32)
+    def _gathered(self, rows: np.ndarray, name: str, width: int) -> np.ndarray:
+        """The array attribute ``name`` (``full``, ``head``) of live ``rows``, read from each
+        segment: (len(rows), width) float32 (an hnsw head keeps no gathered copy of its head)."""
+        which, local = self._locate(np.asarray(rows, np.int64))
+        out = np.zeros((len(which), width), np.float32)
         for s, segment in enumerate(self.segments):
             mask = which == s
             if mask.any():
-                out[mask] = segment.head[local[mask]]
+                out[mask] = getattr(segment, name)[local[mask]]
         return out
 
     def _head_search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -513,13 +514,7 @@ class SegmentedStore:
 
     def document_vectors(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows), d) full vectors of live rows."""
-        which, local = self._locate(np.asarray(rows, np.int64))
-        out = np.zeros((len(which), self.full_dim), np.float32)
-        for s, segment in enumerate(self.segments):
-            mask = which == s
-            if mask.any():
-                out[mask] = segment.full[local[mask]]
-        return out
+        return self._gathered(rows, "full", self.full_dim)
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
