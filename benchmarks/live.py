@@ -18,16 +18,28 @@ Also: ``add`` throughput with precomputed vectors into the 1M index (batches of 
 
 Run:  python benchmarks/live.py            (about 30 minutes on 2 cores; needs 6 GB of disk)
 Writes benchmarks/results/live.json and prints a table.
+
+``--trickle``: production traffic through ``matryoshka serve`` instead. The 117,659 glosses are
+indexed with WordLlama (binary head, autotuned); the server runs in its own process with an API
+key; one client, then ten at once, send single-document ``POST /documents`` (real glosses under
+new ids) while another client searches throughout. Reported: acknowledged writes per second,
+errors, the server's peak open files, search p50/p99 during the writes against the same
+searches on the compacted index of the same size afterwards (with the same schedule), the
+segments left, and whether every acknowledged write is in the index afterwards. Writes benchmarks/results/live_trickle.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -105,14 +117,179 @@ def _keep_schedule(db: Path, schedule: str, autotune) -> None:
         writer.save_meta(replace(writer.meta, schedule=schedule, autotune=autotune))
 
 
+def percentile(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)) * 1000, 2) if values else float("nan")
+
+
+def serve(db: Path, log: Path, key: str) -> tuple[subprocess.Popen, str]:
+    """``matryoshka serve`` of ``db`` in its own process, healthy."""
+    import httpx
+
+    port = 18000 + os.getpid() % 1000
+    handle = open(log, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "matryoshka", "serve", "--db", str(db), "--port", str(port)],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MATRYOSHKA_API_KEY": key, "PYTHONPATH": str(ROOT / "src")},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while True:
+        if process.poll() is not None or time.time() > deadline:
+            raise SystemExit(f"the server did not start:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+
+
+def searched(url: str, queries: list[str], stop: threading.Event | None, latencies: list, errors: list) -> None:
+    """Search ``queries`` in turn (until ``stop`` is set, or once through when it is ``None``)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=60) as client:
+        position = 0
+        while (stop is None and position < len(queries)) or (stop is not None and not stop.is_set()):
+            started = time.perf_counter()
+            answer = client.post("/search", json={"query": queries[position % len(queries)], "k": K})
+            latencies.append(time.perf_counter() - started)
+            if answer.status_code != 200 or len(answer.json()["hits"]) != K:
+                errors.append(f"search {answer.status_code}: {answer.text[:200]}")
+            position += 1
+
+
+def trickle(args: argparse.Namespace) -> None:
+    """Single-document writes through the server, one client then ten, with searches throughout."""
+    import httpx
+
+    glosses = read_glosses()
+    work = Path(tempfile.mkdtemp(prefix="matryoshka-trickle-", dir=args.workdir))
+    print(f"Machine: {machine()}\nWork folder: {work}", flush=True)
+    model = load_model("wordllama")
+    started = time.perf_counter()
+    rng = np.random.default_rng(1)
+    tune = model.encode(lemma_queries(glosses, TUNE, seed=3), kind="query")
+    build_index(work / "index", glosses.ids, glosses.texts, encoder=model, head_index="binary", k=K, tune_queries=tune)
+    print(f"indexed {len(glosses.ids):,} glosses in {time.perf_counter() - started:.0f} s", flush=True)
+    queries = lemma_queries(glosses, QUERIES, seed=11)
+    key = "trickle-benchmark-key"
+    process, url = serve(work / "index", work / "server.log", key)
+    results: dict = {"machine": machine(), "documents": len(glosses.ids), "writes": args.writes, "phases": {}}
+    try:
+        latencies: list[float] = []
+        errors: list[str] = []
+        searched(url, queries, None, [], errors)  # warm up
+        searched(url, queries * 2, None, latencies, errors)
+        base = {"p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+        results["search_before"] = base
+        print(f"search on the built index: {base}", flush=True)
+        order = rng.permutation(len(glosses.texts))
+        written: list[str] = []
+        for clients in (1, 10):
+            count = args.writes // 2
+            peak, stop, latencies, failures = [0], threading.Event(), [], []
+
+            def write(client_id: int, share: int) -> None:
+                with httpx.Client(base_url=url, timeout=60) as client:
+                    for i in range(share):
+                        name = f"trickle-{clients}-{client_id}-{i}"
+                        text = glosses.texts[order[(client_id * share + i) % len(order)]]
+                        answer = client.post(
+                            "/documents",
+                            json={"documents": [{"id": name, "text": text}]},
+                            headers={"authorization": f"Bearer {key}"},
+                        )
+                        if answer.status_code == 200:
+                            written.append(name)
+                        else:
+                            failures.append(f"write {answer.status_code}: {answer.text[:200]}")
+                        if i % 20 == 0:
+                            peak[0] = max(peak[0], len(os.listdir(f"/proc/{process.pid}/fd")))
+
+            reader = threading.Thread(target=searched, args=(url, queries, stop, latencies, failures))
+            reader.start()
+            began = time.perf_counter()
+            writers = [threading.Thread(target=write, args=(c, count // clients)) for c in range(clients)]
+            for thread in writers:
+                thread.start()
+            for thread in writers:
+                thread.join()
+            seconds = time.perf_counter() - began
+            stop.set()
+            reader.join()
+            phase = {
+                "writes": count,
+                "writes_per_s": round(count / seconds, 1),
+                "errors": len(failures),
+                "first_errors": failures[:3],
+                "peak_open_files": peak[0],
+                "search_p50_ms": percentile(latencies, 50),
+                "search_p99_ms": percentile(latencies, 99),
+                "search_p99_vs_built": round(percentile(latencies, 99) / base["p99_ms"], 2),
+                "searches": len(latencies),
+            }
+            results["phases"][f"{clients} writer(s)"] = phase
+            print(f"{clients} writer(s): {phase}", flush=True)
+        with Index(work / "index") as index:
+            held = set(index.store.ids_of(np.arange(len(index))).tolist())
+            results["acknowledged_present"] = all(name in held for name in written)
+            results["acknowledged"] = len(written)
+            results["segments_after"] = [s.live_count for s in index.store.segments]
+            schedule, autotune = index.meta.schedule, index.meta.autotune
+            index.compact()  # the compacted index of the same size, which the server follows,
+            _keep_schedule(work / "index", schedule, autotune)  # searched with the same schedule
+        time.sleep(3)
+        latencies, errors = [], []
+        searched(url, queries, None, [], errors)
+        searched(url, queries * 2, None, latencies, errors)
+        results["search_compacted"] = {"p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+        for phase in results["phases"].values():
+            phase["search_p99_vs_compacted"] = round(phase["search_p99_ms"] / results["search_compacted"]["p99_ms"], 2)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    print(
+        f"\n{'phase':<14}{'writes/s':>10}{'errors':>8}{'peak fds':>10}{'search p50':>12}{'p99':>9}"
+        f"{'p99 × compacted':>17}"
+    )
+    for label, row in results["phases"].items():
+        print(
+            f"{label:<14}{row['writes_per_s']:>10.1f}{row['errors']:>8}{row['peak_open_files']:>10}"
+            f"{row['search_p50_ms']:>12.2f}{row['search_p99_ms']:>9.2f}{row['search_p99_vs_compacted']:>17.2f}"
+        )
+    compacted = results["search_compacted"]
+    print(
+        f"search before the writes: p50 {base['p50_ms']} ms, p99 {base['p99_ms']} ms; after them, compacted: "
+        f"p50 {compacted['p50_ms']} ms, p99 {compacted['p99_ms']} ms\nevery acknowledged write "
+        f"({results['acknowledged']:,}) present: {results['acknowledged_present']}; segments after: "
+        f"{results['segments_after']}"
+    )
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"Results written to {args.output}")
+    shutil.rmtree(work)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=8, help="jittered copies of each gloss vector (8: 1M)")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the indexes are written (default: a temp dir)"
     )
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "live.json")
+    parser.add_argument("--output", type=Path, default=None, help="default: benchmarks/results/live[_trickle].json")
+    parser.add_argument("--trickle", action="store_true", help="single-document writes through the server instead")
+    parser.add_argument("--writes", type=int, default=10_000, help="--trickle: writes in all (half by 1, half by 10)")
     args = parser.parse_args()
+    name = "live_trickle.json" if args.trickle else "live.json"
+    args.output = args.output or ROOT / "benchmarks" / "results" / name
+    args.output.parent.mkdir(parents=True, exist_ok=True)  # a bad output path fails now, not after the run
+    if not os.access(args.output.parent, os.W_OK) or args.output.is_dir():
+        parser.error(f"--output {args.output}: cannot write there")
+    if args.trickle:
+        trickle(args)
+        return
     work = Path(tempfile.mkdtemp(prefix="matryoshka-live-", dir=args.workdir))
     print(f"Machine: {machine()}\nWork folder: {work}", flush=True)
     ids, full, queries, tune = corpus(args.copies)

@@ -196,3 +196,34 @@ def test_a_null_text_is_named_as_null_not_missing(tmp_path):
     path.write_text('{"id": "a", "text": "fine"}\n{"id": "x", "text": null}\n')
     error = _error(read_texts, path)
     assert error.line == 2 and "field 'text' is null" in str(error)
+
+
+def test_csv_numbers_keep_every_digit(tmp_path):
+    """Issue 21 row 12: a zip code keeps its leading zero (and makes its column strings), 19-digit
+    integers within int64 stay exact integers, an integer past int64 makes its column strings,
+    and only ASCII digits are numbers."""
+    rows = [
+        ("02134", "9223372036854775807", "12345678901234567890", "007", "0", "٣"),
+        ("2134", "-9223372036854775808", "1", "7", "-0", "3"),
+        ("", "1234567890123456789", "", "", "+5", ""),
+    ]
+    header = "id,text,zip,big,huge,agent,small,digit"
+    lines = [header] + [f"d{i},text {i}," + ",".join(row) for i, row in enumerate(rows)]
+    (tmp_path / "docs.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "docs.tsv").write_text("\n".join(line.replace(",", "\t") for line in lines) + "\n", encoding="utf-8")
+    for name in ("docs.csv", "docs.tsv"):
+        corpus = read_texts(tmp_path / name)
+        assert corpus.schema == {
+            "zip": "string",
+            "big": "integer",
+            "huge": "string",
+            "agent": "string",
+            "small": "integer",
+            "digit": "string",
+        }
+        assert [m["zip"] for m in corpus.metadata] == ["02134", "2134", None]
+        assert [m["big"] for m in corpus.metadata] == [2**63 - 1, -(2**63), 1234567890123456789]
+        assert [m["huge"] for m in corpus.metadata] == ["12345678901234567890", "1", None]
+        assert [m["agent"] for m in corpus.metadata] == ["007", "7", None]
+        assert [m["small"] for m in corpus.metadata] == [0, 0, 5]
+        assert [m["digit"] for m in corpus.metadata] == ["٣", "3", None]

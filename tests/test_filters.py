@@ -4,13 +4,15 @@ selectivity, with live writes, adapters, the command line and a real model."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from matryoshka.errors import DataError, FilterError, StoreError
@@ -29,18 +31,27 @@ TAGS = ["a", "b", "c", 'd"q', "ü"]
 # --------------------------------------------------------------------------- the oracle
 
 
-def matches(spec: dict, doc: dict) -> bool:
-    """What the filter means, written plainly (MongoDB's semantics)."""
+def matches(spec: dict, doc: dict, schema: dict | None = None) -> bool:
+    """What the filter means, written plainly (MongoDB's semantics). Python compares an int with
+    a float exactly, so an integer field's answers are exact; a float field (``schema``, default
+    SCHEMA) holds doubles, so its values and operands are taken as Python floats first."""
+    schema = SCHEMA if schema is None else schema
     for key, value in spec.items():
         if key == "$and":
-            ok = all(matches(part, doc) for part in value)
+            ok = all(matches(part, doc, schema) for part in value)
         elif key == "$or":
-            ok = any(matches(part, doc) for part in value)
+            ok = any(matches(part, doc, schema) for part in value)
         elif key == "$not":
-            ok = not matches(value, doc)
+            ok = not matches(value, doc, schema)
         else:
             conditions = value if isinstance(value, dict) else {"$eq": value}
-            ok = all(holds(doc.get(key), op, operand) for op, operand in conditions.items())
+            actual = doc.get(key)
+            if schema.get(key) == "float":
+                actual = None if actual is None else float(actual)
+                conditions = {
+                    op: [float(v) for v in x] if isinstance(x, list) else float(x) for op, x in conditions.items()
+                }
+            ok = all(holds(actual, op, operand) for op, operand in conditions.items())
         if not ok:
             return False
     return True
@@ -91,27 +102,117 @@ leaves = st.sampled_from(list(SCHEMA)).flatmap(
         (VALUES[field] if field != "tags" else st.sampled_from(TAGS)).map(lambda v: {field: v}),
     )
 )
-filters = st.recursive(
-    leaves,
-    lambda inner: st.one_of(
-        st.lists(inner, min_size=1, max_size=3).map(lambda parts: {"$and": parts}),
-        st.lists(inner, min_size=1, max_size=3).map(lambda parts: {"$or": parts}),
-        inner.map(lambda part: {"$not": part}),
-    ),
-    max_leaves=6,
+
+
+def combined(leaf_strategy):
+    """Filters built from ``leaf_strategy``'s conditions with $and, $or and $not, a few levels deep."""
+    return st.recursive(
+        leaf_strategy,
+        lambda inner: st.one_of(
+            st.lists(inner, min_size=1, max_size=3).map(lambda parts: {"$and": parts}),
+            st.lists(inner, min_size=1, max_size=3).map(lambda parts: {"$or": parts}),
+            inner.map(lambda part: {"$not": part}),
+        ),
+        max_leaves=6,
+    )
+
+
+filters = combined(leaves)
+
+
+# Hostile values: strings and list items with non-ASCII and control characters (all a metadata
+# string may hold: no line break, NUL or lone surrogate), int64's ends and 2^53's neighbours,
+# -0.0, doubles far outside int64, float bounds on the integer field, and documents lacking fields.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+BIG_INTEGERS = [INT64_MIN, INT64_MIN + 1, -(2**53) - 1, 2**53, 2**53 + 1, 12345678901234567, INT64_MAX - 1, INT64_MAX]
+FLOAT_BOUNDS = [2000.5, -0.5, 0.5, -0.0, 1e19, -1e19, 9007199254740992.0, 2.0**63, -(2.0**63), 1e300, -1e300, 5e-324]
+HOSTILE_WORDS = WORDS + ["\x01", "\x7f", "\x1b[0m", "\u2028", "\x85", "e\u0301", "\u200b", "🙂", " ", "=", "ﬀ"]
+hostile_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x00"), max_size=4)
+hostile_words = st.one_of(st.sampled_from(HOSTILE_WORDS), hostile_text)
+hostile_tags = st.one_of(st.sampled_from(TAGS + ["", "=", "\x01", "🙂", "\u2028", "é", "e\u0301"]), hostile_text)
+hostile_integers = st.one_of(
+    st.integers(-3, 3), st.sampled_from(BIG_INTEGERS + [2000, 2001]), st.integers(INT64_MIN, INT64_MAX)
+)
+hostile_floats = st.one_of(  # what a float field holds (JSON integers widen)
+    st.sampled_from([-0.0, 0.0, 0]),
+    st.sampled_from([-1.5, 0.25, 2.0, 2000.5, 1e300, -1e-300, 5e-324, 9007199254740992.0]),
+    st.sampled_from(BIG_INTEGERS + [0, 2]),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+HOSTILE_VALUES = {
+    "lang": hostile_words,
+    "year": hostile_integers,
+    "score": hostile_floats,
+    "ok": st.booleans(),
+    "tags": st.lists(hostile_tags, max_size=3, unique=True),
+}
+HOSTILE_OPERANDS = {  # what a filter compares each field with
+    "lang": hostile_words,
+    "year": st.one_of(hostile_integers, st.sampled_from(FLOAT_BOUNDS)),
+    "score": st.one_of(st.sampled_from([0, -0.0]), hostile_floats, hostile_integers, st.sampled_from(FLOAT_BOUNDS)),
+    "ok": st.booleans(),
+    "tags": hostile_tags,
+}
+hostile_documents = st.fixed_dictionaries(
+    {}, optional={name: st.one_of(st.none(), values) for name, values in HOSTILE_VALUES.items()}
 )
 
 
+HOSTILE_LEAVES = [  # (field, operator) pairs, drawn evenly; None: the field maps to a bare value
+    (field, op)
+    for field in SCHEMA
+    for op in (None, "$eq", "$ne", "$in", "$nin") + (() if field in ("ok", "tags") else ("$gt", "$gte", "$lt", "$lte"))
+]
+
+
+def hostile_leaf(field: str, op: str | None):
+    value = HOSTILE_OPERANDS[field]
+    if op is None:
+        return value.map(lambda v: {field: v})
+    operand = st.lists(value, max_size=3) if op in ("$in", "$nin") else value
+    return operand.map(lambda v: {field: {op: v}})
+
+
+hostile_leaves = st.sampled_from(HOSTILE_LEAVES).flatmap(lambda pair: hostile_leaf(*pair))
+hostile_filters = combined(hostile_leaves)
+BIG_YEAR = [{"year": 12345678901234567}, {"year": 2001}, {"year": INT64_MIN}, {"year": 2**53 + 1}, {}]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(docs=st.lists(documents, min_size=1, max_size=30), spec=filters)
+@given(docs=st.lists(hostile_documents, min_size=1, max_size=30), spec=hostile_filters)
+@example(docs=BIG_YEAR, spec={"year": {"$gt": 2000.5}})  # issue 21 row 3: no double can hold these
+@example(docs=BIG_YEAR, spec={"year": 1e19})
+@example(docs=BIG_YEAR, spec={"year": {"$in": [1e19, -(2.0**63)]}})
+@example(docs=BIG_YEAR, spec={"$or": [{"year": {"$lte": 9007199254740992.0}}, {"year": {"$gte": -1e19}}]})
+@example(docs=[{"score": -0.0}, {"score": 0.0}, {}], spec={"score": {"$in": [0]}})  # row 6: -0.0 == 0
+@example(docs=[{"score": -0.0}, {"score": 0.0}, {}], spec={"score": {"$nin": [-0.0]}})
 def test_row_masks_match_the_oracle(docs, spec):
     table = to_table(docs, SCHEMA)
     mask = row_mask(parse_filter(spec, SCHEMA), table, len(docs))
     assert mask.tolist() == [matches(spec, doc) for doc in docs]
 
 
+number_documents = st.fixed_dictionaries(
+    {}, optional={"year": st.one_of(st.none(), hostile_integers), "score": st.one_of(st.none(), hostile_floats)}
+)
+number_leaves = st.sampled_from([pair for pair in HOSTILE_LEAVES if pair[0] in ("year", "score")]).flatmap(
+    lambda pair: hostile_leaf(*pair)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(docs=st.lists(number_documents, min_size=1, max_size=12), spec=number_leaves)
+@example(docs=BIG_YEAR, spec={"year": {"$lt": 1e19}})
+@example(docs=[{"score": -0.0}, {"score": 0}], spec={"score": {"$in": [0.0]}})
+def test_number_masks_match_the_oracle_exactly(docs, spec):
+    """Every comparison of a number field, dense: int64's ends against float bounds, -0.0 in $in."""
+    table = to_table(docs, SCHEMA)
+    mask = row_mask(parse_filter(spec, SCHEMA), table, len(docs))
+    assert mask.tolist() == [matches(spec, doc) for doc in docs]
+
+
 @settings(max_examples=50, deadline=None)
-@given(spec=filters)
+@given(spec=hostile_filters)
 def test_a_filter_and_its_json_text_parse_to_the_same_key(spec):
     assert parse_filter(spec, SCHEMA).key == parse_filter(json.dumps(spec), SCHEMA).key
 
@@ -519,6 +620,201 @@ def test_filters_follow_adds_replacements_deletes_and_compaction(tmp_path, where
         if where != "lite":
             index.compact()
             verify(index, "after compaction")
+
+
+STORE_NAMES = itertools.count()
+
+
+def store_uri(where: str, folder: Path) -> str:
+    return (
+        str(folder / f"i{next(STORE_NAMES)}") if where == "local" else f"memory://filters-hostile-{next(STORE_NAMES)}"
+    )
+
+
+def check_against_the_oracle(index: Index, current: dict[str, dict], specs: list[dict], step: str) -> None:
+    """Filtered exact search over every live document equals the oracle, under the index's
+    schema as it is now (a field widened to float compares as doubles)."""
+    schema = dict(index.meta.fields)
+    query = unit(np.random.default_rng(0), 1)
+    for spec in specs:
+        try:
+            parsed = index.parse_filter(spec)
+        except FilterError as exc:  # a field no document has given a value yet
+            assert "unknown field" in str(exc), (step, spec)
+            continue
+        found = index.hits(index.search_vectors(query, max(1, len(current)), exact=True, filter=parsed))[0].ids
+        expected = sorted(i for i, doc in current.items() if matches(spec, doc, schema))
+        assert sorted(found) == expected, (step, spec, schema)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+@given(
+    first=st.lists(hostile_documents, min_size=1, max_size=8),
+    second=st.lists(hostile_documents, min_size=1, max_size=6),
+    names=st.lists(hostile_words, min_size=15, max_size=15),
+    replaced=st.sets(st.integers(0, 7), max_size=3),
+    deleted=st.sets(st.integers(0, 13), max_size=4),
+    widen=st.booleans(),
+    specs=st.lists(hostile_filters, min_size=4, max_size=8),
+)
+@example(  # issue 21 row 2: a list field some documents lack, then compaction
+    first=[{"tags": ["x"]}, {}, {"tags": ["z"]}],
+    second=[{"year": 12345678901234567}],
+    names=["a", "b", "c"] + ["d"] * 12,
+    replaced=set(),
+    deleted=set(),
+    widen=True,  # row 3: a later add widens year to float, then every filter on it and compaction
+    specs=[{"tags": "x"}, {"tags": {"$nin": ["x"]}}, {"year": {"$gt": 2000.5}}, {"year": 1e19}],
+)
+def test_hostile_documents_on_the_folder_and_memory_stores_match_the_oracle_through_writes_and_compaction(
+    tmp_path, where, first, second, names, replaced, deleted, widen, specs
+):
+    """Ids, strings and list items from hostile alphabets, int64's ends, -0.0, fields that some
+    documents (or whole segments) lack, a field widened from integer to float by a later add,
+    replacements and deletions: filtered search agrees with the oracle after every write and
+    after compaction."""
+    ids = [f"{name}#{i}" for i, name in enumerate(names)]
+    db = store_uri(where, tmp_path)
+    rng = np.random.default_rng(len(first))
+    current = dict(zip(ids[: len(first)], first))
+    build_index(db, list(current), [""] * len(first), vectors=unit(rng, len(first)), metadata=first)
+    replacing = [ids[i] for i in sorted(replaced) if i < len(first)][: len(second)]
+    added = replacing + ids[len(first) : len(first) + len(second) - len(replacing)]
+    if widen:
+        second = second + [{"year": 2.5}]
+        added.append(ids[-1])
+    with Index(db) as index:
+        check_against_the_oracle(index, current, specs, "built")
+        index.add(added, None, unit(rng, len(added)), metadata=second)
+        current.update(zip(added, second))
+        check_against_the_oracle(index, current, specs, "added")
+        gone = [ids[i] for i in deleted if ids[i] in current and len(current) > 1]
+        if gone and len(gone) < len(current):
+            index.delete(gone)
+            for doc_id in gone:
+                current.pop(doc_id)
+        check_against_the_oracle(index, current, specs, "deleted")
+        index.compact()
+        check_against_the_oracle(index, current, specs, "compacted")
+    with Index(db) as reopened:
+        check_against_the_oracle(reopened, current, specs, "reopened")
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_compaction_joins_segments_whose_fields_differ(tmp_path, where):
+    """Issue 21 row 2: a list field some documents lack, a field only a later segment has, a
+    segment with no metadata, and an integer field widened to float past 2^53, all compacted."""
+    db = store_uri(where, tmp_path)
+    rng = np.random.default_rng(12)
+    first = {"a": {"tags": ["x"], "n": 2**53 + 1}, "b": {"n": 3}, "c": {"tags": ["z"]}}
+    build_index(db, list(first), ["moon", "dogs", "paris"], vectors=unit(rng, 3), metadata=list(first.values()))
+    current = dict(first)
+    with Index(db) as index:
+        index.add(["d"], None, unit(rng, 1))  # no metadata at all
+        index.add(["e", "f"], None, unit(rng, 2), metadata=[{"colour": "red"}, {"tags": [], "colour": "blue"}])
+        index.add(["g"], None, unit(rng, 1), metadata=[{"n": 0.5}])
+        current.update({"d": {}, "e": {"colour": "red"}, "f": {"tags": [], "colour": "blue"}, "g": {"n": 0.5}})
+        assert index.meta.fields == {"tags": "list", "n": "float", "colour": "string"}
+        specs = [
+            {"tags": "x"},
+            {"tags": {"$nin": ["x"]}},
+            {"colour": {"$ne": "red"}},
+            {"n": {"$gte": 2**53}},
+            {"n": {"$lt": 3}},
+            {"n": 3},
+        ]
+        check_against_the_oracle(index, current, specs, "before")
+        index.compact()
+        check_against_the_oracle(index, current, specs, "compacted")
+        fields = index.hits(index.search_vectors(unit(rng, 1), 7, exact=True))[0]
+        stored = dict(zip(fields.ids, fields.fields))
+        assert stored["a"] == {"tags": ["x"], "n": float(2**53)}  # the nearest double to 2^53 + 1
+        assert stored["b"] == {"n": 3.0} and stored["d"] == {} and stored["f"] == {"tags": [], "colour": "blue"}
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_integer_fields_compare_exactly_over_the_whole_int64_range(tmp_path, where):
+    """Issue 21 rows 3 and 6: float bounds on an integer field give the exact answer (no double
+    holds these integers), and -0.0 equals 0 in $in as in $eq."""
+    db = store_uri(where, tmp_path)
+    docs = {
+        "big": {"year": 12345678901234567, "w": -0.0},
+        "above": {"year": 2**53 + 1, "w": 0.0},
+        "at": {"year": 2**53, "w": 1.5},
+        "low": {"year": INT64_MIN},
+        "high": {"year": INT64_MAX},
+        "y2001": {"year": 2001},
+        "none": {},
+    }
+    build_index(
+        db,
+        list(docs),
+        [""] * len(docs),
+        vectors=unit(np.random.default_rng(13), len(docs)),
+        metadata=list(docs.values()),
+    )
+    expected = {
+        '{"year": {"$gt": 2000.5}}': ["above", "at", "big", "high", "y2001"],
+        '{"year": 1e19}': [],
+        '{"year": {"$ne": 1e19}}': sorted(docs),
+        '{"year": {"$lt": 1e19}}': sorted(set(docs) - {"none"}),
+        '{"year": {"$gt": 9007199254740992.0}}': ["above", "big", "high"],
+        '{"year": 9007199254740992.0}': ["at"],
+        '{"year": {"$in": [9223372036854775807, -9.223372036854776e18, 9.223372036854776e18]}}': ["high", "low"],
+        '{"year": {"$lte": -1e19}}': [],
+        '{"year": {"$gte": -9.223372036854776e18}}': sorted(set(docs) - {"none"}),
+        '{"w": {"$in": [0]}}': ["above", "big"],
+        '{"w": {"$in": [-0.0]}}': ["above", "big"],
+        '{"w": {"$nin": [0.0]}}': ["at", "high", "low", "none", "y2001"],
+        '{"w": 0}': ["above", "big"],
+    }
+    with Index(db) as index:
+        query = unit(np.random.default_rng(14), 1)
+
+        def found(spec: str) -> list[str]:
+            return sorted(index.hits(index.search_vectors(query, len(docs), exact=True, filter=spec))[0].ids)
+
+        for spec, ids in expected.items():
+            assert found(spec) == ids, spec
+            assert ids == sorted(i for i, doc in docs.items() if matches(json.loads(spec), doc, index.meta.fields))
+        index.add(["half"], None, unit(np.random.default_rng(15), 1), metadata=[{"year": 2000.75}])
+        assert index.meta.fields["year"] == "float"  # now every year is a double, as float64 holds it
+        assert found('{"year": {"$gt": 2000.5}}') == ["above", "at", "big", "half", "high", "y2001"]
+        assert found('{"year": {"$gt": 9007199254740992.0}}') == ["big", "high"]
+        index.compact()
+        assert found('{"year": {"$gt": 9007199254740992.0}}') == ["big", "high"]
+        assert found('{"year": {"$lt": 2001}}') == ["half", "low"]
+
+
+def test_a_filters_key_names_its_fields_types():
+    """An integer field's bounds are exact and a float field's are doubles, so the same filter
+    parsed before and after a widening must not share a cached mask."""
+    spec = {"n": {"$gt": 9007199254740992.0}}
+    assert parse_filter(spec, {"n": "integer"}).key != parse_filter(spec, {"n": "float"}).key
+    assert parse_filter(spec, {"n": "integer", "m": "string"}).key == parse_filter(spec, {"n": "integer"}).key
+
+
+def test_concat_tables_joins_null_lists_missing_fields_and_widened_integers():
+    from matryoshka.metadata import concat_tables
+
+    schema = {"tags": "list", "n": "float", "s": "string"}
+    tables = [
+        to_table([{"tags": ["x"], "n": 2**53 + 1}, {}], {"tags": "list", "n": "integer"}),
+        to_table([{"s": "é"}], {"s": "string"}),
+        to_table([{"tags": None, "n": 0.5}], {"tags": "list", "n": "float"}),
+    ]
+    joined = concat_tables(tables, schema)
+    assert joined.to_pylist() == [
+        {"tags": ["x"], "n": float(2**53), "s": None},
+        {"tags": None, "n": None, "s": None},
+        {"tags": None, "n": None, "s": "é"},
+        {"tags": None, "n": 0.5, "s": None},
+    ]
 
 
 def test_an_adapted_index_filters_its_head(tmp_path, wordllama, squad_sample):

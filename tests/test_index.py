@@ -395,8 +395,6 @@ def test_bad_inputs_get_clear_errors_and_leave_nothing(tmp_path, milvus_server):
             ["--query-vectors", str(tmp_path / "q.npy"), "--schedule", "3b:2,4:1", "--k", "1"],
             "3 bits is not a multiple of 8",
         ),
-        (["--query-vectors", str(tmp_path / "q.npy"), "--k", "5"], "k=5 is larger than the corpus (2 documents)"),
-        (["--query-vectors", str(tmp_path / "q.npy"), "--k", "5", "--exact"], "k=5 is larger than the corpus"),
         (["--query-vectors", str(vectors)], "row 1 contains NaN"),
         (["--query-vectors", str(tmp_path / "missing.npy")], "no such file"),
     ]

@@ -5,6 +5,7 @@ index's metadata and manifest; the command line's error contract. Fast: this is 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from matryoshka.vectors import (
     prefix_norm_dims,
     prefix_norms,
     stage_dims,
+    validate_vectors,
 )
 
 
@@ -167,6 +169,64 @@ def test_dimension_lists():
     assert prefix_norm_dims(256) == [8, 16, 32, 64, 128] and prefix_norm_dims(100) == [25, 50]
     vectors = normalize(np.random.default_rng(0).normal(size=(10, 8)))
     np.testing.assert_allclose(prefix_norms(vectors, [2, 8])[:, 1], 1.0, atol=1e-6)
+
+
+def _unit_oracle(row: list[float]) -> list[float]:
+    """A row over its length in Python floats: divided by its largest magnitude first (a length
+    past the largest double is inf), then by math.hypot, which neither overflows nor underflows."""
+    largest = max(abs(x) for x in row)
+    scaled = [x / largest for x in row]
+    length = math.hypot(*scaled)
+    return [x / length for x in scaled]
+
+
+@pytest.mark.parametrize(
+    ("row", "dtype"),
+    [
+        ([1e300, 1e300, -1e300, 1e300], np.float64),  # squares overflow float64
+        ([3e38, 3e38, 3e38, -3e38], np.float32),  # squares overflow float32
+        ([1e-30, -1e-30, 1e-30, 1e-30], np.float32),  # squares underflow float32
+        ([5e-324, 0.0, 0.0, 0.0], np.float64),  # the smallest subnormal
+        ([1e200, 1e-200, 0.0, 3.0], np.float64),  # a float64 row past float32's range
+        ([60000.0, 60000.0, 1.0, 0.0], np.float16),
+    ],
+)
+def test_every_finite_non_zero_row_normalises_to_its_direction(row, dtype):
+    """Issue 21 row 11: such rows were stored as zeros or refused as "all zeros"."""
+    vectors = np.array([row, [3.0, 4.0, 0.0, 0.0]], dtype=dtype)
+    expected = [_unit_oracle([float(x) for x in r]) for r in vectors]
+    np.testing.assert_allclose(validate_vectors(vectors), expected, atol=1e-6)
+    np.testing.assert_allclose(normalize(vectors), expected, atol=1e-6)
+    assert validate_vectors(vectors).dtype == normalize(vectors).dtype == np.float32
+
+
+def _float_rows(width: int):
+    values = st.floats(allow_nan=False, allow_infinity=False, width=width)
+    return st.integers(1, 6).flatmap(
+        lambda dim: st.lists(st.lists(values, min_size=dim, max_size=dim).filter(any), min_size=1, max_size=4)
+    )
+
+
+@given(
+    case=st.sampled_from([(np.float32, 32), (np.float64, 64)]).flatmap(
+        lambda t: st.tuples(st.just(t[0]), _float_rows(t[1]))
+    )
+)
+@settings(max_examples=150, deadline=None)
+def test_validate_vectors_gives_any_finite_non_zero_row_unit_length(case):
+    dtype, rows = case
+    unit_rows = validate_vectors(np.array(rows, dtype=dtype))
+    np.testing.assert_allclose(unit_rows, [_unit_oracle(row) for row in rows], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(unit_rows.astype(np.float64), axis=1), 1.0, atol=1e-6)
+
+
+def test_validate_vectors_still_refuses_zero_and_non_finite_rows():
+    with pytest.raises(StoreError, match="row 1 is all zeros"):
+        validate_vectors(np.array([[1.0, 0.0], [0.0, -0.0]]))
+    for bad in (np.inf, -np.inf, np.nan):
+        with pytest.raises(StoreError, match="row 0 contains NaN or infinite"):
+            validate_vectors(np.array([[bad, 1.0]], dtype=np.float32))
+    assert normalize(np.array([[0.0, 0.0], [np.nan, 1.0], [np.inf, 1.0]])).tolist() == [[0, 0]] * 3
 
 
 @given(st.text(max_size=40))

@@ -26,9 +26,15 @@ class MicroBatcher(Generic[Item, Answer]):
     """``submit(item)`` returns a Future; ``answer_batch(items)`` returns one answer (or exception) per item."""
 
     def __init__(
-        self, answer_batch: Callable[[Sequence[Item]], Sequence[Answer | BaseException]], max_batch: int = 64
+        self,
+        answer_batch: Callable[[Sequence[Item]], Sequence[Answer | BaseException]],
+        max_batch: int = 64,
+        after_batch: Callable[[], None] | None = None,
     ) -> None:
+        """``after_batch``: upkeep run once a batch is answered, before the next is taken (its
+        failures are its own: they reach no caller)."""
         self._answer_batch = answer_batch
+        self._after_batch = after_batch
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -90,6 +96,11 @@ class MicroBatcher(Generic[Item, Answer]):
                 future.set_exception(answer)
             else:
                 future.set_result(answer)
+        if self._after_batch is not None:
+            try:
+                self._after_batch()
+            except Exception:  # noqa: BLE001 - upkeep that fails is tried again after the next batch
+                pass
 
     def _answer_one(self, item: Item) -> Answer | BaseException:
         try:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -17,7 +19,7 @@ from rich.text import Text
 
 from .data import read_texts, read_vectors, write_vectors
 from .display import TaskProgress, progress_display
-from .errors import DataError, MatryoshkaError, UsageError
+from .errors import DataError, MatryoshkaError, UsageError, storage_error
 from .models import DEFAULT_MODEL
 
 # before any model library is imported (they are, lazily, inside the commands): tokenizers would
@@ -55,6 +57,9 @@ BatchOption = typer.Option(
 )
 
 
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE)  # the machine's, not a bug
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A :class:`MatryoshkaError` (bad files, bad options) becomes one red line and exit code 2;
@@ -63,6 +68,12 @@ def user_errors() -> Iterator[None]:
         yield
     except MatryoshkaError as exc:
         errors.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        told = storage_error(exc, exc.filename or "its place")
+        errors.print(Text.assemble(("error: ", "bold red"), str(told)), highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
@@ -380,22 +391,40 @@ def add(
         None,
         help="Their precomputed vectors (.npy, one row per document, in corpus order); else the index's model encodes them.",
     ),
+    id_prefix: str | None = typer.Option(
+        None,
+        "--id-prefix",
+        help="For a corpus without ids (TXT, or no 'id' field): name its documents PREFIX + line number. "
+        "Without it such a corpus is refused, since its line numbers would replace the index's documents 1, 2, ...",
+    ),
     collection: str | None = CollectionOption,
 ) -> None:
     """Add documents to an index while it serves, without rebuilding: a document whose id is
-    already there is replaced (upsert). Durable once this returns. The schedule is re-tuned when
-    the corpus has doubled since it was last tuned.
+    already there is replaced (upsert). Durable once this returns. Segments of like size are
+    merged as they gather, and the schedule is re-tuned when the corpus has doubled since it
+    was last tuned.
 
     [bold]Examples[/bold]
 
       matryoshka add --db ./my-index --corpus new-docs.jsonl
 
       matryoshka add --db ./byo-index --corpus new-docs.jsonl --vectors new-docs.npy
+
+      matryoshka add --db ./my-index --corpus notes.txt --id-prefix notes-2026-12-
     """
     from .index import Index
 
     with user_errors():
         documents = read_texts(corpus)
+        if documents.numbered:
+            if id_prefix is None:
+                raise UsageError(
+                    f"{corpus} gives its documents no ids, so they would be numbered 1, 2, ... and replace "
+                    "the index's documents of those ids; give each an 'id', or name them with --id-prefix PREFIX"
+                )
+            documents = replace(documents, ids=[id_prefix + i for i in documents.ids])
+        elif id_prefix is not None:
+            raise UsageError(f"{corpus} gives its documents ids; --id-prefix is for a corpus without them")
         array = read_vectors(vectors, "vectors") if vectors else None
         with Index(db, collection=collection) as opened:
             with _progress() as progress:
@@ -410,7 +439,7 @@ def add(
                 )
             console.print(
                 f"Added [bold]{report.added:,}[/bold] and replaced [bold]{report.replaced:,}[/bold] documents in "
-                f"[bold]{db}[/bold]; it now holds {len(opened):,}"
+                f"[bold]{db}[/bold]; it now holds {report.documents:,}"
             )
 
 
@@ -441,7 +470,7 @@ def delete(
             report = opened.delete(wanted)
             console.print(
                 f"Deleted [bold]{len(report.deleted):,}[/bold] documents from [bold]{db}[/bold]; it now holds "
-                f"{len(opened):,}"
+                f"{report.documents:,}"
             )
         if report.not_found:
             shown = ", ".join(report.not_found[:10]) + (" …" if len(report.not_found) > 10 else "")

@@ -34,6 +34,7 @@ class Corpus:
     texts: list[str]
     metadata: list[dict] | None = None
     schema: Schema | None = None
+    numbered: bool = False  # the file gave no ids: they are its line numbers
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -183,7 +184,8 @@ def read_texts(path: Path | str) -> Corpus:
     """Documents from JSONL/CSV/TSV (a ``text`` field, optional ``id``/``_id`` and ``title``),
     plain text (one document per line, ids are line numbers), or a BEIR folder's corpus. Every
     other field (column) of a JSONL (CSV/TSV) file is the document's metadata, typed per field
-    (see :mod:`matryoshka.metadata`)."""
+    (see :mod:`matryoshka.metadata`): a CSV/TSV column is a number column only when no digit
+    would be lost, so zip codes (``02134``) and integers past 64 bits keep the column strings."""
     path = Path(path)
     if path.is_dir():
         return read_beir_corpus(path)
@@ -192,9 +194,11 @@ def read_texts(path: Path | str) -> Corpus:
     metadata: list[dict] = []
     lines: list[int] = []
     seen: dict[str, int] = {}
+    numbered = _format_of(path) == "txt"  # one text per line: its ids are the line numbers
     for number, record in read_records(path):
         text = _text_field(path, number, record, "text")
         title = _text_field(path, number, record, "title", required=False)
+        numbered = numbered or ("_id" not in record and "id" not in record)
         doc_id = record.get("_id", record.get("id", str(number)))
         if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
             raise DataError(path, f"id must be a string or integer, got {type(doc_id).__name__}", number)
@@ -211,12 +215,12 @@ def read_texts(path: Path | str) -> Corpus:
         metadata.append({k: v for k, v in record.items() if k not in RESERVED_FIELDS})
         lines.append(number)
     if not any(metadata):
-        return Corpus(ids, texts)
+        return Corpus(ids, texts, numbered=numbered)
     if _format_of(path) in ("csv", "tsv"):
         names = list(metadata[0])
         columns = typed_cells({name: [m[name] for m in metadata] for name in names})
         metadata = [{name: columns[name][i] for name in names} for i in range(len(metadata))]
-    return Corpus(ids, texts, metadata, metadata_schema(path, metadata, lines))
+    return Corpus(ids, texts, metadata, metadata_schema(path, metadata, lines), numbered)
 
 
 def metadata_schema(path: Path, metadata: Sequence[dict], lines: Sequence[int]) -> Schema:
@@ -229,9 +233,10 @@ def metadata_schema(path: Path, metadata: Sequence[dict], lines: Sequence[int]) 
 
 
 def read_ids(path: Path | str) -> list[str]:
-    """Document ids, one per line (blank lines skipped, surrounding spaces dropped)."""
+    """Document ids, one per line, each exactly as written (an id may hold spaces, even at its
+    ends); blank lines are skipped."""
     path = Path(path)
-    ids = [line.strip() for _, line in _lines(path) if line.strip()]
+    ids = [line for _, line in _lines(path) if line.strip()]
     if not ids:
         raise DataError(path, "holds no ids")
     return ids

@@ -17,13 +17,26 @@ of anything it does not match), and no other operator.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import FilterError
-from .metadata import BOOLEAN, FLOAT, INTEGER, LIST, STRING, TYPE_NAMES, MetadataError, check_string, column
+from .metadata import (
+    BOOLEAN,
+    FLOAT,
+    INT64,
+    INTEGER,
+    LIST,
+    STRING,
+    TYPE_NAMES,
+    MetadataError,
+    check_string,
+    column,
+)
 
 COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
 LOGICAL = ("$and", "$or", "$not")
@@ -63,8 +76,10 @@ Node = Condition | AllOf | AnyOf | Not
 
 @dataclass(frozen=True)
 class Filter:
-    """A checked filter. ``key`` is its canonical JSON: equal filters have equal keys (what the
-    server's micro-batcher and the masks' cache group by)."""
+    """A checked filter. ``key`` is its canonical JSON with the types its fields had when it was
+    parsed: equal filters have equal keys (what the server's micro-batcher and the masks' cache
+    group by), and a filter parsed before a field widened to float keeps a key of its own (an
+    integer field's bounds are exact, a float field's are doubles)."""
 
     root: Node
     key: str
@@ -104,7 +119,10 @@ def parse_filter(spec: object, schema: Mapping[str, str]) -> Filter | None:
         return None
     parser = _Parser(schema)
     root = parser.node(spec, "filter", 1)
-    return Filter(root, json.dumps(_canonical(root), sort_keys=True, ensure_ascii=False))
+    found: set[str] = set()
+    _collect_fields(root, found)
+    key = {"filter": _canonical(root), "types": {name: schema[name] for name in found}}
+    return Filter(root, json.dumps(key, sort_keys=True, ensure_ascii=False))
 
 
 def _kind(value: object) -> str:
@@ -184,17 +202,17 @@ class _Parser:
             if len(value) > MAX_VALUES:
                 raise FilterError(f"{place} lists more than {MAX_VALUES:,} values")
             items = [self.scalar(field, kind, item, f"{place}[{i}]") for i, item in enumerate(value)]
-            if kind == INTEGER:  # an integer field holds no 2.5: such values can match nothing
-                items = [int(v) for v in items if float(v).is_integer()]
+            if kind == INTEGER:  # an integer field holds no 2.5 and no 1e19: such values match nothing
+                items = [n for n in map(as_int64, items) if n is not None]
             return Condition(field, kind, op, tuple(sorted(set(items), key=_sort_key)))
         if isinstance(value, list):
             hint = "$in" if op == "$eq" else "$nin" if op == "$ne" else op
             raise FilterError(f"{place}: a list is not {TYPE_NAMES[kind]}; to match any of several values use {hint}")
         value = self.scalar(field, kind, value, place)
         if kind == INTEGER and op in ("$eq", "$ne"):
-            if not float(value).is_integer():  # equal to no integer: $eq matches nothing, $ne everything
+            value = as_int64(value)
+            if value is None:  # equal to no int64: $eq matches nothing, $ne everything
                 return Condition(field, kind, "$in" if op == "$eq" else "$nin", ())
-            value = int(value)
         return Condition(field, kind, op, value)
 
     def scalar(self, field: str, kind: str, value: object, place: str) -> object:
@@ -221,6 +239,33 @@ class _Parser:
             except MetadataError as exc:
                 raise FilterError(f"{exc}, so it matches no metadata value") from None
         return value
+
+
+def as_int64(value: int | float) -> int | None:
+    """The int64 equal to ``value`` (an int, or a float such as ``2.0``), or ``None`` when none is
+    (``2.5``, ``1e19``)."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            return None
+        value = int(value)
+    return value if INT64[0] <= value <= INT64[1] else None
+
+
+def integer_bound(op: str, value: int | float) -> tuple[str, int] | bool:
+    """``x <op> value`` over every int64 ``x`` (``op`` one of ``$gt $gte $lt $lte``), computed
+    exactly: ``("$gte", low)`` or ``("$lte", high)`` with a bound in int64's range, or ``True``
+    (every integer holds) / ``False`` (none does). A float bound is an exact rational, so
+    ``2000.5`` becomes ``>= 2001`` and ``1e19`` lies past every int64; comparing as doubles
+    instead would round integers past 2^53 (and Arrow refuses to make them doubles)."""
+    if op in ("$gt", "$gte"):
+        low = math.floor(value) + 1 if op == "$gt" else math.ceil(value)
+        if low > INT64[1]:
+            return False
+        return True if low <= INT64[0] else ("$gte", low)
+    high = math.ceil(value) - 1 if op == "$lt" else math.floor(value)
+    if high < INT64[0]:
+        return False
+    return True if high >= INT64[1] else ("$lte", high)
 
 
 SHOWN_KEY = 40  # characters of an unknown key quoted back in an error
@@ -277,14 +322,23 @@ def _condition_mask(node: Condition, table, rows: int) -> np.ndarray:
     if node.kind == LIST:
         wanted = node.value if op == "$in" else (node.value,)
         matched = _lists_holding(values, wanted, rows)
-    else:
+    elif pa.types.is_integer(values.type) and op in ORDERED:  # an integer field: exact, whatever the bound
+        bound = integer_bound(op, node.value)
+        if bound is True:
+            matched = _as_numpy(pc.is_valid(values))
+        elif bound is False:
+            matched = np.zeros(rows, bool)
+        else:
+            compare = pc.greater_equal if bound[0] == "$gte" else pc.less_equal
+            matched = _as_numpy(pc.fill_null(compare(values, pa.scalar(bound[1], pa.int64())), False))
+    else:  # a float field compares doubles: an integer past 2^53 in it is what float64 holds
         if op == "$in":
-            items = [float(v) for v in node.value] if floating else list(node.value)
+            items = [float(v) + 0.0 for v in node.value] if floating else list(node.value)
+            if floating:  # -0.0 equals 0.0 (as in $eq), but is_in hashes the bits: make every zero +0.0
+                values = pc.add(values, pa.scalar(0.0))
             result = pc.is_in(values, value_set=pa.array(items, type=values.type))
         else:
-            scalar = pa.scalar(float(node.value) if floating else node.value)
-            if node.kind == INTEGER and isinstance(node.value, float):  # a range bound between integers
-                values = values.cast(pa.float64())
+            scalar = pa.scalar(float(node.value) if floating else node.value, type=values.type)
             result = {
                 "$eq": pc.equal,
                 "$gt": pc.greater,
@@ -328,58 +382,97 @@ PRESENT = "$has"  # in the match document: {field: true} for every field a docum
 
 
 LIST_KEY = "="  # prefixed to a list's strings as keys of its object in Milvus (a key may not be empty)
+HEX, PLAIN = "hex", "plain"  # how a match document holds strings (see match_document)
+LINE_BREAK = re.compile(r"[\r\n]")
+UNFOUND_KEY = re.compile(r"[/\x00-\x1f]")  # a JSON key Milvus Lite never finds (a JSON pointer underneath)
+INT64_MIN = f"({INT64[0] + 1} - 1)"  # Milvus reads -9223372036854775808 as -(2^63 - 1): 2^63 saturates first
 
 
-def match_document(metadata: Mapping[str, object], schema: Mapping[str, str]) -> dict:
-    """What Milvus filters on for one document (a JSON field): scalars as they are, a list as an
-    object whose keys are its strings (each after ``=``), and which fields are present (Milvus
-    Lite has no NOT, so a negated condition is rewritten with these; see :func:`milvus_expression`)."""
+def match_document(metadata: Mapping[str, object], schema: Mapping[str, str], strings: str = HEX) -> dict:
+    """What Milvus filters on for one document (a JSON field): numbers and booleans as they are,
+    strings as :func:`stored_string` writes them, a list as an object whose keys are its strings
+    (each after ``=``), and which fields are present (Milvus Lite has no NOT, so a negated
+    condition is rewritten with these; see :func:`milvus_expression`)."""
     document: dict = {PRESENT: {}}
     for name, value in metadata.items():
         if value is None:
             continue
         kind = schema.get(name)
         if kind == LIST:
-            document[name] = {LIST_KEY + item: True for item in value}
+            document[name] = {LIST_KEY + stored_string(item, strings): True for item in value}
+        elif kind == STRING:
+            document[name] = stored_string(value, strings)
         else:
             document[name] = float(value) if kind == FLOAT else value
         document[PRESENT][name] = True
     return document
 
 
+def stored_string(text: str, strings: str = HEX) -> str:
+    """A metadata string as a match document holds it: ``hex``, its UTF-8 bytes in hex, which
+    Milvus matches whatever the string holds (no literal holds a line break, and no key holding
+    ``/`` or a control character is ever found), and which keeps the strings' order (UTF-8 bytes
+    sort as code points do), so ``$gt`` on strings still holds; ``plain``, as given (the layout
+    of indexes built before)."""
+    return text.encode("utf-8").hex() if strings == HEX else text
+
+
 ALWAYS, NEVER = "row >= 0", "row < 0"
 
 
-def milvus_expression(flt: Filter, path: str = "match") -> str:
+def milvus_expression(flt: Filter, path: str = "match", strings: str = HEX) -> str:
     """The filter as a Milvus boolean expression over the JSON field ``path`` holding
-    :func:`match_document`; ``not`` is pushed down to the conditions (De Morgan), since Milvus
-    Lite evaluates no ``not``. Milvus's ``!=`` and ``not in`` on JSON match a document without
-    the key, which is exactly the $ne / $nin meaning above."""
-    return _expression(flt.root, path, negated=False)
+    :func:`match_document` (with ``strings`` as it was written); ``not`` is pushed down to the
+    conditions (De Morgan), since Milvus Lite evaluates no ``not``. Milvus's ``!=`` and ``not
+    in`` on JSON match a document without the key, which is exactly the $ne / $nin meaning
+    above. A ValueError when ``plain`` strings hold what Milvus cannot match (the index must be
+    built again)."""
+    return _expression(flt.root, path, False, strings)
+
+
+def milvus_string(text: str) -> str:
+    """``text`` as a Milvus string literal: every string of an expression (ids, values, keys) is
+    written by this. Measured on Milvus Lite: inside double quotes each character stands for
+    itself (non-ASCII letters and emoji as UTF-8, ``'``, ``/``, tabs and other control
+    characters) but ``\\`` and ``"``, written ``\\\\`` and ``\\"``; other escapes (``\\n``,
+    ``\\t``, ``\\u00fc``) are not decoded in a compared value, and a line break ends the literal.
+    So text holding CR or LF has no literal: a ValueError (callers encode such text, or look it
+    up another way)."""
+    if LINE_BREAK.search(text):
+        raise ValueError(f"no Milvus string literal can hold a line break: {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _key(name: str) -> str:
+    """One step of a JSON path, ``["name"]``."""
+    if UNFOUND_KEY.search(name):
+        raise ValueError(f"Milvus finds no JSON key holding '/' or a control character: {name!r}")
+    return f"[{milvus_string(name)}]"
 
 
 def _literal(value: object) -> str:
-    """A Milvus literal; numbers keep the type the parser gave them (a float field's are all
-    floats: Milvus refuses a list of ints and floats mixed)."""
+    """A Milvus literal; numbers keep the type they are given (an integer literal is compared
+    with JSON integers exactly, a float one as doubles; Milvus refuses a list of both)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, int):
-        return str(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return INT64_MIN if value == INT64[0] else str(value)
+    return milvus_string(value)
 
 
-def _expression(node: Node, path: str, negated: bool) -> str:
+def _expression(node: Node, path: str, negated: bool, strings: str) -> str:
     if isinstance(node, Not):
-        return _expression(node.part, path, not negated)
+        return _expression(node.part, path, not negated, strings)
     if isinstance(node, (AllOf, AnyOf)):
         conjunction = isinstance(node, AllOf) != negated
-        return _joined([_expression(part, path, negated) for part in node.parts], "and" if conjunction else "or")
-    return _condition_expression(node, path, negated)
+        parts = [_expression(part, path, negated, strings) for part in node.parts]
+        return joined(parts, "and" if conjunction else "or")
+    return _condition_expression(node, path, negated, strings)
 
 
-def _joined(parts: list[str], conjunction: str) -> str:
+def joined(parts: list[str], conjunction: str) -> str:
     """``parts`` joined by ``and`` / ``or`` as a balanced tree: Milvus refuses a chain of a few
     dozen (it nests each step one level deeper)."""
     if len(parts) == 1:
@@ -387,27 +480,68 @@ def _joined(parts: list[str], conjunction: str) -> str:
     if len(parts) == 2:
         return f"({parts[0]} {conjunction} {parts[1]})"
     middle = len(parts) // 2
-    return f"({_joined(parts[:middle], conjunction)} {conjunction} {_joined(parts[middle:], conjunction)})"
+    return f"({joined(parts[:middle], conjunction)} {conjunction} {joined(parts[middle:], conjunction)})"
 
 
-def _condition_expression(node: Condition, path: str, negated: bool) -> str:
-    field = f"{path}[{_literal(node.field)}]"
+def _condition_expression(node: Condition, path: str, negated: bool, strings: str) -> str:
+    field = path + _key(node.field)
     op = node.op
     if negated and op in OPPOSITE:
         op, negated = OPPOSITE[op], False
     if node.kind == LIST:
         holds = op in ("$eq", "$in")
         values = node.value if op in ("$in", "$nin") else (node.value,)
-        tests = [f"{field}[{_literal(LIST_KEY + v)}] {'==' if holds else '!='} true" for v in values]
+        tests = [f"{field}{_key(LIST_KEY + stored_string(v, strings))} {'==' if holds else '!='} true" for v in values]
         if not tests:
             return NEVER if holds else ALWAYS
-        return _joined(tests, "or" if holds else "and")
-    if op in ("$in", "$nin"):
-        if not node.value:
-            return NEVER if op == "$in" else ALWAYS
-        return f"{field} {'in' if op == '$in' else 'not in'} [{', '.join(_literal(v) for v in node.value)}]"
-    symbol = {"$eq": "==", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
+        return joined(tests, "or" if holds else "and")
+    if op in ("$eq", "$ne", "$in", "$nin"):
+        listed = op in ("$in", "$nin")
+        values = _values(node.kind, node.value if listed else (node.value,), strings)
+        wanted = op in ("$eq", "$in")
+        if not values:  # e.g. 2.5 or 1e19 for an integer field: equal to nothing
+            return NEVER if wanted else ALWAYS
+        if listed:
+            return f"{field} {'in' if wanted else 'not in'} [{', '.join(values)}]"
+        return f"{field} {'==' if wanted else '!='} {values[0]}"
+    bound = _bound(node.kind, op, node.value, strings)
+    if bound is None:  # no value of the field lies there
+        return ALWAYS if negated else NEVER
+    symbol, literal = bound
     if not negated:
-        return f"{field} {symbol} {_literal(node.value)}"
+        return f"{field} {symbol} {literal}"
     flipped = {">": "<=", ">=": "<", "<": ">=", "<=": ">"}[symbol]
-    return f"({field} {flipped} {_literal(node.value)} or {path}[{_literal(PRESENT)}][{_literal(node.field)}] != true)"
+    return f"({field} {flipped} {literal} or {path}{_key(PRESENT)}{_key(node.field)} != true)"
+
+
+def _values(kind: str, values: Sequence[object], strings: str) -> list[str]:
+    """The literals of values compared for equality, of the field's type: an integer field's are
+    the int64s among them (``2.0`` is 2; ``2.5`` and ``1e19`` equal no int64 and are left out),
+    a float field's all floats, a string field's as stored."""
+    if kind == INTEGER:
+        return [_literal(n) for n in map(as_int64, values) if n is not None]
+    if kind == FLOAT:
+        return [_literal(float(v)) for v in values]
+    if kind == STRING:
+        return [_literal(stored_string(v, strings)) for v in values]
+    return [_literal(v) for v in values]
+
+
+def _bound(kind: str, op: str, value: object, strings: str) -> tuple[str, str] | None:
+    """(symbol, literal) of an order comparison, exact for the field's type, or ``None`` when no
+    value holds. On an integer field an integral bound is written as an integer (Milvus compares
+    a float literal as a double, which rounds integers past 2^53: ``> 9007199254740992.0``
+    would miss 2^53 + 1); a bound past int64 holds for every integer or none. A fractional
+    bound stays a float: it lies within 2^53, where doubles order integers exactly."""
+    symbol = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}[op]
+    if kind == STRING:
+        return symbol, _literal(stored_string(value, strings))
+    if kind == INTEGER:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+            if (value > 0) == (op in ("$gt", "$gte")):
+                return None
+            return ("<=", _literal(INT64[1])) if value > 0 else (">=", _literal(INT64[0]))
+        return symbol, _literal(value)
+    return symbol, _literal(float(value))

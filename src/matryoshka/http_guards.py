@@ -4,7 +4,8 @@
   or not) and refuses it with 413 once it passes the limit, and with 408 when it has not arrived
   whole within its time; the application sees only bodies that fit.
 - :class:`TimedHttpProtocol`, uvicorn's HTTP protocol with a deadline on the request line and
-  headers: a client that sends them a byte at a time is disconnected.
+  headers, and a limit on their size: a client that sends them a byte at a time is
+  disconnected, and one that sends megabytes of headers is answered 431 and disconnected.
 - :func:`bind` takes the port before anything is printed, so a busy port is a clear error.
 """
 
@@ -29,6 +30,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0
+MAX_HEADER_BYTES = 64 * 1024  # a request line and headers together
 
 
 class BodyGuard:
@@ -98,11 +100,27 @@ class TimedHttpProtocol(HttpToolsProtocol):
     all arrived within ``HEADER_TIMEOUT_S`` of the connection or of the request's first byte."""
 
     header_timeout_s = HEADER_TIMEOUT_S
+    max_header_bytes = MAX_HEADER_BYTES
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
+        self._header_bytes = 0
         super().connection_made(transport)
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._header_timer is None or self.transport.is_closing():
+            return  # the headers are complete: what follows is a body, which BodyGuard counts
+        self._header_bytes += len(data)
+        if self._header_bytes > self.max_header_bytes:
+            self._disarm()
+            payload = json.dumps({"error": f"request headers are over the limit of {self.max_header_bytes} bytes"})
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n{payload}".encode()
+            )
+            self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -118,6 +136,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def _arm(self) -> None:
         self._disarm()
+        self._header_bytes = 0
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
 
     def _disarm(self) -> None:

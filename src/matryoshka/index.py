@@ -6,6 +6,8 @@ and documents are always encoded alike.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .adapt import AdaptedEncoder, adapted_queries, load_adapter
-from .errors import MatryoshkaError, StoreError, UsageError
+from .errors import MatryoshkaError, StorageError, StoreError, UsageError
 from .filters import Filter, parse_filter
 from .funnel import (
     TUNE_MARGIN,
@@ -36,15 +38,17 @@ from .stores import (
     IndexMeta,
     Store,
     check_ids,
+    is_memory_uri,
     is_milvus_uri,
     open_builder,
     open_store,
     open_writer,
 )
 from .stores.memory import MemoryStore
-from .stores.segments import DeleteReport, UpsertReport, check_batch_ids
+from .stores.segments import DeleteReport, SegmentWriter, UpsertReport, check_batch_ids, merge_plan
 from .vectors import check_dim, default_head_dim, head_candidates, normalize, validate_vectors
 
+LOG = logging.getLogger("matryoshka")
 ENCODE_CHUNK = 256
 MILVUS_MAX_TOPK = 16_384  # the most results one Milvus search returns
 VECTOR_CHUNK = 8192
@@ -391,10 +395,12 @@ class Index:
         head_index: str | None = None,
         collection: str | None = None,
         encoder: Encoder | None = None,
+        previous: Store | None = None,
     ) -> None:
-        """``encoder``: an already loaded model to reuse (checked against the index's, like ``model``)."""
+        """``encoder``: an already loaded model to reuse (checked against the index's, like ``model``);
+        ``previous``: this index's store as opened before, whose unchanged parts are reused."""
         self.db, self._options = db, {"head_index": head_index, "collection": collection}
-        self.store: Store = open_store(db, head_index=head_index, collection=collection)
+        self.store: Store = open_store(db, head_index=head_index, collection=collection, previous=previous)
         self.adapter = None
         if self.meta.adapter:
             try:
@@ -461,8 +467,8 @@ class Index:
 
     def reopened(self) -> Index:
         """The index as it is now, as a new object (this one keeps answering until closed); the
-        loaded model is reused when the index still uses it."""
-        fresh = Index(self.db, **self._options)
+        loaded model is reused when the index still uses it, and so are the unchanged segments."""
+        fresh = Index(self.db, previous=self.store, **self._options)
         if (
             self._encoder is not None
             and fresh.meta.model is not None
@@ -514,12 +520,15 @@ class Index:
         metadata: Sequence[dict] | None = None,
         schema: dict[str, str] | None = None,
         progress: Callable[[int], None] | None = None,
+        merge: bool = True,
     ) -> UpsertReport:
         """Add documents, or replace those whose id is already in the index (upsert). Texts are
         encoded with the index's model unless ``vectors`` (n, d) are given; both may be given.
         ``metadata``: a dict per document; a new field joins the index's fields, a known one
-        must keep its type. Durable when it returns; the schedule is re-tuned when the corpus has
-        doubled since it was.
+        must keep its type. Durable when it returns; then segments of like size are merged
+        (``merge=False``: left for :meth:`merge`, which a server runs after answering) and the
+        schedule is re-tuned when the corpus has doubled since it was. A failure of that upkeep
+        does not undo the write: it is logged, and the next write tries again.
 
         Example::
 
@@ -544,12 +553,7 @@ class Index:
                     raise StoreError(f"document {ids[position]!r}: its text is {type(text).__name__}, not a string")
                 check_unicode(text, f"document {ids[position]!r}")
         meta = self.current_store().meta
-        metadata, schema = check_metadata(metadata, schema, len(ids))
-        if schema:
-            try:
-                merge_schemas(meta.fields, schema)
-            except MetadataError as exc:
-                raise StoreError(f"these documents do not fit the index's metadata: {exc}") from None
+        metadata, schema = self.check_metadata_fits(metadata, schema, len(ids))
         if vectors is not None:
             full = validate_vectors(vectors, count=len(ids), dim=meta.full_dim, what="vectors")
         else:
@@ -564,20 +568,75 @@ class Index:
             report = writer.upsert(
                 ids, full, texts if texts is not None else [""] * len(ids), head_source, metadata, schema
             )
+            report = report._replace(documents=writer.live_count())
+            self._upkeep(writer, merge)
+        self._follow_write()
+        return report
+
+    def check_metadata_fits(
+        self, metadata: Sequence[dict] | None, schema: dict[str, str] | None = None, count: int | None = None
+    ) -> tuple[list[dict] | None, dict[str, str] | None]:
+        """The documents' metadata and its schema, checked against the index's fields (a known
+        field keeps its type): a StoreError saying which does not fit."""
+        metadata, schema = check_metadata(metadata, schema, len(metadata or ()) if count is None else count)
+        if schema:
+            try:
+                merge_schemas(self.current_store().meta.fields, schema)
+            except MetadataError as exc:
+                raise StoreError(f"these documents do not fit the index's metadata: {exc}") from None
+        return metadata, schema
+
+    def merge(self) -> int:
+        """Merge segments of like size (see :mod:`matryoshka.stores.segments`), as a write does
+        unless told not to; returns the number of merges made (0 on Milvus, which merges its own)."""
+        if merge_plan(getattr(self.current_store(), "segments", ())) is None:
+            return 0  # nothing to merge: no writer needed
+        with open_writer(self.db, self._options["collection"], previous=self.store) as writer:
+            merges = writer.merge_tiers() if isinstance(writer, SegmentWriter) else 0
+        if merges:
+            self._follow_write()
+        return merges
+
+    def _upkeep(self, writer, merge: bool) -> None:
+        """After a committed write: merge segments and re-tune a schedule the corpus has outgrown.
+        The write stands whatever happens here."""
+        try:
+            if merge and isinstance(writer, SegmentWriter):
+                writer.merge_tiers()
             tuned = writer.meta.autotune
             if tuned is not None and writer.live_count() >= 2 * max(1, tuned.corpus_size):
                 self._retune(writer)
-        self.current_store()
-        return report
+        except StorageError as exc:
+            LOG.warning("the write was made; merging or re-tuning after it failed: %s", exc)
 
-    def delete(self, ids: Sequence[str]) -> DeleteReport:
-        """Delete documents by id: ``(deleted, not_found)``; an unknown id is reported, not an error."""
+    def _follow_write(self) -> None:
+        """Open the state a write made, for the next search; a failure here (no file handles left,
+        say) does not make the write fail: it is made, and the next search tries again."""
+        try:
+            self.current_store()
+        except (MatryoshkaError, OSError) as exc:
+            LOG.warning("the write was made; reopening the index after it failed: %s", exc)
+
+    def writable(self) -> bool:
+        """Whether this process could write the index now (a local folder on a read-only file
+        system, or one it may not write, cannot be)."""
+        if is_milvus_uri(self.db) or is_memory_uri(self.db):
+            return True
+        return os.access(Path(self.db), os.W_OK) and os.access(Path(self.db) / ".lock", os.W_OK)
+
+    def delete(self, ids: Sequence[str], *, merge: bool = True) -> DeleteReport:
+        """Delete documents by id: ``(deleted, not_found, documents)``; an unknown id is reported,
+        not an error. A segment left with no live rows is dropped, and like sizes merged (unless
+        ``merge=False``)."""
         ids = [str(i) for i in ids]
         if not ids:
             raise UsageError("nothing to delete: no ids given")
         with open_writer(self.db, self._options["collection"], previous=self.store) as writer:
             report = writer.delete(ids)
-        self.current_store()
+            report = report._replace(documents=writer.live_count())
+            if report.deleted:
+                self._upkeep(writer, merge)
+        self._follow_write()
         return report
 
     def compact(self, *, progress: Callable[[int], None] | None = None) -> IndexMeta:
@@ -699,18 +758,24 @@ class Index:
     ) -> SearchResult:
         """Funnel search by default; ``exact`` scans the full vectors; ``dim`` scans only the
         re-normalised ``dim`` prefixes, i.e. what an index of ``dim``-dim embeddings would return.
-        ``filter`` keeps only documents whose metadata matches; fewer than ``k`` may."""
+        ``filter`` keeps only documents whose metadata matches; fewer than ``k`` may, and so may
+        an index holding fewer than ``k`` documents (each query then gets all of them)."""
         where = self.parse_filter(filter)
         store = self.current_store()
         meta = store.meta
         queries = validate_vectors(np.atleast_2d(queries), dim=meta.full_dim, what="query vectors")
+        if k < 1:
+            raise UsageError(f"k={k}: ask for at least one hit")
+        if not len(store):
+            empty = np.zeros((len(queries), 0))
+            return SearchResult(empty.astype(np.int64), empty.astype(np.float32), source=store, plan="empty index")
+        if where is None:
+            k = min(k, len(store))
         if dim is not None:
             check_dim(dim, meta.full_dim)
             if schedule is not None:
                 raise StoreError("give a dim or a schedule, not both")
         if exact or (dim is not None and dim != meta.full_dim):
-            if k > len(store) and where is None:
-                raise StoreError(f"k={k} is larger than the corpus ({len(store)} documents)")
             dim = dim or meta.full_dim
             started = time.perf_counter()
             scoped = {} if where is None else {"where": where}

@@ -13,8 +13,12 @@ boolean        ``true``                     ``true`` / ``false``
 list           ``["a", "b"]`` (strings)     (not inferred)
 =============  ===========================  ======================
 
-A missing field or ``null`` (an empty CSV cell) is no value. Values live in a ``pyarrow.Table``
-per segment (a Parquet file on disk), so filters run as vectorised column operations.
+A CSV/TSV column takes a type only when every non-empty cell reads as it; a number with a
+leading zero (``007``, a zip code such as ``02134``) or an integer past 64 bits makes the whole
+column strings, so that no digit is lost. A float field holds doubles: an integer past 2^53
+written to one is the nearest double. A missing field or ``null`` (an empty CSV cell) is no
+value. Values live in a ``pyarrow.Table`` per segment (an Arrow file on disk), so filters run as
+vectorised column operations.
 """
 
 from __future__ import annotations
@@ -167,15 +171,25 @@ def infer_schema(
     return schema
 
 
+INTEGER_CELL = re.compile(r"[+-]?[0-9]+")
+NUMBER_CELL = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?")
+PADDED_CELL = re.compile(r"[+-]?0[0-9]")  # 007, 02134: a code whose zeros matter, not a number
+
+
 def cell_value(cell: str) -> object:
-    """A CSV/TSV cell as the JSON value it reads as: empty -> None, integers, finite floats,
-    true/false; anything else stays a string."""
+    """A CSV/TSV cell as the JSON value it reads as: empty -> None, integers within int64, finite
+    floats, true/false; anything else stays a string, as do numbers with leading zeros (``007``,
+    a zip code such as ``02134``) and integers past int64 (an identifier, not a quantity: as a
+    float it would lose digits). Only ASCII digits are numbers."""
     text = cell.strip()
     if not text:
         return None
-    if re.fullmatch(r"[+-]?\d{1,18}", text):
-        return int(text)
-    if re.fullmatch(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?", text):
+    if PADDED_CELL.match(text):
+        return cell
+    if INTEGER_CELL.fullmatch(text):
+        number = int(text)
+        return number if INT64[0] <= number <= INT64[1] else cell
+    if NUMBER_CELL.fullmatch(text):
         number = float(text)
         if math.isfinite(number):
             return number
@@ -186,7 +200,9 @@ def cell_value(cell: str) -> object:
 
 def typed_cells(columns: Mapping[str, Sequence[str]]) -> dict[str, list[object]]:
     """CSV/TSV columns as typed values: a column is integer, float or boolean when every non-empty
-    cell reads as one, else every cell stays a string."""
+    cell reads as one (integers and floats together are a float column), else every cell stays a
+    string. So one cell such as ``02134`` or ``12345678901234567890`` (see :func:`cell_value`)
+    makes its whole column strings, and ``2134`` in it stays the string ``"2134"``."""
     typed = {}
     for name, cells in columns.items():
         values = [cell_value(c) for c in cells]
@@ -236,7 +252,9 @@ def empty_table(rows: int):
 def column(table, name: str, kind: str):
     """Column ``name`` of ``table`` as ``kind`` (all nulls if the table predates the field). A
     number column stays float where it holds floats, whatever ``kind`` says: a filter parsed
-    before the field widened to float still reads it."""
+    before the field widened to float still reads it. An integer column read as a float field
+    becomes float64 as it is: an integer past 2^53 is the nearest double, as a float field holds
+    it (Arrow's safe cast would refuse it)."""
     import pyarrow as pa
 
     wanted = arrow_type(kind)
@@ -245,20 +263,33 @@ def column(table, name: str, kind: str):
     values = table.column(name)
     if kind in (INTEGER, FLOAT) and pa.types.is_floating(values.type):
         wanted = pa.float64()
-    return values if values.type == wanted else values.cast(wanted)
+    if values.type == wanted:
+        return values
+    return values.cast(wanted, safe=not (pa.types.is_integer(values.type) and pa.types.is_floating(wanted)))
 
 
 def concat_tables(tables: Iterable, schema: Mapping[str, str]):
-    """Tables of some segments, one after the other, with every field of ``schema``."""
+    """Tables of some segments, one after the other, with every field of ``schema``: a table
+    without a field gets nulls, an integer column of a field since widened becomes float. The
+    columns' chunks are joined as they are (never through Python values, where a null list
+    has no length)."""
     import pyarrow as pa
 
     tables = list(tables)
     columns = {
-        name: pa.chunked_array([column(t, name, kind) for t in tables], type=arrow_type(kind))
+        name: pa.chunked_array(
+            [chunk for t in tables for chunk in _chunks(column(t, name, kind))], type=arrow_type(kind)
+        )
         for name, kind in schema.items()
     }
     rows = sum(t.num_rows for t in tables)
     return pa.table(columns) if columns else empty_table(rows)
+
+
+def _chunks(values) -> list:
+    import pyarrow as pa
+
+    return values.chunks if isinstance(values, pa.ChunkedArray) else [values]
 
 
 def rows_as_dicts(table, rows: np.ndarray, fields: Sequence[str] | None = None) -> list[dict]:

@@ -170,6 +170,9 @@ def _smallest_by_count(
     return rows[keep].reshape(queries, n), distances[keep].reshape(queries, n)
 
 
+_FAISS_WARM = False
+
+
 class HammingShortlist:
     """Exact top ``n`` rows by Hamming distance, for a binary head.
 
@@ -192,7 +195,11 @@ class HammingShortlist:
         self.sample.use_heap = False
         self.sample.add(np.ascontiguousarray(codes[_sample_columns(self.count)], dtype=np.uint8))
         # FAISS's first search starts its thread pool: do it here rather than in the first query
-        self.search(np.zeros((1, self.bits // 8), dtype=np.uint8), min(self.count, 100))
+        # (once per process: a live index opens a new shortlist at every write)
+        global _FAISS_WARM
+        if not _FAISS_WARM:
+            self.search(np.zeros((1, self.bits // 8), dtype=np.uint8), min(self.count, 100))
+            _FAISS_WARM = True
 
     @property
     def codes(self) -> np.ndarray:

@@ -25,11 +25,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from .batching import MicroBatcher
-from .errors import BusyError, MatryoshkaError, ModelError, ScheduleError, UsageError
+from .errors import BusyError, MatryoshkaError, ModelError, ReadOnlyError, ScheduleError, StorageError, UsageError
 from .filters import Filter
 from .funnel import Schedule, Stage, check_head
 from .http_guards import BodyGuard, TimedHttpProtocol, bind
 from .index import Index, answers_json, search_mode
+from .metadata import RESERVED_FIELDS
 from .models import check_unicode
 from .vectors import check_dim, halving_dims, truncate
 
@@ -49,6 +50,7 @@ class Limits:
     max_batch: int = 64  # concurrent /search requests answered by one encode and one funnel call
     max_write_documents: int = 256  # documents (or ids) per write request
     max_document_chars: int = 20_000  # of one document's text in a write
+    max_write_batch: int = 1024  # documents of concurrent write requests committed together (one segment, one fsync)
     read_timeout_s: float = 10.0  # for a request's headers, and then for its body, to arrive whole
 
 
@@ -100,6 +102,17 @@ class UpsertRequest(_Body):
 
 class DeleteRequest(_Body):
     ids: list[str] = Field(description="Ids of the documents to delete; ids not in the index are listed, not an error.")
+
+
+@dataclass(frozen=True)
+class WriteOp:
+    """A checked write request: an upsert (``ids``, ``texts``, ``metadata``) or a delete (``ids``).
+    Concurrent ones are committed together (group commit), each answered once durable."""
+
+    kind: Literal["upsert", "delete"]
+    ids: tuple[str, ...]
+    texts: tuple[str, ...] = ()
+    metadata: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -172,7 +185,11 @@ class SearchService:
         with self._reopen_lock:
             if self.index.is_current():
                 return False
-            fresh = self.index.reopened()
+            with self._store_lock:  # a write: open what it changed, reusing the rest
+                self.index.current_store()
+            if self.index.is_current():
+                return True
+            fresh = self.index.reopened()  # a rebuild with another model or adapter
             _ = fresh.encoder  # load a new model, if the index now uses one, before switching to it
             with self._store_lock, self._encode_lock:
                 stale, self.index = self.index, fresh
@@ -218,11 +235,9 @@ class SearchService:
             raise LimitError(f"{field}: {exc}") from None
 
     def check_k(self, k: int) -> int:
-        if not 1 <= k <= min(self.limits.max_k, len(self.index.store)):
-            raise LimitError(
-                f"k: {k} is outside 1..{min(self.limits.max_k, len(self.index.store))} "
-                f"(limit {self.limits.max_k}, corpus {len(self.index.store)} documents)"
-            )
+        """``k`` within the limit; an index of fewer documents answers with all of them."""
+        if not 1 <= k <= self.limits.max_k:
+            raise LimitError(f"k: {k} is outside 1..{self.limits.max_k}")
         return k
 
     # work ---------------------------------------------------------------------------------------
@@ -245,7 +260,7 @@ class SearchService:
             "autotune_recall": self.meta.autotune_recall,
             "marks": self.marks,
             "limits": asdict(self.limits),
-            "read_only": not self.writable,
+            "read_only": not (self.writable and self.index.writable()),
             "schedule_warning": self.index.schedule_warning(),
             "fields": dict(self.meta.fields),
         }
@@ -374,34 +389,142 @@ class SearchService:
                 raise LimitError(f"{where}: the same id as {field}[{first[doc_id]}]")
             first[doc_id] = position
 
-    def upsert(self, request: UpsertRequest) -> dict:
-        """Encode and add (or replace) documents; durable when answered."""
+    def prepare_upsert(self, request: UpsertRequest) -> WriteOp:
+        """Check a write against the limits before any work."""
         ids = [document.id for document in request.documents]
         self.check_ids(ids, "documents")
         texts = [document.text for document in request.documents]
-        for position, text in enumerate(texts):
+        for position, document in enumerate(request.documents):
             field = f"documents[{position}].text"
-            if len(text) > self.limits.max_document_chars:
+            if len(document.text) > self.limits.max_document_chars:
                 raise LimitError(
-                    f"{field}: {len(text)} characters is more than the limit of {self.limits.max_document_chars}", 413
+                    f"{field}: {len(document.text)} characters is more than the limit of "
+                    f"{self.limits.max_document_chars}",
+                    413,
                 )
-            if not text.strip():
+            if not document.text.strip():
                 raise LimitError(f"{field}: the text is empty")
             try:
-                check_unicode(text, field)
+                check_unicode(document.text, field)
             except ModelError as exc:
                 raise LimitError(str(exc)) from None
-        metadata = [document.metadata or {} for document in request.documents]
-        with self._write_lock:
-            vectors = self.encode(texts, "document")
-            report = self.index.add(ids, texts, vectors, metadata=metadata if any(metadata) else None)
-            return {"added": report.added, "replaced": report.replaced, "documents": len(self.index)}
+            for name in RESERVED_FIELDS:
+                if name in (document.metadata or {}):
+                    raise LimitError(
+                        f"documents[{position}].metadata.{name}: {name!r} is the document's own; "
+                        "give it beside metadata, not in it"
+                    )
+        self.check_writable()
+        return WriteOp("upsert", tuple(ids), tuple(texts), tuple(d.metadata or {} for d in request.documents))
+
+    def prepare_delete(self, request: DeleteRequest) -> WriteOp:
+        self.check_ids(request.ids, "ids")
+        self.check_writable()
+        return WriteOp("delete", tuple(request.ids))
+
+    def check_writable(self) -> None:
+        if not self.index.writable():
+            raise ReadOnlyError(f"the index at {self.index.db} cannot be written: its place is read-only")
+
+    def upsert(self, request: UpsertRequest) -> dict:
+        """Encode and add (or replace) documents; durable when answered."""
+        return self._answer(self.write_many([self.prepare_upsert(request)])[0])
 
     def delete(self, request: DeleteRequest) -> dict:
-        self.check_ids(request.ids, "ids")
+        return self._answer(self.write_many([self.prepare_delete(request)])[0])
+
+    @staticmethod
+    def _answer(answer: dict | BaseException) -> dict:
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def write_many(self, ops: Sequence[WriteOp]) -> list[dict | BaseException]:
+        """Commit writes that arrived together as few writes as their order allows (group commit:
+        one segment and one manifest switch for a run of upserts, one for a run of deletes);
+        each op is answered only once its run is durable. A run that fails is retried op by op,
+        so one bad write fails alone and the others' answers stay true."""
+        answers: dict[int, dict | BaseException] = {}
+        checked = []
+        for position, op in enumerate(ops):
+            try:
+                if op.kind == "upsert" and any(op.metadata):
+                    self.index.check_metadata_fits(list(op.metadata))  # a type clash fails this op alone
+                checked.append((position, op))
+            except MatryoshkaError as exc:
+                answers[position] = exc
+        for run in self._runs(checked):
+            try:
+                answers.update(zip((p for p, _ in run), self._commit_run([op for _, op in run])))
+            except StorageError as exc:  # the disk's refusal is every op's: no retry, nothing written
+                answers.update((p, exc) for p, _ in run)
+            except MatryoshkaError as exc:
+                if len(run) == 1:
+                    answers[run[0][0]] = exc
+                    continue
+                for position, op in run:
+                    try:
+                        answers[position] = self._commit_run([op])[0]
+                    except MatryoshkaError as failed:
+                        answers[position] = failed
+        return [answers[position] for position in range(len(ops))]
+
+    def _runs(self, ops: Sequence[tuple[int, WriteOp]]) -> list[list[tuple[int, WriteOp]]]:
+        """Consecutive ops of one kind with no id in common, up to ``max_write_batch`` documents
+        (on Milvus, one op a run: its writer does not say which ids each op replaced)."""
+        runs: list[list[tuple[int, WriteOp]]] = []
+        seen: set[str] = set()
+        size = 0
+        grouped = getattr(self.index.store, "kind", "") != "milvus"
+        for position, op in ops:
+            run = runs[-1] if runs else None
+            if (
+                run is None
+                or not grouped
+                or run[0][1].kind != op.kind
+                or size + len(op.ids) > self.limits.max_write_batch
+                or not seen.isdisjoint(op.ids)
+            ):
+                runs.append([(position, op)])
+                seen, size = set(op.ids), len(op.ids)
+            else:
+                run.append((position, op))
+                seen.update(op.ids)
+                size += len(op.ids)
+        return runs
+
+    def _commit_run(self, run: list[WriteOp]) -> list[dict]:
+        ids = [i for op in run for i in op.ids]
         with self._write_lock:
-            report = self.index.delete(request.ids)
-            return {"deleted": len(report.deleted), "not_found": report.not_found, "documents": len(self.index)}
+            if run[0].kind == "delete":
+                report = self.index.delete(ids, merge=False)
+                deleted = set(report.deleted)
+                return [
+                    {
+                        "deleted": sum(i in deleted for i in op.ids),
+                        "not_found": [i for i in op.ids if i not in deleted],
+                        "documents": report.documents,
+                    }
+                    for op in run
+                ]
+            texts = [t for op in run for t in op.texts]
+            metadata = [m for op in run for m in op.metadata]
+            vectors = self.encode(texts, "document")
+            report = self.index.add(ids, texts, vectors, metadata=metadata if any(metadata) else None, merge=False)
+        if len(run) == 1:
+            return [{"added": report.added, "replaced": report.replaced, "documents": report.documents}]
+        replaced = set(report.replaced_ids or ())
+        answers = []
+        for op in run:
+            count = sum(i in replaced for i in op.ids)
+            answers.append({"added": len(op.ids) - count, "replaced": count, "documents": report.documents})
+        return answers
+
+    def merge_after_writes(self) -> None:
+        """Merge segments of like size, after the writes that made them were answered: the
+        next writes wait for it (and are then committed together), searches do not."""
+        with self._write_lock:
+            self.index.merge()
 
     def similarity(self, request: SimilarityRequest) -> dict:
         self.check_text(request.query, "query")
@@ -485,16 +608,21 @@ def create_app(
         import pyarrow.compute  # noqa: F401
 
     batcher: MicroBatcher[SearchPlan, dict] = MicroBatcher(service.search_many, max_batch=limits.max_batch)
+    writes: MicroBatcher[WriteOp, dict] = MicroBatcher(
+        service.write_many, max_batch=limits.max_write_batch, after_batch=service.merge_after_writes
+    )
     follower = IndexFollower(service, follow_interval)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
+        writes.start()
         follower.start()
         try:
             yield
         finally:
             follower.stop()
+            writes.stop()
             batcher.stop()
 
     app = FastAPIOffline(
@@ -504,6 +632,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service, app.state.batcher, app.state.follower = service, batcher, follower
+    app.state.writes = writes
     app.add_middleware(BodyGuard, max_bytes=limits.max_body_bytes, timeout_s=limits.read_timeout_s)
 
     @app.exception_handler(RequestValidationError)
@@ -521,8 +650,13 @@ def create_app(
 
     @app.exception_handler(MatryoshkaError)
     async def bad_value(request: Request, exc: Exception):
-        status = 409 if isinstance(exc, BusyError) else 422
+        status = 409 if isinstance(exc, BusyError) else exc.status if isinstance(exc, StorageError) else 422
         return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception):
+        # a bug or a fault nobody foresaw: still a JSON answer, naming the kind of failure only
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); nothing was written"}, status_code=500)
 
     @app.get("/healthz", summary="Readiness: a real search through the index answers (503 when it cannot).")
     def healthz():
@@ -549,13 +683,14 @@ def create_app(
         return service.similarity(request)
 
     if api_key is not None:
-        expected = api_key.encode("utf-8")
+        accepted = _key_encodings(api_key)
 
         def authorized(request: Request) -> None:
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise DeniedError("writes need the server's API key: send 'Authorization: Bearer <key>'", 401)
-            if not secrets.compare_digest(token.strip().encode("utf-8", "surrogateescape"), expected):
+            sent = token.strip().encode("latin-1")  # the header's bytes as sent (HTTP headers are decoded as Latin-1)
+            if not any([secrets.compare_digest(sent, key) for key in accepted]):
                 raise DeniedError("the API key is not this server's", 403)
 
         @app.post(
@@ -563,16 +698,17 @@ def create_app(
             summary="Add documents, or replace those whose id is already indexed (needs the API key).",
             dependencies=[Depends(authorized)],
         )
-        def upsert(request: UpsertRequest) -> dict:
-            return service.upsert(request)
+        async def upsert(request: UpsertRequest) -> dict:
+            # checked here; committed by the write queue with whatever other writes are waiting
+            return await asyncio.wrap_future(writes.submit(service.prepare_upsert(request)))
 
         @app.post(
             "/documents/delete",
             summary="Delete documents by id (needs the API key).",
             dependencies=[Depends(authorized)],
         )
-        def delete(request: DeleteRequest) -> dict:
-            return service.delete(request)
+        async def delete(request: DeleteRequest) -> dict:
+            return await asyncio.wrap_future(writes.submit(service.prepare_delete(request)))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -580,6 +716,19 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     return app
+
+
+def _key_encodings(api_key: str) -> list[bytes]:
+    """The bytes a client may send for ``api_key``: its UTF-8, and its Latin-1 where it has one
+    (clients differ in how they encode a header that is not ASCII). Spaces at its ends are not
+    part of it: HTTP drops them from a header."""
+    key = api_key.strip()
+    accepted = [key.encode("utf-8")]
+    try:
+        accepted.append(key.encode("latin-1"))
+    except UnicodeEncodeError:
+        pass
+    return accepted
 
 
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this long

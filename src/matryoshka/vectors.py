@@ -19,11 +19,49 @@ MIN_HEAD_DIM = 8
 # --------------------------------------------------------------------------- vectors
 
 
+SAFE_NORMS = {  # norms whose squares neither overflowed nor lost precision to underflow
+    np.dtype(np.float32): (1e-15, 1e15),
+    np.dtype(np.float64): (1e-140, 1e140),
+}
+
+
 def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Scale rows to unit length as float32; all-zero rows stay zero instead of becoming NaN."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    """Scale rows to unit length as float32; all-zero rows (and rows holding NaN or inf, which
+    have no direction either) stay zero instead of becoming NaN.
+
+    Any finite non-zero row gets its direction, however large or small its values: the norm is
+    taken in the rows' own precision when its squares can neither overflow (``3e38`` in float32)
+    nor underflow (``1e-30``), else after scaling the row by its largest magnitude in float64 (or
+    wider), and no row is cast to float32 before it is unit length (``1e300`` is inf there)."""
+    array = np.asarray(vectors)
+    if not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float64)
+    safe = SAFE_NORMS.get(array.dtype)
+    if safe is not None and array.size:
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            norms = np.linalg.norm(array, axis=-1, keepdims=True)
+        good = (norms > safe[0]) & (norms < safe[1])
+        if good.all():
+            return (array / norms).astype(np.float32, copy=False)
+        if array.ndim == 2:  # only the few rows that need it take the slow path
+            unit = np.divide(array, norms, out=np.zeros_like(array), where=good).astype(np.float32, copy=False)
+            redo = ~good[:, 0]
+            unit[redo] = _scaled_unit(array[redo])
+            return unit
+    return _scaled_unit(array)
+
+
+def _scaled_unit(array: np.ndarray) -> np.ndarray:
+    """Rows of ``array`` divided by their largest magnitude (into [-1, 1]), then by their norm,
+    in float64 or the input's wider float: nothing overflows or underflows that matters."""
+    work = array.astype(np.promote_types(array.dtype, np.float64))
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        scale = np.max(np.abs(work), axis=-1, keepdims=True, initial=0.0)
+        usable = np.isfinite(scale) & (scale > 0) & np.isfinite(work).all(axis=-1, keepdims=True)
+        scaled = np.divide(work, scale, out=np.zeros_like(work), where=usable)
+        norms = np.linalg.norm(scaled, axis=-1, keepdims=True)
+        unit = np.divide(scaled, norms, out=np.zeros_like(scaled), where=norms > 0)
+    return unit.astype(np.float32)
 
 
 def check_dim(dim: int, full_dim: int) -> int:
@@ -64,10 +102,10 @@ def validate_vectors(
     if bad.any():
         first, total = int(np.flatnonzero(bad)[0]), int(bad.sum())
         raise StoreError(f"{what} row {first} contains NaN or infinite values ({total} rows in all)")
-    norms = np.linalg.norm(array.astype(np.float32), axis=1)
-    if (norms == 0).any():
-        raise StoreError(f"{what} row {int(np.flatnonzero(norms == 0)[0])} is all zeros and has no direction")
-    return (array / norms[:, None]).astype(np.float32)
+    zero = ~array.any(axis=1)
+    if zero.any():
+        raise StoreError(f"{what} row {int(np.flatnonzero(zero)[0])} is all zeros and has no direction")
+    return normalize(array)  # every finite non-zero row, however large or small its values
 
 
 def binary_codes(vectors: np.ndarray, bits: int) -> np.ndarray:

@@ -109,14 +109,12 @@ class InMemoryWriter(SegmentWriter):
         self.meta = replace(meta, count=self.live_count())
         _INDEXES[self.name] = InMemoryStore(self.name, self.segments, self.meta)
 
-    def compact(self, progress=None) -> Segment:
-        """Merge every segment's live rows into one."""
+    def _merged(self, segments: Sequence[Segment], progress=None) -> Segment:
         self._serial += 1
         name = f"s{self._serial}-{time.monotonic_ns()}"
-        merged = merged_segment(name, self.segments, self.meta, gather_live(self.segments, "full"))
+        merged = merged_segment(name, segments, self.meta, gather_live(segments, "full"))
         if progress:
             progress(len(merged))
-        self._commit([merged])
         return merged
 
     def close(self) -> None:

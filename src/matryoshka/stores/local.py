@@ -19,12 +19,20 @@ change visible by replacing it (write aside, fsync, rename, fsync the folder). A
 changed once the manifest names it; deleting rows writes a new tombstone file, named by the
 manifest generation that introduces it. Everything a write adds is written and fsynced under a
 ``.partial`` name first, so a write that fails or is killed leaves the previous state searchable
-and unchanged; files no manifest names are removed by the next writer.
+and unchanged; files no manifest names are removed by the next writer. Space for a memory-mapped
+write is reserved before it starts, so a full disk is an error (``DiskFullError``), never a
+SIGBUS in the middle of a copy.
+
+Open files stay bounded whatever the traffic: a segment of under :data:`IN_RAM_BYTES` of vectors
+(what a trickle of small writes makes, until merged) is read whole into RAM and holds no file
+open; only the few large ones are memory-mapped.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -36,7 +44,7 @@ from threading import Lock
 
 import numpy as np
 
-from ..errors import BusyError, StoreError
+from ..errors import BusyError, StoreError, storage_error
 from ..vectors import prefix_norm_dims
 from .base import FORMAT_VERSION, IndexMeta, check_format_version, check_head_kind
 from .segments import NO_ROWS, Segment, SegmentedStore, SegmentWriter, live_rows, make_segment, merged_segment
@@ -47,6 +55,8 @@ SEGMENTS = "segments"
 TOMBSTONES = "tombstones"
 LOCK = ".lock"
 OPEN_ATTEMPTS = 5
+IN_RAM_BYTES = 4 * 2**20  # a segment with fewer bytes of full vectors is read into RAM, not mapped
+WRITER_WAIT_S = 2.0  # a writer waits this long for another to finish before it gives up
 SEGMENT_KEYS = {"name": str, "rows": int, "deleted": int, "tombstones": (str, type(None))}
 
 
@@ -91,38 +101,38 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previo
             deleted = previous.deleted if previous.tombstones == entry["tombstones"] else NO_ROWS
             if entry["tombstones"] and previous.tombstones != entry["tombstones"]:
                 deleted = np.load(root / TOMBSTONES / entry["tombstones"]).astype(np.int64)
-            handle = open(path / "texts.jsonl", encoding="utf-8")
+            texts = previous.texts
+            if isinstance(previous.full, np.memmap):
+                texts = _text_reader(_opened(path / "texts.jsonl", handles))
         except (OSError, ValueError) as exc:
-            raise StoreError(f"{root}: the index's files cannot be read ({exc}); re-index it") from None
-        handles.append(handle)
+            raise _unreadable(root, exc) from None
         if len(deleted) != entry["deleted"]:
             raise StoreError(f"{root}: segment {entry['name']} has {len(deleted)} deletions, not {entry['deleted']}")
-        return replace(
-            previous,
-            deleted=deleted,
-            tombstones=entry["tombstones"],
-            texts=_text_reader(handle),
-            _text_lock=Lock(),
-        )
+        return replace(previous, deleted=deleted, tombstones=entry["tombstones"], texts=texts, _text_lock=Lock())
+    mapped = "r" if entry["rows"] * meta.full_dim * 4 >= IN_RAM_BYTES else None
     try:
-        codes = np.load(path / "head_codes.npy", mmap_mode="r") if meta.binary_head else None
-        head = None if meta.binary_head else np.load(path / "head.npy", mmap_mode="r")
+        codes = np.load(path / "head_codes.npy", mmap_mode=mapped) if meta.binary_head else None
+        head = None if meta.binary_head else np.load(path / "head.npy", mmap_mode=mapped)
         graph = None
         if meta.head_index == "hnsw" and entry["rows"]:
             import faiss
 
             graph = faiss.read_index(str(path / "head.hnsw"))
         table = np.load(path / "prefix_norms.npy")
-        full = np.load(path / "full.npy", mmap_mode="r")
+        full = np.load(path / "full.npy", mmap_mode=mapped)
         ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
-        metadata = read_metadata(path / METADATA) if (path / METADATA).is_file() else None
+        metadata = read_metadata(path / METADATA, mapped=bool(mapped)) if (path / METADATA).is_file() else None
         deleted = NO_ROWS
         if entry["tombstones"]:
             deleted = np.load(root / TOMBSTONES / entry["tombstones"]).astype(np.int64)
-        handle = open(path / "texts.jsonl", encoding="utf-8")
+        if mapped:
+            texts = _text_reader(_opened(path / "texts.jsonl", handles))
+        else:
+            with open(path / "texts.jsonl", encoding="utf-8") as handle:
+                every = [json.loads(line) for line in handle]
+            texts = lambda: every  # noqa: E731 - read once, held in RAM as the vectors are
     except (OSError, ValueError) as exc:
-        raise StoreError(f"{root}: the index's files cannot be read ({exc}); re-index it") from None
-    handles.append(handle)
+        raise _unreadable(root, exc) from None
     if metadata is not None and metadata.num_rows != entry["rows"]:
         raise StoreError(
             f"{root}: segment {entry['name']} has metadata for {metadata.num_rows} rows, not {entry['rows']}"
@@ -140,7 +150,7 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previo
         head=head,
         codes=codes,
         norms={dim: np.ascontiguousarray(table[:, i]) for i, dim in enumerate(meta.prefix_norm_dims)},
-        texts=_text_reader(handle),
+        texts=texts,
         graph=graph,
         deleted=deleted,
         tombstones=entry["tombstones"],
@@ -148,15 +158,62 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previo
     )
 
 
-def read_metadata(path: Path):
-    """A segment's metadata table, memory-mapped (columns are read as filters touch them)."""
+def read_metadata(path: Path, mapped: bool = True):
+    """A segment's metadata table, memory-mapped (columns are read as filters touch them), or
+    read into RAM (``mapped=False``: a small segment holds no file open)."""
     import pyarrow as pa
 
     try:
+        if not mapped:
+            return pa.ipc.open_file(pa.py_buffer(path.read_bytes())).read_all()
         with pa.memory_map(str(path)) as source:
             return pa.ipc.open_file(source).read_all()
     except pa.ArrowInvalid as exc:
         raise StoreError(f"{path}: not a readable metadata file ({exc}); re-index it") from None
+
+
+def _opened(path: Path, handles: list):
+    """``path`` opened for reading, its handle kept in ``handles`` (closed with the store)."""
+    handle = open(path, encoding="utf-8")
+    handles.append(handle)
+    return handle
+
+
+def _unreadable(root: Path, exc: Exception) -> StoreError:
+    """Why an index's files could not be read: out of file handles (not the index's fault), or a
+    damaged index."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        return storage_error(exc, root, "read")
+    return StoreError(f"{root}: the index's files cannot be read ({exc}); re-index it")
+
+
+def _storage_errors(method):
+    """A writer's method whose ``OSError`` (a full disk, a read-only place, no file handles) is
+    told as a :class:`~matryoshka.errors.StorageError`; the method leaves the index as it was."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise storage_error(exc, self.root) from None
+
+    return wrapped
+
+
+def reserved_array(path: Path, count: int, dim: int) -> np.memmap:
+    """A new ``.npy`` file of (count, dim) float32, memory-mapped for writing, its space reserved
+    on disk first: a file system that runs out of space then fails here, with an ``OSError``,
+    instead of killing the process with SIGBUS when a page is first written."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(count, dim))
+    try:
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve
+            del array
+            raise
+    return array
 
 
 def write_metadata(path: Path, table) -> None:
@@ -291,15 +348,21 @@ def save_segment(path: Path, segment: Segment, meta: IndexMeta, *, with_full: bo
 
 def publish_segment(partial: Path, segment: Segment, meta: IndexMeta, *, with_full: bool = True) -> None:
     """Write a segment under its ``.partial`` folder, then give it its name: complete and durable
-    on disk, though no reader sees it until a manifest names it."""
-    save_segment(partial, segment, meta, with_full=with_full)
-    partial.rename(partial.with_name(segment.name))
-    _fsync(partial.parent)
+    on disk, though no reader sees it until a manifest names it. A write that fails removes what
+    it wrote (the space a full disk needs back)."""
+    try:
+        save_segment(partial, segment, meta, with_full=with_full)
+        partial.rename(partial.with_name(segment.name))
+        _fsync(partial.parent)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 class LocalBuilder:
     """Stages a build in ``segments/<name>.partial``; :meth:`commit` makes it the index."""
 
+    @_storage_errors
     def __init__(self, root: Path | str) -> None:
         root = Path(root)
         if root.exists() and not root.is_dir():
@@ -308,15 +371,25 @@ class LocalBuilder:
             raise StoreError(f"{root} is not empty and is not a matryoshka index folder; refusing to write into it")
         self.root = root
         self._lock = acquire_writer_lock(root)
+        try:
+            self._stage()
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _stage(self) -> None:
+        root = self.root
         for stale in (root / SEGMENTS).glob("*.partial"):  # left by a writer that was killed
             shutil.rmtree(stale, ignore_errors=True)
         self.name = _segment_name()
         self.partial = root / SEGMENTS / f"{self.name}.partial"
         self.partial.mkdir(parents=True)
 
+    @_storage_errors
     def full_array(self, count: int, dim: int) -> np.ndarray:
-        return np.lib.format.open_memmap(self.partial / "full.npy", mode="w+", dtype=np.float32, shape=(count, dim))
+        return reserved_array(self.partial / "full.npy", count, dim)
 
+    @_storage_errors
     def commit(
         self,
         full: np.ndarray,
@@ -354,11 +427,19 @@ class LocalWriter(SegmentWriter):
     def __init__(self, root: Path | str, previous: SegmentedStore | None = None) -> None:
         """``previous``: a store of this folder, whose segments are reused rather than read again."""
         self.root = Path(root)
-        manifest = read_manifest(self.root)  # a clear error before the lock is taken for nothing
+        read_manifest(self.root)  # a clear error before the lock is taken for nothing
         self._lock = acquire_writer_lock(self.root)
+        self._handles: list = []
+        try:
+            self._open(previous)
+        except BaseException:
+            self.close()
+            raise
+
+    @_storage_errors
+    def _open(self, previous: SegmentedStore | None) -> None:
         manifest = read_manifest(self.root)
         self.generation = manifest["generation"]
-        self._handles: list = []
         reusable = previous.segments if isinstance(previous, LocalStore) and previous.root == self.root else ()
         super().__init__(load_segments(self.root, manifest, self._handles, reusable), manifest["meta"])
         self._tombstone_files = {e["name"]: e["tombstones"] for e in manifest["segments"]}
@@ -368,6 +449,7 @@ class LocalWriter(SegmentWriter):
             keep_tombstones={f for f in self._tombstone_files.values() if f},
         )
 
+    @_storage_errors
     def _new_segment(self, full, ids, texts, head_source, metadata=None) -> Segment:
         name = _segment_name()
         partial = self.root / SEGMENTS / f"{name}.partial"
@@ -375,6 +457,7 @@ class LocalWriter(SegmentWriter):
         publish_segment(partial, segment, self.meta)
         return segment
 
+    @_storage_errors
     def _commit(self, segments: list[Segment]) -> None:
         generation = self.generation + 1
         (self.root / TOMBSTONES).mkdir(exist_ok=True)
@@ -389,11 +472,15 @@ class LocalWriter(SegmentWriter):
                 continue
             name = f"{segment.name}.{generation}.npy"
             partial = self.root / TOMBSTONES / f".{name}.partial"
-            with open(partial, "wb") as handle:
-                np.save(handle, np.asarray(segment.deleted, np.int64))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, self.root / TOMBSTONES / name)
+            try:
+                with open(partial, "wb") as handle:
+                    np.save(handle, np.asarray(segment.deleted, np.int64))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(partial, self.root / TOMBSTONES / name)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
             files[segment.name] = name
         _fsync(self.root / TOMBSTONES)
         meta = replace(self.meta, count=self.live_count(segments))
@@ -404,36 +491,39 @@ class LocalWriter(SegmentWriter):
             self.root, keep_segments={s.name for s in segments}, keep_tombstones={f for f in files.values() if f}
         )
 
+    @_storage_errors
     def save_meta(self, meta: IndexMeta) -> None:
         """Store new metadata (a re-tuned schedule) with the same segments."""
-        self.meta = replace(meta, count=self.live_count())
-        self.generation += 1
+        meta = replace(meta, count=self.live_count())
         entries = [_entry(s, self._tombstone_files.get(s.name)) for s in self.segments]
-        write_manifest(self.root, self.meta, entries, self.generation)
+        write_manifest(self.root, meta, entries, self.generation + 1)
+        self.meta, self.generation = meta, self.generation + 1
 
-    def compact(self, progress=None) -> Segment:
-        """Merge the live rows of every segment into one new segment and switch to it. Readers
-        keep answering from the segments they opened; the next search after the switch reads the
-        new one. ``progress`` is called with the rows copied since its last call."""
+    @_storage_errors
+    def _merged(self, segments: Sequence[Segment], progress=None) -> Segment:
+        """The live rows of ``segments`` copied into a new segment, published (not yet committed):
+        the full vectors stream through a memory map whose space is reserved first."""
         name = _segment_name()
         partial = self.root / SEGMENTS / f"{name}.partial"
         partial.mkdir(parents=True)
-        count = self.live_count()
-        full = np.lib.format.open_memmap(
-            partial / "full.npy", mode="w+", dtype=np.float32, shape=(count, self.meta.full_dim)
-        )
-        written = 0
-        for segment in self.segments:
-            rows = live_rows(segment)
-            for start in range(0, len(rows), COPY_BLOCK):
-                block = rows[start : start + COPY_BLOCK]
-                full[written : written + len(block)] = segment.full[block]
-                written += len(block)
-                if progress:
-                    progress(len(block))
-        merged = merged_segment(name, self.segments, self.meta, full)
+        try:
+            full = reserved_array(partial / "full.npy", self.live_count(segments), self.meta.full_dim)
+            written = 0
+            for segment in segments:
+                rows = live_rows(segment)
+                for start in range(0, len(rows), COPY_BLOCK):
+                    block = rows[start : start + COPY_BLOCK]
+                    full[written : written + len(block)] = segment.full[block]
+                    written += len(block)
+                    if progress:
+                        progress(len(block))
+            merged = merged_segment(name, segments, self.meta, full)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         publish_segment(partial, merged, self.meta, with_full=False)
-        self._commit([merged])
+        if len(merged) * self.meta.full_dim * 4 < IN_RAM_BYTES:  # as a reader loads it: no file held open
+            merged = replace(merged, full=np.array(merged.full))
         return merged
 
     def close(self) -> None:
@@ -457,21 +547,29 @@ def _generation(root: Path) -> int:
         return 0
 
 
-def acquire_writer_lock(root: Path):
+def acquire_writer_lock(root: Path, wait_s: float = WRITER_WAIT_S):
     """One writer per index folder: an exclusive lock on ``root/.lock``, held until the returned
-    file is closed (the system drops it if the process dies), or a StoreError naming the holder."""
+    file is closed (the system drops it if the process dies). A writer waits up to ``wait_s``
+    for the holder to finish (writes are short, and a reader cleaning up holds it a moment),
+    then gives up with a BusyError naming the holder."""
     try:
         root.mkdir(parents=True, exist_ok=True)
         handle = open(root / LOCK, "a+", encoding="utf-8")
     except OSError as exc:
-        raise StoreError(f"cannot write the index at {root}: {exc.strerror or exc}") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise BusyError(f"{root} is being written by {holder}; wait for it to finish, then try again") from None
+        raise storage_error(exc, root) from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.005)
+                continue
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise BusyError(f"{root} is being written by {holder}; wait for it to finish, then try again") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}")
@@ -488,11 +586,15 @@ def write_manifest(root: Path, meta: IndexMeta, segments: list[dict], generation
         "segments": segments,
     }
     partial = root / f".{MANIFEST}.{os.getpid()}.partial"
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(manifest, indent=2) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, root / MANIFEST)
+    try:
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(manifest, indent=2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, root / MANIFEST)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     _fsync(root)
 
 

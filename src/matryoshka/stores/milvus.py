@@ -14,9 +14,10 @@ restricted to that query's survivors (``row in [...]``) with ``limit`` = the sta
 request per query, sent in parallel. The last stage brings the document ids and texts back.
 
 **Metadata.** The head's collection has a JSON field ``match`` that filters search (see
-:func:`matryoshka.filters.match_document`): a metadata filter becomes a Milvus expression on it,
-evaluated inside the head search. The full vectors' collection keeps each document's metadata
-as it was given (``fields``, JSON text), returned with hits.
+:func:`matryoshka.filters.match_document`; its strings are hex, which Milvus matches whatever they
+hold): a metadata filter becomes a Milvus expression on it, evaluated inside the head search. The
+full vectors' collection keeps each document's metadata as it was given (``fields``, JSON text),
+returned with hits.
 
 **Writes.** A pointer collection ``<name>_meta`` holds the current generation, its layout and the
 IndexMeta. A build writes a new generation and then upserts the pointer, so a build that fails or
@@ -39,7 +40,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BusyError, StoreError
-from ..filters import Filter, match_document, milvus_expression
+from ..filters import (
+    HEX,
+    LINE_BREAK,
+    NEVER,
+    PLAIN,
+    Filter,
+    joined,
+    match_document,
+    milvus_expression,
+    milvus_string,
+)
 from ..metadata import merge_schemas
 from ..metrics import top_k
 from ..vectors import binary_codes, hamming_similarity, normalize
@@ -72,6 +83,7 @@ class Layout:
     head_params: dict = field(default_factory=dict)  # search parameters of an approximate head: nprobe, ef_factor
     nlist: int | None = None  # cells of a BIN_IVF_FLAT head
     filterable: bool = False  # has the metadata fields (``match`` and ``fields``); older layouts do not
+    match_strings: str = PLAIN  # how ``match`` holds strings: HEX (filters.stored_string); PLAIN in older layouts
 
     @property
     def binary_head(self) -> bool:
@@ -133,7 +145,7 @@ def choose_layout(
     )
     nlist = int(np.clip(4 * np.sqrt(count), 1, 65_536)) if index_type == "BIN_IVF_FLAT" else None
     head_params = {"nprobe": max(1, nlist // 16)} if nlist else ({"ef_factor": 1} if index_type == "HNSW" else {})
-    return Layout(kind, prefixes, index_type, head_params, nlist, filterable=True)
+    return Layout(kind, prefixes, index_type, head_params, nlist, filterable=True, match_strings=HEX)
 
 
 def _meta_name(collection: str) -> str:
@@ -292,7 +304,14 @@ class MilvusStore:
             raise StoreError(
                 f"index {self.collection!r} was built before metadata filters; re-index it with 'matryoshka index' to filter"
             )
-        return milvus_expression(where, "match")
+        try:
+            return milvus_expression(where, "match", self.layout.match_strings)
+        except ValueError:  # only plain strings can hold what Milvus cannot match
+            raise StoreError(
+                f"index {self.collection!r} keeps its metadata strings as given, where Milvus cannot match this "
+                "filter's ('/' or a control character in a list's string, or a line break); re-index it with "
+                "'matryoshka index'"
+            ) from None
 
     def head_search(self, queries: np.ndarray, n: int, where: Filter | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` rows by the head (among those matching ``where``), one request for the batch:
@@ -593,15 +612,17 @@ class MilvusWriter:
         self._save(replace(self.meta, count=live))
 
     def _rows_of(self, ids: Sequence[str]) -> dict[str, int]:
+        """The row of each of ``ids`` in the index (those not in it left out)."""
+        wanted = set(ids)
         found: dict[str, int] = {}
         for start in range(0, len(ids), LOOKUP_BATCH):
             hits = self.client.query(
                 self._name(),
-                filter=f"doc_id in {json.dumps(list(ids[start : start + LOOKUP_BATCH]))}",
+                filter=ids_expression(ids[start : start + LOOKUP_BATCH]),
                 output_fields=["row", "doc_id"],
                 consistency_level="Strong",
             )
-            found.update((hit["doc_id"], int(hit["row"])) for hit in hits)
+            found.update((hit["doc_id"], int(hit["row"])) for hit in hits if hit["doc_id"] in wanted)
         return found
 
     def upsert(
@@ -729,29 +750,71 @@ class MilvusWriter:
             disconnect(self.client, self.uri)
 
 
+def ids_expression(ids: Sequence[str]) -> str:
+    """A Milvus expression for the rows whose ``doc_id`` is one of ``ids``. An id holding a line
+    break, which no Milvus literal holds (:func:`matryoshka.filters.milvus_string`), is looked up
+    as the ids lying between its text up to the break followed by the characters just below and
+    just above that break: a few more rows than its own, which the caller drops by their id."""
+    plain = [i for i in ids if not LINE_BREAK.search(i)]
+    parts = [f"doc_id in [{', '.join(milvus_string(i) for i in plain)}]"] if plain else []
+    for doc_id in dict.fromkeys(i for i in ids if LINE_BREAK.search(i)):
+        cut = LINE_BREAK.search(doc_id).start()
+        before, at = doc_id[:cut], ord(doc_id[cut])
+        low, high = milvus_string(before + chr(at - 1)), milvus_string(before + chr(at + 1))
+        parts.append(f"(doc_id > {low} and doc_id < {high})")
+    return joined(parts, "or") if parts else NEVER
+
+
 def _take_lease(client, collection: str, ours: str | None = None) -> str:
     """Claim the index for one writer: a ``writer`` row in the pointer collection naming the
-    holder and when the claim lapses. Another live claim is an error naming its holder."""
+    holder and when the claim lapses. Another live claim is an error naming its holder; a claim
+    whose holder was a process of this host that is gone (killed, crashed) is taken over at once
+    rather than after it lapses."""
     import os
     import socket
 
     name = _ensure_meta_collection(client, collection)
+    host = socket.gethostname()
     rows = client.get(name, ids=["writer"], output_fields=["value"], consistency_level="Strong")
     if rows:
         held = json.loads(rows[0]["value"])
-        if held.get("token") != ours and held.get("until", 0) > time.time():
+        if held.get("token") != ours and held.get("until", 0) > time.time() and not _holder_is_gone(held, host):
             raise BusyError(
                 f"index {collection!r} is being written by {held.get('holder', 'another process')}; "
                 "wait for it to finish, then try again"
             )
-    token = ours or f"{socket.gethostname()}:{os.getpid()}:{time.monotonic_ns()}"
+    token = ours or f"{host}:{os.getpid()}:{time.monotonic_ns()}"
     value = {
         "token": token,
-        "holder": f"process {os.getpid()} on {socket.gethostname()}",
+        "holder": f"process {os.getpid()} on {host}",
+        "host": host,
+        "pid": os.getpid(),
         "until": time.time() + LEASE_S,
     }
     client.upsert(name, [{"key": "writer", "value": json.dumps(value), "vector": [0.0, 0.0]}])
     return token
+
+
+def _holder_is_gone(held: dict, host: str) -> bool:
+    """Whether a lease's holder was a process of ``host`` that no longer runs (a lease written
+    before leases named their host and pid is read from its token, ``host:pid:ns``)."""
+    import os
+
+    holder_host, pid = held.get("host"), held.get("pid")
+    if holder_host is None:
+        parts = str(held.get("token", "")).rsplit(":", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            return False
+        holder_host, pid = parts[0], int(parts[1])
+    if holder_host != host or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: no signal, only whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, as another user's
+        return False
+    return False
 
 
 def _padded(rows: list[np.ndarray], scores: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -934,7 +997,11 @@ def write_rows(
     }
     documents = [{"doc_id": str(doc_id)[:1024], "text": _clip(text)} for doc_id, text in zip(ids, texts)]
     records = metadata if metadata is not None else [{}] * len(rows)
-    matches = [{"match": match_document(m, meta.fields)} for m in records] if layout.filterable else [{}] * len(rows)
+    matches = (
+        [{"match": match_document(m, meta.fields, layout.match_strings)} for m in records]
+        if layout.filterable
+        else [{}] * len(rows)
+    )
     if layout.filterable:
         for document, record in zip(documents, records):
             document["fields"] = json.dumps({k: v for k, v in record.items() if v is not None}, ensure_ascii=False)

@@ -8,8 +8,16 @@ anyway), and a head scan over ten segments is one scan, as over one. Re-ranking 
 candidate where it lies, in its own segment's full vectors. An HNSW head keeps a graph per
 segment, searched with the segment's tombstones excluded.
 
-:class:`SegmentWriter` holds the rules every store's writer shares (upsert, delete, compact);
-the local store persists its changes as files, the memory store by swapping objects.
+:class:`SegmentWriter` holds the rules every store's writer shares (upsert, delete, compact,
+and the merge policy); the local store persists its changes as files, the memory store by
+swapping objects.
+
+Merge policy (as Lucene's and RocksDB's size tiers): a segment's tier is the power of
+:data:`MERGE_FACTOR` below its live row count, and when one tier holds ``MERGE_FACTOR``
+segments they are merged into one of the next tier. A trickle of one-document writes so keeps
+at most ``MERGE_FACTOR - 1`` segments per tier, a number of segments logarithmic in the number
+of rows, and copies each row once per tier it climbs. A segment whose rows are all deleted is
+dropped at the next write.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ STORE_MASK_CACHE = 8  # ... and for the live rows of an opened store
 _CACHE_LOCK = threading.Lock()  # guards the mask caches' bookkeeping (searches run in several threads)
 EXACT_ROWS_BLOCK = 65_536  # filtered rows scored at once by an exact search
 DENSE_SHARE = 0.25  # a filter passing more of the rows than this is applied to a scan of every row
+MERGE_FACTOR = 8  # segments of one size tier merged into one once this many have gathered
 
 
 @dataclass
@@ -59,7 +68,7 @@ class Segment:
     tombstones: str | None = None  # where ``deleted`` was read from, for a store on files
     metadata: object | None = None  # pyarrow.Table, a row per row of the segment
     _masks: dict = field(default_factory=dict, repr=False)  # filter key -> row mask, shared by this segment's copies
-    _rows_by_id: dict[str, int] | None = field(default=None, repr=False)  # built on first lookup, kept by copies
+    _rows_by_id: dict[str, int] = field(default_factory=dict, repr=False)  # filled on first lookup, shared by copies
     _text_cache: list[str] | None = field(default=None, repr=False)
     _text_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -86,9 +95,10 @@ class Segment:
             return self._text_cache
 
     def rows_by_id(self) -> dict[str, int]:
-        """Each document id's row, deleted or not; built once and shared by this segment's copies."""
-        if self._rows_by_id is None:
-            self._rows_by_id = {doc_id: row for row, doc_id in enumerate(self.ids.tolist())}
+        """Each document id's row, deleted or not; built once and shared by this segment's copies
+        (the dict is filled in place, so a copy made before the first lookup shares it too)."""
+        if not self._rows_by_id and len(self):
+            self._rows_by_id.update((doc_id, row) for row, doc_id in enumerate(self.ids.tolist()))
         return self._rows_by_id
 
     def live_row_of(self, doc_id: str) -> int | None:
@@ -113,7 +123,6 @@ class Segment:
 
     def with_deleted(self, rows: np.ndarray) -> Segment:
         """This segment with ``rows`` deleted too (a new object sharing the arrays; this one is not changed)."""
-        self.rows_by_id()  # built before the copy, so that both keep it
         return replace(self, deleted=np.union1d(self.deleted, np.asarray(rows, np.int64)))
 
 
@@ -566,11 +575,14 @@ def _mask_of(rows: np.ndarray, size: int) -> np.ndarray:
 class UpsertReport(NamedTuple):
     added: int  # ids new to the index
     replaced: int  # ids that were there and now hold the new vectors
+    documents: int = -1  # live documents in the index after the write (-1: not known)
+    replaced_ids: tuple[str, ...] | None = None  # which ids were replaced (None: not known)
 
 
 class DeleteReport(NamedTuple):
     deleted: list[str]
     not_found: list[str]
+    documents: int = -1  # live documents in the index after the write (-1: not known)
 
 
 def check_batch_ids(ids: Sequence[str], what: str = "this batch") -> list[str]:
@@ -589,6 +601,33 @@ def check_batch(ids: Sequence[str], full: np.ndarray, texts: Sequence[str]) -> l
     if len(texts) != len(ids) or len(full) != len(ids):
         raise StoreError(f"{len(ids)} ids, {len(texts)} texts and {len(full)} vectors: give one of each per document")
     return ids
+
+
+def size_tier(rows: int, factor: int = MERGE_FACTOR) -> int:
+    """The size tier of a segment of ``rows`` live rows: the power of ``factor`` below it."""
+    tier = 0
+    while rows >= factor:
+        rows //= factor
+        tier += 1
+    return tier
+
+
+def merge_plan(segments: Sequence[Segment], factor: int = MERGE_FACTOR) -> list[int] | None:
+    """Positions of the segments to merge next: the first ``factor`` of the smallest tier that
+    holds that many (``None``: no tier does)."""
+    tiers: dict[int, list[int]] = {}
+    for position, segment in enumerate(segments):
+        tiers.setdefault(size_tier(segment.live_count, factor), []).append(position)
+    for tier in sorted(tiers):
+        if len(tiers[tier]) >= factor:
+            return tiers[tier][:factor]
+    return None
+
+
+def without_empty(segments: Sequence[Segment]) -> list[Segment]:
+    """``segments`` less those whose rows are all deleted (an index keeps at least one segment)."""
+    kept = [s for s in segments if s.live_count]
+    return kept or list(segments[-1:])
 
 
 class SegmentWriter:
@@ -627,12 +666,13 @@ class SegmentWriter:
             raise StoreError(f"{len(metadata)} metadata records for {len(ids)} documents")
         if schema:
             self.meta = replace(self.meta, fields=merge_schemas(self.meta.fields, schema))
-        replaced = list(self._find(ids).values())
-        segments = self._with_deleted(replaced)
+        found = self._find(ids)
+        replaced = list(found.values())
+        segments = [s for s in self._with_deleted(replaced) if s.live_count]
         segment = self._new_segment(full, ids, texts, head_source, metadata)
         segments.append(segment)
         self._commit(segments)
-        return UpsertReport(added=len(ids) - len(replaced), replaced=len(replaced))
+        return UpsertReport(len(ids) - len(replaced), len(replaced), self.live_count(), tuple(found))
 
     def delete(self, ids: Sequence[str]) -> DeleteReport:
         """Delete documents by id; ids not in the index are reported, not an error."""
@@ -641,8 +681,29 @@ class SegmentWriter:
         found = [i for i in ids if i in where]
         missing = [i for i in ids if i not in where]
         if found:
-            self._commit(self._with_deleted([where[i] for i in found]))
-        return DeleteReport(found, missing)
+            self._commit(without_empty(self._with_deleted([where[i] for i in found])))
+        return DeleteReport(found, missing, self.live_count())
+
+    def merge_tiers(self, progress: Callable[[int], None] | None = None) -> int:
+        """Merge segments of like size (see the module's merge policy) until no tier is full;
+        each merge is a write of its own, durable when made. Returns the number of merges."""
+        merges = 0
+        while (plan := merge_plan(self.segments)) is not None:
+            chosen = set(plan)
+            merged = self._merged([self.segments[i] for i in plan], progress)
+            self._commit(
+                [merged if i == plan[0] else s for i, s in enumerate(self.segments) if i == plan[0] or i not in chosen]
+            )
+            merges += 1
+        return merges
+
+    def compact(self, progress: Callable[[int], None] | None = None) -> Segment:
+        """Merge the live rows of every segment into one new segment and switch to it. Readers
+        keep answering from the segments they opened; the next search after the switch reads the
+        new one. ``progress`` is called with the rows copied since its last call."""
+        merged = self._merged(self.segments, progress)
+        self._commit([merged])
+        return merged
 
     def _with_deleted(self, places: Sequence[tuple[int, int]]) -> list[Segment]:
         by_segment: dict[int, list[int]] = {}
@@ -670,6 +731,10 @@ class SegmentWriter:
         return sum(s.live_count for s in (self.segments if segments is None else segments))
 
     def _new_segment(self, full, ids, texts, head_source, metadata=None) -> Segment:
+        raise NotImplementedError
+
+    def _merged(self, segments: Sequence[Segment], progress: Callable[[int], None] | None = None) -> Segment:
+        """One new segment, stored, of the live rows of ``segments`` in order (not yet committed)."""
         raise NotImplementedError
 
     def _commit(self, segments: list[Segment]) -> None:
