@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -146,7 +147,7 @@ def serve(db: Path, log: Path, key: str) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
-def searched(url: str, queries: list[str], stop: threading.Event | None, latencies: list, errors: list) -> None:
+def searched(url: str, queries: list[str], stop, latencies: list, errors: list) -> None:
     """Search ``queries`` in turn (until ``stop`` is set, or once through when it is ``None``)."""
     import httpx
 
@@ -159,6 +160,14 @@ def searched(url: str, queries: list[str], stop: threading.Event | None, latenci
             if answer.status_code != 200 or len(answer.json()["hits"]) != K:
                 errors.append(f"search {answer.status_code}: {answer.text[:200]}")
             position += 1
+
+
+def search_in_process(url: str, queries: list[str], stop, answers) -> None:
+    """:func:`searched` until ``stop``, in a child process; puts (latencies, errors) on ``answers``."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    searched(url, queries, stop, latencies, errors)
+    answers.put((latencies, errors))
 
 
 def trickle(args: argparse.Namespace) -> None:
@@ -190,7 +199,7 @@ def trickle(args: argparse.Namespace) -> None:
         written: list[str] = []
         for clients in (1, 10):
             count = args.writes // 2
-            peak, stop, latencies, failures = [0], threading.Event(), [], []
+            peak, latencies, failures = [0], [], []
 
             def write(client_id: int, share: int) -> None:
                 with httpx.Client(base_url=url, timeout=60) as client:
@@ -209,7 +218,11 @@ def trickle(args: argparse.Namespace) -> None:
                         if i % 20 == 0:
                             peak[0] = max(peak[0], len(os.listdir(f"/proc/{process.pid}/fd")))
 
-            reader = threading.Thread(target=searched, args=(url, queries, stop, latencies, failures))
+            # the searching client runs in a process of its own, so that its latencies are the
+            # server's and not those of waiting for this process's writer threads
+            context = multiprocessing.get_context("spawn")
+            stop, answers = context.Event(), context.Queue()
+            reader = context.Process(target=search_in_process, args=(url, queries, stop, answers))
             reader.start()
             began = time.perf_counter()
             writers = [threading.Thread(target=write, args=(c, count // clients)) for c in range(clients)]
@@ -219,7 +232,10 @@ def trickle(args: argparse.Namespace) -> None:
                 thread.join()
             seconds = time.perf_counter() - began
             stop.set()
+            searched_latencies, search_errors = answers.get(timeout=120)
             reader.join()
+            latencies.extend(searched_latencies)
+            failures.extend(search_errors)
             phase = {
                 "writes": count,
                 "writes_per_s": round(count / seconds, 1),

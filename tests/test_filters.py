@@ -553,7 +553,9 @@ def test_the_masked_head_search_is_exact_for_dense_and_sparse_masks(tmp_path, he
     store.close()
 
 
-@pytest.mark.parametrize("server", ["lite", "server"])
+@pytest.mark.parametrize(
+    "server", ["lite", pytest.param("server", marks=[pytest.mark.milvus_server, pytest.mark.slow])]
+)
 def test_milvus_filters_in_the_head_search_equal_exact_filtered_search(tmp_path, corpus, server, request):
     db = str(tmp_path / "f.db") if server == "lite" else request.getfixturevalue("milvus_server")
     vectors, docs, ids = corpus

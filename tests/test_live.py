@@ -180,6 +180,7 @@ def test_a_thousand_random_operations_match_the_oracle(tmp_path, store, head_ind
         assert sorted(index_files) == sorted(s["name"] for s in manifest["segments"])
 
 
+@pytest.mark.slow
 def test_random_operations_on_a_milvus_lite_file_match_the_oracle(tmp_path):
     counts = run_random_operations(str(tmp_path / "live.db"), 1000, seed=7, compact_every=400)
     assert min(counts.values()) > 0, counts

@@ -22,6 +22,7 @@ from test_filters import SCHEMA, matches, unit
 from matryoshka.errors import BusyError, StoreError
 from matryoshka.index import Index, build_index
 from matryoshka.metadata import FORBIDDEN_CHARACTERS
+from matryoshka.stores.milvus import process_space
 
 # ids may hold anything; metadata strings anything a metadata string may hold (no line break or
 # NUL as long as metadata.FORBIDDEN_CHARACTERS refuses them)
@@ -252,7 +253,7 @@ def test_a_lease_whose_holder_died_on_this_host_is_taken_over_at_once(lite):
     index = lite.index
     vector = unit(lite.rng, 1)
     leases = {
-        "dead here": {"token": f"{host}:{dead}:1", "host": host, "pid": dead, "until": until},
+        "dead here": {"token": f"{host}:{dead}:1", "host": host, "pid": dead, "space": process_space(), "until": until},
         "dead here, written before leases named host and pid": {"token": f"{host}:{dead}:1", "until": until},
     }
     for label, lease in leases.items():
@@ -264,6 +265,13 @@ def test_a_lease_whose_holder_died_on_this_host_is_taken_over_at_once(lite):
     refused = {
         "alive here": {"token": f"{host}:{os.getpid()}:1", "host": host, "pid": os.getpid(), "until": until},
         "dead elsewhere": {"token": f"{host}x:{dead}:1", "host": host + "x", "pid": dead, "until": until},
+        "dead in another container of this host name": {
+            "token": f"{host}:{dead}:1",
+            "host": host,
+            "pid": dead,
+            "space": "another-boot:4026531836",
+            "until": until,
+        },
     }
     try:
         for lease in refused.values():

@@ -411,3 +411,43 @@ def test_add_from_a_file_without_ids_needs_a_prefix_and_delete_keeps_ids_whole(t
     assert deleted.returncode == 0 and "Deleted 2" in deleted.stdout, deleted.stdout + deleted.stderr
     many = run_cli("search", "--db", str(db), "--query-vectors", str(tmp_path / "b.npy"), "--k", "10")
     assert many.returncode == 0 and "new-1" in many.stdout, many.stderr  # fewer documents than k: all of them
+
+
+def test_too_few_file_handles_is_a_clear_error_that_names_the_cure(tmp_path):
+    """An index of a few large (memory-mapped) segments opened by a process allowed too few open
+    files: one line saying so and what to do (not "re-index it"), exit 2 from the CLI."""
+    rng = np.random.default_rng(6)
+    db = tmp_path / "index"
+    build_index(db, [f"a{i}" for i in range(5000)], [""] * 5000, vectors=unit(rng, 5000, 256), k=5)
+    with Index(db) as index:
+        for part in range(3):
+            index.add([f"p{part}-{i}" for i in range(5000)], vectors=unit(rng, 5000, 256))
+        assert len(index.store.segments) == 4
+    np.save(tmp_path / "q.npy", unit(rng, 1, 256))
+    script = (
+        "import os, resource, sys\n"
+        "from matryoshka.cli import app\n"
+        "used = len(os.listdir('/proc/self/fd'))\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (used + 6, used + 6))\n"
+        f"sys.argv = ['matryoshka', 'search', '--db', {str(db)!r}, '--query-vectors', {str(tmp_path / 'q.npy')!r}]\n"
+        "app()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "too many open files" in result.stderr and "ulimit -n" in result.stderr and "compact" in result.stderr
+    assert "re-index" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unexpected_failure_is_answered_in_json(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from matryoshka.server import create_app
+
+    build_index(tmp_path / "index", ["a", "b"], ["", ""], vectors=unit(np.random.default_rng(7), 2), k=1)
+    with Index(tmp_path / "index") as index:
+        app = create_app(index)
+        monkeypatch.setattr(app.state.service, "info", lambda: {}["missing"])  # a bug: KeyError
+        with TestClient(app, raise_server_exceptions=False) as client:
+            answer = client.get("/info")
+    assert answer.status_code == 500 and answer.headers["content-type"] == "application/json"
+    assert answer.json() == {"error": "internal error (KeyError); see the server's log"}

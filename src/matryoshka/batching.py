@@ -10,6 +10,7 @@ again item by item, so one bad request fails alone.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ Item = TypeVar("Item")
 Answer = TypeVar("Answer")
 
 _STOP = object()
+LOG = logging.getLogger("matryoshka")
 
 
 class MicroBatcher(Generic[Item, Answer]):
@@ -100,7 +102,7 @@ class MicroBatcher(Generic[Item, Answer]):
             try:
                 self._after_batch()
             except Exception:  # noqa: BLE001 - upkeep that fails is tried again after the next batch
-                pass
+                LOG.exception("upkeep after a batch failed; it is tried again after the next one")
 
     def _answer_one(self, item: Item) -> Answer | BaseException:
         try:

@@ -109,18 +109,22 @@ class TimedHttpProtocol(HttpToolsProtocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._header_timer is not None:  # still reading a request line and headers: count them first
+            end = data.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end  # a body after them is BodyGuard's to count
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse_headers()
+                return
         super().data_received(data)
-        if self._header_timer is None or self.transport.is_closing():
-            return  # the headers are complete: what follows is a body, which BodyGuard counts
-        self._header_bytes += len(data)
-        if self._header_bytes > self.max_header_bytes:
-            self._disarm()
-            payload = json.dumps({"error": f"request headers are over the limit of {self.max_header_bytes} bytes"})
-            self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                + f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n{payload}".encode()
-            )
-            self.transport.close()
+
+    def _refuse_headers(self) -> None:
+        self._disarm()
+        payload = json.dumps({"error": f"request headers are over the limit of {self.max_header_bytes} bytes"})
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(payload)}\r\nconnection: close\r\n\r\n{payload}".encode()
+        )
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

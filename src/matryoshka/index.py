@@ -608,13 +608,15 @@ class Index:
                 self._retune(writer)
         except StorageError as exc:
             LOG.warning("the write was made; merging or re-tuning after it failed: %s", exc)
+        except Exception:  # noqa: BLE001 - a bug here must not make a made write look failed
+            LOG.exception("the write was made; merging or re-tuning after it failed")
 
     def _follow_write(self) -> None:
         """Open the state a write made, for the next search; a failure here (no file handles left,
         say) does not make the write fail: it is made, and the next search tries again."""
         try:
             self.current_store()
-        except (MatryoshkaError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the write is made whatever happens here
             LOG.warning("the write was made; reopening the index after it failed: %s", exc)
 
     def writable(self) -> bool:

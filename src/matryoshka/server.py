@@ -8,6 +8,7 @@ work is done and answered with a 4xx whose message names the field and the limit
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 import time
@@ -35,6 +36,7 @@ from .models import check_unicode
 from .vectors import check_dim, halving_dims, truncate
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
+LOG = logging.getLogger("matryoshka")
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ class SearchService:
                 return True
             fresh = self.index.reopened()  # a rebuild with another model or adapter
             _ = fresh.encoder  # load a new model, if the index now uses one, before switching to it
-            with self._store_lock, self._encode_lock:
+            with self._write_lock, self._store_lock, self._encode_lock:  # no write encodes across the switch
                 stale, self.index = self.index, fresh
             stale.close()
             return True
@@ -456,7 +458,10 @@ class SearchService:
         for run in self._runs(checked):
             try:
                 answers.update(zip((p for p, _ in run), self._commit_run([op for _, op in run])))
-            except StorageError as exc:  # the disk's refusal is every op's: no retry, nothing written
+            except (StorageError, BusyError) as exc:  # every op's, not one op's: no retry, nothing written
+                answers.update((p, exc) for p, _ in run)
+            except Exception as exc:  # noqa: BLE001 - a bug or a fault: this run's answer, not the others'
+                LOG.error("a write failed", exc_info=exc)
                 answers.update((p, exc) for p, _ in run)
             except MatryoshkaError as exc:
                 if len(run) == 1:
@@ -465,7 +470,7 @@ class SearchService:
                 for position, op in run:
                     try:
                         answers[position] = self._commit_run([op])[0]
-                    except MatryoshkaError as failed:
+                    except Exception as failed:  # noqa: BLE001 - this op's own answer
                         answers[position] = failed
         return [answers[position] for position in range(len(ops))]
 
@@ -656,7 +661,8 @@ def create_app(
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception):
         # a bug or a fault nobody foresaw: still a JSON answer, naming the kind of failure only
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); nothing was written"}, status_code=500)
+        LOG.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500)
 
     @app.get("/healthz", summary="Readiness: a real search through the index answers (503 when it cannot).")
     def healthz():
@@ -689,7 +695,7 @@ def create_app(
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise DeniedError("writes need the server's API key: send 'Authorization: Bearer <key>'", 401)
-            sent = token.strip().encode("latin-1")  # the header's bytes as sent (HTTP headers are decoded as Latin-1)
+            sent = token.strip(" \t").encode("latin-1")  # the bytes as sent (headers are decoded as Latin-1)
             if not any([secrets.compare_digest(sent, key) for key in accepted]):
                 raise DeniedError("the API key is not this server's", 403)
 
@@ -722,7 +728,7 @@ def _key_encodings(api_key: str) -> list[bytes]:
     """The bytes a client may send for ``api_key``: its UTF-8, and its Latin-1 where it has one
     (clients differ in how they encode a header that is not ASCII). Spaces at its ends are not
     part of it: HTTP drops them from a header."""
-    key = api_key.strip()
+    key = api_key.strip(" \t")
     accepted = [key.encode("utf-8")]
     try:
         accepted.append(key.encode("latin-1"))

@@ -34,6 +34,7 @@ import errno
 import fcntl
 import functools
 import json
+import logging
 import os
 import shutil
 import time
@@ -49,6 +50,7 @@ from ..vectors import prefix_norm_dims
 from .base import FORMAT_VERSION, IndexMeta, check_format_version, check_head_kind
 from .segments import NO_ROWS, Segment, SegmentedStore, SegmentWriter, live_rows, make_segment, merged_segment
 
+LOG = logging.getLogger("matryoshka")
 MANIFEST = "manifest.json"
 METADATA = "metadata.arrow"
 SEGMENTS = "segments"
@@ -71,6 +73,8 @@ def read_manifest(root: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreError(f"{path}: not a valid manifest ({exc})") from None
+    except OSError as exc:
+        raise _unreadable(root, exc) from None
     if not isinstance(manifest, dict):
         raise StoreError(f"{path}: not a valid manifest (not a JSON object)")
     check_format_version(manifest.get("format_version", 1), str(root))
@@ -586,22 +590,36 @@ def write_manifest(root: Path, meta: IndexMeta, segments: list[dict], generation
         "segments": segments,
     }
     partial = root / f".{MANIFEST}.{os.getpid()}.partial"
+    folder = os.open(root, os.O_RDONLY)  # opened before the switch: nothing after it needs a new file handle
     try:
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(manifest, indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, root / MANIFEST)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    _fsync(root)
+        try:
+            with open(partial, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(manifest, indent=2) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, root / MANIFEST)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        try:  # the switch is made: a failure from here on must not report the write as failed
+            os.fsync(folder)
+        except OSError as exc:
+            LOG.warning("%s: the new manifest is in place, but its folder could not be flushed: %s", root, exc)
+    finally:
+        os.close(folder)
 
 
 def remove_unlisted(root: Path, keep_segments: set[str], keep_tombstones: set[str]) -> None:
     """Remove segments and tombstone files the manifest no longer names (a reader that opened
     them keeps its memory maps and file handles), leftovers of killed writes, and what an index
-    of format 1 left behind."""
+    of format 1 left behind. Never raises: what it cannot remove now, the next writer removes."""
+    try:
+        _remove_unlisted(root, keep_segments, keep_tombstones)
+    except OSError as exc:
+        LOG.warning("%s: files of earlier states could not be removed yet: %s", root, exc)
+
+
+def _remove_unlisted(root: Path, keep_segments: set[str], keep_tombstones: set[str]) -> None:
     for path in (root / SEGMENTS).iterdir() if (root / SEGMENTS).is_dir() else ():
         if path.name not in keep_segments:
             shutil.rmtree(path, ignore_errors=True)

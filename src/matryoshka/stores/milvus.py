@@ -788,6 +788,7 @@ def _take_lease(client, collection: str, ours: str | None = None) -> str:
         "token": token,
         "holder": f"process {os.getpid()} on {host}",
         "host": host,
+        "space": process_space(),
         "pid": os.getpid(),
         "until": time.time() + LEASE_S,
     }
@@ -795,11 +796,26 @@ def _take_lease(client, collection: str, ours: str | None = None) -> str:
     return token
 
 
-def _holder_is_gone(held: dict, host: str) -> bool:
-    """Whether a lease's holder was a process of ``host`` that no longer runs (a lease written
-    before leases named their host and pid is read from its token, ``host:pid:ns``)."""
+def process_space() -> str:
+    """What makes a pid mean one process: this boot of this machine and this pid namespace (two
+    containers may share a host name and not their pids)."""
     import os
 
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return "unknown"
+
+
+def _holder_is_gone(held: dict, host: str) -> bool:
+    """Whether a lease's holder was a process of ``host`` (and of this boot and pid namespace)
+    that no longer runs (a lease written before leases named their host and pid is read from its
+    token, ``host:pid:ns``)."""
+    import os
+
+    if held.get("space", process_space()) != process_space() or process_space() == "unknown":
+        return False  # its pid may be another namespace's: it cannot be known to be gone
     holder_host, pid = held.get("host"), held.get("pid")
     if holder_host is None:
         parts = str(held.get("token", "")).rsplit(":", 2)
