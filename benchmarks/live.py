@@ -105,8 +105,8 @@ def build_in_parts(db: Path, ids: list[str], full: np.ndarray, parts: int, sched
     _keep_schedule(db, schedule, autotune)
     started = time.perf_counter()
     with Index(db) as index:
-        for start, stop in zip(bounds[1:-1], bounds[2:]):
-            index.add(ids[start:stop], vectors=full[start:stop])
+        for start, stop in zip(bounds[1:-1], bounds[2:]):  # unmerged: the layout is what is measured
+            index.add(ids[start:stop], vectors=full[start:stop], merge=False)
     _keep_schedule(db, schedule, autotune)  # an add that doubled the corpus re-tuned it; compare alike
     return time.perf_counter() - started
 
@@ -349,8 +349,8 @@ def main() -> None:
             if parts == 10:  # delete a tenth and add it again: tombstones in every segment, an 11th segment
                 rng = np.random.default_rng(9)
                 again = np.sort(rng.choice(n, n // 10, replace=False))
-                index.delete([ids[i] for i in again])
-                index.add([ids[i] for i in again], vectors=full[again])
+                index.delete([ids[i] for i in again], merge=False)
+                index.add([ids[i] for i in again], vectors=full[again], merge=False)
                 _keep_schedule(db, str(schedule), autotune)
                 label = "10 segments + 10% deleted and re-added"
                 results["layouts"][label] = measure(index, schedule, queries, truth)
