@@ -52,7 +52,7 @@ check: install
 test: check $(MILVUS_SERVER_VENV)/.installed $(CHROMIUM)
 	MATRYOSHKA_MILVUS_SERVER_PYTHON=$(MILVUS_SERVER_VENV)/bin/python $(BIN)/python -m pytest -q
 
-# The quick tier for development: no real servers, no browser, no whole demo (under 2 minutes).
+# The quick tier for development: no real servers, no browser, no whole demo (about 5 minutes).
 test-quick: check
 	$(BIN)/python -m pytest -q -m "not slow and not milvus_server and not browser"
 
