@@ -108,6 +108,13 @@ def test_group_commit_makes_one_segment_and_answers_each_write_truly(tmp_path, w
         assert len(segment_names(db)) <= segments_before + 2
         ids = set(index.store.ids_of(np.arange(len(index))).tolist())
         assert ids == {"a", "c", "m0", *(f"g{i}" for i in range(6))}
+        # two writes that each fit alone but clash together (a new field, two types): the run fails
+        # as a whole, and each is then tried alone, so the first stands and only the second fails
+        red = UpsertRequest(documents=[DocumentIn(id="n1", text="a red note", metadata={"color": "red"})])
+        five = UpsertRequest(documents=[DocumentIn(id="n2", text="a numbered note", metadata={"color": 5})])
+        answers = service.write_many([service.prepare_upsert(red), service.prepare_upsert(five)])
+        assert answers[0]["added"] == 1 and isinstance(answers[1], Exception) and "color" in str(answers[1])
+        assert index.meta.fields["color"] == "string" and len(index) == 10
 
 
 # ------------------------------------------------------------------------------------ the server

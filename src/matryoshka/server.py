@@ -428,19 +428,6 @@ class SearchService:
         if not self.index.writable():
             raise ReadOnlyError(f"the index at {self.index.db} cannot be written: its place is read-only")
 
-    def upsert(self, request: UpsertRequest) -> dict:
-        """Encode and add (or replace) documents; durable when answered."""
-        return self._answer(self.write_many([self.prepare_upsert(request)])[0])
-
-    def delete(self, request: DeleteRequest) -> dict:
-        return self._answer(self.write_many([self.prepare_delete(request)])[0])
-
-    @staticmethod
-    def _answer(answer: dict | BaseException) -> dict:
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
-
     def write_many(self, ops: Sequence[WriteOp]) -> list[dict | BaseException]:
         """Commit writes that arrived together as few writes as their order allows (group commit:
         one segment and one manifest switch for a run of upserts, one for a run of deletes);
@@ -460,10 +447,7 @@ class SearchService:
                 answers.update(zip((p for p, _ in run), self._commit_run([op for _, op in run])))
             except (StorageError, BusyError) as exc:  # every op's, not one op's: no retry, nothing written
                 answers.update((p, exc) for p, _ in run)
-            except Exception as exc:  # noqa: BLE001 - a bug or a fault: this run's answer, not the others'
-                LOG.error("a write failed", exc_info=exc)
-                answers.update((p, exc) for p, _ in run)
-            except MatryoshkaError as exc:
+            except MatryoshkaError as exc:  # perhaps one op's: each is tried alone
                 if len(run) == 1:
                     answers[run[0][0]] = exc
                     continue
@@ -472,6 +456,9 @@ class SearchService:
                         answers[position] = self._commit_run([op])[0]
                     except Exception as failed:  # noqa: BLE001 - this op's own answer
                         answers[position] = failed
+            except Exception as exc:  # noqa: BLE001 - a bug or a fault: this run's answer, not the others'
+                LOG.error("a write failed", exc_info=exc)
+                answers.update((p, exc) for p, _ in run)
         return [answers[position] for position in range(len(ops))]
 
     def _runs(self, ops: Sequence[tuple[int, WriteOp]]) -> list[list[tuple[int, WriteOp]]]:
