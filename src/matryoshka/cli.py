@@ -95,11 +95,12 @@ AdapterOption = typer.Option(
 )
 
 
-def _load(model: str, query_prompt: str | None, document_prompt: str | None, adapter: Path | None = None):
+def _load(model: str, query_prompt: str | None, document_prompt: str | None, adapter: Path | None = None, **options):
+    """``options``: :func:`matryoshka.models.load_model`'s other keyword arguments, those given."""
     from .models import load_model
 
     with console.status(f"Loading model [bold]{model}[/bold]…"):
-        encoder = load_model(model, query_prompt=query_prompt, document_prompt=document_prompt)
+        encoder = load_model(model, query_prompt=query_prompt, document_prompt=document_prompt, **options)
         if adapter is None:
             return encoder
         from .adapt import with_adapter

@@ -30,7 +30,7 @@ from .funnel import (
     worst_bound,
 )
 from .metadata import MetadataError, infer_schema, merge_schemas
-from .models import MODEL_ALIASES, Encoder, check_unicode, load_model
+from .models import MODEL_ALIASES, Encoder, check_unicode, load_model, model_options
 from .samples import AUTOTUNE_SAMPLE, tuning_texts
 from .stores import (
     HEAD_INDEXES,
@@ -112,6 +112,7 @@ def build_index(
         query_prompt=getattr(encoder, "query_prompt", None),
         document_prompt=getattr(encoder, "document_prompt", None),
         adapter=adapter_path,
+        model_options=model_options(encoder) if encoder is not None else {},
         fields=schema or {},
     )
     builder = open_builder(db, collection, head_index)
@@ -430,7 +431,10 @@ class Index:
                     "(--query-vectors), or re-index with --model"
                 )
             self._encoder = load_model(
-                self.meta.model, query_prompt=self.meta.query_prompt, document_prompt=self.meta.document_prompt
+                self.meta.model,
+                query_prompt=self.meta.query_prompt,
+                document_prompt=self.meta.document_prompt,
+                **self.meta.model_options,
             )
         return self._encoder
 
@@ -451,7 +455,11 @@ class Index:
         store = self.store
         if not store.is_current():
             fresh = open_store(self.db, previous=store, **self._options)
-            if fresh.meta.model != store.meta.model or fresh.meta.adapter != store.meta.adapter:
+            if (fresh.meta.model, fresh.meta.adapter, fresh.meta.model_options) != (
+                store.meta.model,
+                store.meta.adapter,
+                store.meta.model_options,
+            ):
                 fresh.close()  # queries must be encoded another way: only a new Index (reopened()) can follow
                 return store
             self.store = store = fresh
@@ -474,8 +482,8 @@ class Index:
             and fresh.meta.model is not None
             and self.meta.model is not None
             and _canonical(fresh.meta.model) == _canonical(self.meta.model)
-            and (fresh.meta.query_prompt, fresh.meta.document_prompt)
-            == (self.meta.query_prompt, self.meta.document_prompt)
+            and (fresh.meta.query_prompt, fresh.meta.document_prompt, fresh.meta.model_options)
+            == (self.meta.query_prompt, self.meta.document_prompt, self.meta.model_options)
         ):
             fresh._encoder = self._encoder
         return fresh

