@@ -55,6 +55,13 @@ DocumentPromptOption = typer.Option(
 BatchOption = typer.Option(
     None, min=1, help="Texts per encoding batch (default: the model's own, 32 for transformers)."
 )
+TrustRemoteCodeOption = typer.Option(
+    False,
+    "--trust-remote-code",
+    help="Run the code a model ships with its weights (nomic-embed-text-v1.5 and gte-multilingual-base "
+    "do): only for a model whose source you trust, since it runs as you. An index records it, so "
+    "search, add and serve load the model the same way.",
+)
 
 
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE)  # the machine's, not a bug
@@ -93,6 +100,41 @@ def _numbers(text: str | None, cast, option: str) -> list | None:
 AdapterOption = typer.Option(
     None, "--adapter", help="An adapter file from 'matryoshka adapt': prefixes of f(x) instead of x."
 )
+
+
+ApiBaseOption = typer.Option(
+    None,
+    "--api-base",
+    help="For --model openai:NAME: the endpoint's base URL, e.g. http://localhost:8000/v1 (default: "
+    "$OPENAI_BASE_URL, else OpenAI's). The key comes from $OPENAI_API_KEY and is never stored.",
+)
+DimensionsOption = typer.Option(
+    None,
+    "--dimensions",
+    min=1,
+    help="For --model openai:NAME: ask the endpoint for vectors of this many dims (its 'dimensions' "
+    "parameter). Default: full vectors, which matryoshka slices itself.",
+)
+EmbeddingCacheOption = typer.Option(
+    None,
+    "--embedding-cache",
+    help="For --model openai:NAME: the file that keeps every vector received, so that a rerun sends "
+    "only texts not yet embedded. Default: inside the index (index, add), else "
+    "~/.cache/matryoshka/embedding-cache.sqlite.",
+)
+
+
+def _remote_options(model: str | None, api_base: str | None, dimensions: int | None, cache: Path | None, db=None):
+    """The load_model keywords for an ``openai:`` model, or an error when they are given for another."""
+    from .embedding_cache import cache_path_for_index, user_cache_path
+    from .models import REMOTE_PREFIX
+
+    if not (model or "").startswith(REMOTE_PREFIX):
+        if api_base is not None or dimensions is not None or cache is not None:
+            raise UsageError("--api-base, --dimensions and --embedding-cache are for --model openai:NAME")
+        return {}
+    place = cache or (cache_path_for_index(db) if db is not None else None) or user_cache_path()
+    return {"api_base": api_base, "dimensions": dimensions, "embedding_cache": place}
 
 
 def _load(model: str, query_prompt: str | None, document_prompt: str | None, adapter: Path | None = None, **options):
@@ -152,6 +194,10 @@ def evaluate(
     query_prompt: str | None = QueryPromptOption,
     document_prompt: str | None = DocumentPromptOption,
     batch_size: int | None = BatchOption,
+    api_base: str | None = ApiBaseOption,
+    dimensions: int | None = DimensionsOption,
+    embedding_cache: Path | None = EmbeddingCacheOption,
+    trust_remote_code: bool = TrustRemoteCodeOption,
 ) -> None:
     """Score a model at every prefix dimension, encoding each text only once.
 
@@ -174,7 +220,8 @@ def evaluate(
             method_list.append("adapter")
         if not data.exists():
             raise DataError(data, "no such file or folder")
-        encoder = _load(model, query_prompt, document_prompt)
+        remote = _remote_options(model, api_base, dimensions, embedding_cache)
+        encoder = _load(model, query_prompt, document_prompt, trust_remote_code=trust_remote_code, **remote)
         dim_list = parse_dims(dims, encoder.full_dim)
         with _progress() as progress:
             step = progress.add_task("Scoring dimensions", total=planned_steps(dim_list, method_list, encoder.full_dim))
@@ -218,6 +265,10 @@ def encode(
     query_prompt: str | None = QueryPromptOption,
     document_prompt: str | None = DocumentPromptOption,
     batch_size: int | None = BatchOption,
+    api_base: str | None = ApiBaseOption,
+    dimensions: int | None = DimensionsOption,
+    embedding_cache: Path | None = EmbeddingCacheOption,
+    trust_remote_code: bool = TrustRemoteCodeOption,
 ) -> None:
     """Encode texts to a float32 .npy of unit vectors.
 
@@ -226,14 +277,17 @@ def encode(
       matryoshka encode --input docs.jsonl --output docs.npy --dim 128
 
       matryoshka encode --input docs.jsonl --output docs-48.npy --dim 48 --adapter minilm-adapter.npz
+
+      OPENAI_API_KEY=sk-... matryoshka encode --model openai:text-embedding-3-small --input docs.jsonl --output docs.npy
     """
     with user_errors():
         if kind not in ("document", "query", "plain"):
             raise UsageError(f"--kind must be document, query or plain, got {kind!r}")
         if output.is_dir():
             raise DataError(output, "is a folder; give a file name ending in .npy")
+        remote = _remote_options(model, api_base, dimensions, embedding_cache)
         corpus = read_texts(input)
-        encoder = _load(model, query_prompt, document_prompt, adapter)
+        encoder = _load(model, query_prompt, document_prompt, adapter, trust_remote_code=trust_remote_code, **remote)
         with _progress() as progress:
             step = progress.add_task("Encoding", total=len(corpus))
             vectors = encoder.encode(
@@ -283,7 +337,8 @@ def index(
     ),
     head_dim: int | None = typer.Option(
         None,
-        help="Dims of the head searched first (bits, for a binary head). Default: autotuned among d/32, d/16, d/8, d/4; all d bits for a binary head.",
+        help="Dims of the head searched first (bits, for a binary head). Default: autotuned among d/32, d/16, d/8, d/4 "
+        "(each moved up to a trained dim, for a model that declares its Matryoshka dims); all d bits for a binary head.",
     ),
     head_index: str = typer.Option(
         "flat",
@@ -304,6 +359,12 @@ def index(
         None, help="Real queries to autotune on (text file as for --queries). Default: word windows of the corpus."
     ),
     collection: str | None = CollectionOption,
+    api_base: str | None = ApiBaseOption,
+    dimensions: int | None = DimensionsOption,
+    embedding_cache: Path | None = EmbeddingCacheOption,
+    query_prompt: str | None = QueryPromptOption,
+    document_prompt: str | None = DocumentPromptOption,
+    trust_remote_code: bool = TrustRemoteCodeOption,
 ) -> None:
     """Encode a corpus once and store it for funnel search: a contiguous head prefix beside the full
     vectors, with an autotuned default schedule. All or nothing: the previous index stays searchable
@@ -321,6 +382,16 @@ def index(
 
       matryoshka index --corpus ./scifact --adapter minilm-adapter.npz --db ./adapted-index
 
+      matryoshka index --model openai:text-embedding-3-small --corpus docs.jsonl --db ./openai-index
+
+      matryoshka index --model openai:wordllama --api-base http://localhost:8000/v1 --corpus docs.jsonl --db ./via-api
+
+      matryoshka index --model ./nomic-embed-text-v1.5 --trust-remote-code --corpus docs.jsonl --db ./nomic-index
+
+    The model's prompts (its own, the catalog's, or --query-prompt/--document-prompt) are recorded
+    with the index, and so are its trained Matryoshka dims: the default head and funnel stages keep
+    to them ('matryoshka models' lists the known ones).
+
     A JSONL line such as {"id": "d1", "text": "…", "lang": "en", "year": 2021, "tags": ["a"]} gives the
     document the metadata fields lang, year and tags, for 'search --where'.
     """
@@ -332,7 +403,15 @@ def index(
             raise UsageError(
                 "--adapter with --vectors needs --model: the adapter belongs to the model the vectors came from"
             )
-        encoder = _load(model or DEFAULT_MODEL, None, None, adapter) if (model or vectors is None) else None
+        if model is None and vectors is not None and (query_prompt is not None or document_prompt is not None):
+            raise UsageError("--query-prompt and --document-prompt need --model: the prompts are that model's")
+        remote = _remote_options(model, api_base, dimensions, embedding_cache, db)
+        options = {"trust_remote_code": trust_remote_code, **remote}
+        encoder = (
+            _load(model or DEFAULT_MODEL, query_prompt, document_prompt, adapter, **options)
+            if (model or vectors is None)
+            else None
+        )
         array = read_vectors(vectors, "corpus vectors") if vectors else None
         tune = None
         if tune_queries is not None:
@@ -674,6 +753,12 @@ def adapt(
         True,
         help="With --pairs or --queries: also fit a query-side head for each head dim (d/32 … d/4) on those real queries, so that each query's full top-10 lands in the funnel head's shortlist; a head is kept only if a held-out fifth of the queries gains. Documents and the index are unchanged.",
     ),
+    api_base: str | None = ApiBaseOption,
+    dimensions: int | None = DimensionsOption,
+    embedding_cache: Path | None = EmbeddingCacheOption,
+    query_prompt: str | None = QueryPromptOption,
+    document_prompt: str | None = DocumentPromptOption,
+    trust_remote_code: bool = TrustRemoteCodeOption,
 ) -> None:
     """Fit a post-hoc adapter f so that the prefixes of f(x) keep what a model's full vectors know,
     for a model that was not trained with Matryoshka loss (MiniLM, an API model's vectors).
@@ -709,7 +794,8 @@ def adapt(
             else:
                 read = read_pairs(pairs)
                 pair_queries, pair_documents = read.first, read.second
-        encoder = _load(model, None, None)
+        remote = _remote_options(model, api_base, dimensions, embedding_cache)
+        encoder = _load(model, query_prompt, document_prompt, trust_remote_code=trust_remote_code, **remote)
         with _progress() as progress:
             encoding = progress.add_task("Encoding the corpus", total=len(documents))
             task = progress.add_task(f"Fitting {kind} adapter", total=steps)
@@ -789,6 +875,7 @@ def train(
         "(the default: prefixes start better than truncation, full-dim cosines unchanged), pca, "
         "or none (the model as it is).",
     ),
+    trust_remote_code: bool = TrustRemoteCodeOption,
 ) -> None:
     """Fine-tune a sentence-transformers model with MatryoshkaLoss so that every prefix of its
     vectors works as an embedding. Ctrl-C stops and saves the weights reached so far.
@@ -822,7 +909,15 @@ def train(
             rotation=rotation,
         )
         console.print(f"Training [bold]{model}[/bold] on {len(rows)} {rows.kind} rows from {rows.source}")
-        result = run_training(model, rows, output, settings, eval_data=evaluation, show_progress=console.is_terminal)
+        result = run_training(
+            model,
+            rows,
+            output,
+            settings,
+            eval_data=evaluation,
+            show_progress=console.is_terminal,
+            trust_remote_code=trust_remote_code,
+        )
         if result.final is not None:
             console.print(report_table(result.final))
         state = "[yellow]interrupted[/yellow] after" if result.interrupted else "trained for"
@@ -835,6 +930,63 @@ def train(
             raise typer.Exit(code=130)
 
 
+@app.command()
+def models(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON instead of a table."),
+) -> None:
+    """List the bundled models and the known open and hosted Matryoshka models: their dims, the
+    prefix dims they were trained at, their prompts, whether they run code of their own
+    (--trust-remote-code) and where they load from. Any other sentence-transformers folder or hub
+    name works too; a folder may state its Matryoshka dims in config_sentence_transformers.json.
+
+    [bold]Examples[/bold]
+
+      matryoshka models
+
+      matryoshka models --json
+    """
+    import json
+
+    from .models import listed_models
+
+    rows = listed_models()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    console.print(models_table(rows))
+
+
+def models_table(rows: list[dict]) -> Table:
+    table = Table(title="Models (--model NAME)")
+    table.add_column("name", overflow="fold")
+    table.add_column("dims", justify="right")
+    table.add_column("Matryoshka dims", overflow="fold")
+    table.add_column("prompts", overflow="fold")
+    table.add_column("remote code", justify="center")
+    table.add_column("loads from", overflow="fold")
+    for row in rows:
+        name = Text(row["name"], style="bold")
+        if row["aliases"]:
+            name.append(f"\n{', '.join(row['aliases'])}", style="dim")
+        prompts = "\n".join(
+            f"{kind}: {prompt!r}"
+            for kind, prompt in (("query", row["query_prompt"]), ("document", row["document_prompt"]))
+            if prompt
+        )
+        dims = ",".join(map(str, row["matryoshka_dims"])) or "-"
+        if row["pre_truncation"]:
+            dims += f"\n(after {row['pre_truncation'].replace('_', ' ')})"
+        table.add_row(
+            name,
+            str(row["full_dim"]),
+            dims,
+            Text(prompts or "-"),
+            "yes" if row["trust_remote_code"] else "no",
+            row["loads_from"],
+        )
+    return table
+
+
 HostOption = typer.Option(
     "127.0.0.1",
     help="Address to bind. The default, loopback, is reachable from this machine only; "
@@ -843,29 +995,54 @@ HostOption = typer.Option(
 PortOption = typer.Option(8000, min=1, max=65535, help="TCP port.")
 
 
-def _serve(opened, host: str, port: int, limits, api_key: str | None = None) -> None:
+def _serve(opened, host: str, port: int, limits, api_key: str | None = None, models: dict | None = None) -> None:
     from .server import serve as run_server
 
     url = f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
 
     def ready() -> None:  # printed once the port is ours, not before
-        console.print(
-            f"Serving [bold]{opened.meta.count:,}[/bold] documents ({opened.meta.model or 'vectors'}) at "
-            f"[bold link={url}]{url}[/bold link]   API docs: {url}docs   "
-            f"{'Writes need the API key' if api_key is not None else 'Read-only'}.   Ctrl-C stops."
-        )
+        if opened is not None:
+            served = f"Serving [bold]{opened.meta.count:,}[/bold] documents ({opened.meta.model or 'vectors'}) at "
+            served += f"[bold link={url}]{url}[/bold link]   OpenAI-compatible embeddings: {url}v1"
+            access = "Writes and /v1 need the API key" if api_key is not None else "Read-only"
+        else:
+            served = f"Serving [bold]{', '.join(models or {})}[/bold] at [bold]{url}v1[/bold] (OpenAI-compatible embeddings, no index)"
+            access = "Requests need the API key" if api_key is not None else "No API key needed"
+        console.print(f"{served}   API docs: {url}docs   {access}.   Ctrl-C stops.")
 
-    run_server(opened, host=host, port=port, limits=limits, on_ready=ready, api_key=api_key)
+    run_server(opened, host=host, port=port, limits=limits, on_ready=ready, api_key=api_key, models=models)
 
 
 @app.command()
 def serve(
-    db: str = DbOption,
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="The index to serve: a folder (the embedded local store), a Milvus Lite file ending in .db, "
+        "or a Milvus server URI. Its model is served on /v1 too, under the index's model name.",
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="A model to serve on the OpenAI-compatible API (/v1/embeddings) under this name: 'default', "
+        "'wordllama', a local sentence-transformers folder or a hub name. Alone (no --db): an embeddings "
+        "server with no index; with --db: served beside the index's own model.",
+    ),
+    trust_remote_code: bool = typer.Option(
+        False,
+        "--trust-remote-code",
+        help="With --model: run the code that model ships. An index's own model needs no flag: it is "
+        "loaded as recorded when the index was built.",
+    ),
     host: str = HostOption,
     port: int = PortOption,
     collection: str | None = CollectionOption,
     max_k: int = typer.Option(100, min=1, help="Largest k a /search may ask for."),
     max_texts: int = typer.Option(64, min=1, help="Most texts per /embed or /similarity request."),
+    max_inputs: int = typer.Option(
+        2048, min=1, help="Most texts per /v1/embeddings request (OpenAI's own limit is 2048)."
+    ),
     max_text_chars: int = typer.Option(2000, min=1, help="Longest text (characters) any request may send."),
     read_timeout: float = typer.Option(
         10.0, min=0.1, help="Seconds a client has to send a request's headers, and then its body, before it is cut off."
@@ -875,12 +1052,15 @@ def serve(
         envvar="MATRYOSHKA_API_KEY",
         show_envvar=True,
         help="Take writes (POST /documents, POST /documents/delete) from clients that send this key as "
-        "'Authorization: Bearer <key>'. Without a key the server is read-only. Prefer the environment "
-        "variable: a command line is visible to other users of the machine.",
+        "'Authorization: Bearer <key>', and ask it of every /v1 request. Without a key the server is "
+        "read-only and /v1 is open. Prefer the environment variable: a command line is visible to other "
+        "users of the machine.",
     ),
 ) -> None:
     """Serve an index over HTTP: a JSON API (/search, /embed, /similarity, /info, /healthz; docs at
-    /docs) and a web page at / where a dimension slider shows how results change with the prefix length.
+    /docs), a web page at / where a dimension slider shows how results change with the prefix length,
+    and an OpenAI-compatible embeddings API (POST /v1/embeddings, GET /v1/models) that takes
+    'dimensions'. With --model alone it serves that model's embeddings, with no index.
     With an API key it also takes writes while it serves; searches see them at once.
 
     [bold]Examples[/bold]
@@ -891,6 +1071,17 @@ def serve(
 
       curl -s localhost:8000/search -H 'content-type: application/json' -d '{"query": "what causes tides?", "k": 5}'
 
+      matryoshka serve --model wordllama
+
+      curl -s localhost:8000/v1/embeddings -H 'content-type: application/json' \\
+        -d '{"model": "wordllama", "input": ["a very large dog"], "dimensions": 64}'
+
+      In Python, with the official client (any api_key, unless the server has one):
+
+        from openai import OpenAI
+        client = OpenAI(base_url="http://localhost:8000/v1", api_key="none")
+        client.embeddings.create(model="wordllama", input=["a very large dog"], dimensions=64)
+
       MATRYOSHKA_API_KEY=s3cret matryoshka serve --db ./my-index
 
       curl -s localhost:8000/documents -H 'authorization: Bearer s3cret' -H 'content-type: application/json' \\
@@ -900,11 +1091,26 @@ def serve(
     from .server import Limits
 
     with user_errors():
-        opened = Index(db, collection=collection)
-        with console.status("Loading the model…"):
-            _ = opened.encoder
-        limits = Limits(max_k=max_k, max_texts=max_texts, max_text_chars=max_text_chars, read_timeout_s=read_timeout)
-        _serve(opened, host, port, limits, api_key)
+        if db is None and model is None:
+            raise UsageError(
+                "give --db (an index to search and serve) or --model (a model to serve embeddings), or both"
+            )
+        opened = Index(db, collection=collection) if db is not None else None
+        if opened is not None:
+            with console.status("Loading the model…"):
+                _ = opened.encoder
+        models = {}
+        if model is not None:  # the index's own model, when it is the one named, is loaded once
+            same = opened is not None and opened.meta.model == model and opened.adapter is None
+            models[model] = opened.encoder if same else _load(model, None, None, trust_remote_code=trust_remote_code)
+        limits = Limits(
+            max_k=max_k,
+            max_texts=max_texts,
+            max_inputs=max_inputs,
+            max_text_chars=max_text_chars,
+            read_timeout_s=read_timeout,
+        )
+        _serve(opened, host, port, limits, api_key, models)
 
 
 @app.command()

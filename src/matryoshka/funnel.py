@@ -23,7 +23,7 @@ from .filters import Filter
 from .metrics import top_k
 from .stores.base import Store
 from .stores.segments import DENSE_SHARE
-from .vectors import normalize, stage_dims
+from .vectors import middle_stage_dim, normalize, stage_dims
 
 GATHER_BUDGET = 64 * 2**20  # candidate floats gathered at once per stage (256 MiB)
 
@@ -114,21 +114,36 @@ class Schedule:
 
     @classmethod
     def halving(
-        cls, full_dim: int, k: int, shortlist: int, head_dim: int | None = None, first_cut: int = 2
+        cls,
+        full_dim: int,
+        k: int,
+        shortlist: int,
+        head_dim: int | None = None,
+        first_cut: int = 2,
+        trained: Sequence[int] = (),
     ) -> Schedule:
-        """Dims double from the head (default d/32, at least 8) to d; the shortlist is divided by
-        ``first_cut`` after the head, then halves each stage down to ``k`` at the last."""
-        dims = stage_dims(full_dim, head_dim)
+        """Dims double from the head (default d/32, at least 8) to d, each moved up to one of the
+        model's ``trained`` dims when it declares them; the shortlist is divided by ``first_cut``
+        after the head, then halves each stage down to ``k`` at the last."""
+        dims = stage_dims(full_dim, head_dim, trained)
         keeps = [shortlist] + [max(k, (shortlist // first_cut) >> i) for i in range(len(dims) - 1)]
         keeps[-1] = k
         return cls(tuple(Stage(d, n) for d, n in zip(dims, keeps)))
 
     @classmethod
-    def binary(cls, full_dim: int, k: int, shortlist: int, bits: int | None = None, first_cut: int = 8) -> Schedule:
-        """A binary head of ``bits`` (default: all d), then the d/2 prefix keeping
-        ``shortlist / first_cut``, then the full vectors keeping ``k``."""
+    def binary(
+        cls,
+        full_dim: int,
+        k: int,
+        shortlist: int,
+        bits: int | None = None,
+        first_cut: int = 8,
+        trained: Sequence[int] = (),
+    ) -> Schedule:
+        """A binary head of ``bits`` (default: all d), then the d/2 prefix (or the ``trained`` dim
+        at or above it) keeping ``shortlist / first_cut``, then the full vectors keeping ``k``."""
         head = Stage(bits or full_dim, shortlist, binary=True)
-        middle = [Stage(full_dim // 2, max(k, shortlist // first_cut))] if full_dim >= 2 else []
+        middle = [Stage(middle_stage_dim(full_dim, trained), max(k, shortlist // first_cut))] if full_dim >= 2 else []
         return cls((head, *middle, Stage(full_dim, k)))
 
     def scaled(self, factor: float, k: int, corpus_size: int) -> Schedule:
@@ -435,6 +450,7 @@ def autotune(
     head_queries: np.ndarray | None = None,
     two_stage: bool = False,
     groups: np.ndarray | None = None,
+    trained: Sequence[int] = (),
 ) -> TuneResult:
     """The cheapest schedule whose recall@k against exact search on ``sample_queries`` reaches
     ``target_recall`` with 95% confidence (the lower bound over queries, not just the mean, so
@@ -450,7 +466,7 @@ def autotune(
     fairly, tune one store per head dim (as ``index.tune`` does). A store with a binary head is
     tuned on :meth:`Schedule.binary` schedules over its own bits. ``head_queries`` and
     ``two_stage`` tune an adapter's head: head in the adapter's space, then straight to the full
-    original vectors."""
+    original vectors. ``trained``: the model's trained prefix dims, which the stages keep to."""
     if not 0 < target_recall <= 1:
         raise UsageError(f"target recall must be in (0, 1], got {target_recall}")
     required = target_recall + TUNE_MARGIN * (1 - target_recall)
@@ -469,9 +485,9 @@ def autotune(
                 if two_stage:
                     schedule = two_stage_schedule(full, k, shortlist, head, binary)
                 elif binary:
-                    schedule = Schedule.binary(full, k, shortlist, head, first_cut=cut)
+                    schedule = Schedule.binary(full, k, shortlist, head, first_cut=cut, trained=trained)
                 else:
-                    schedule = Schedule.halving(full, k, shortlist, head, first_cut=cut)
+                    schedule = Schedule.halving(full, k, shortlist, head, first_cut=cut, trained=trained)
                 recalls = per_query_recall(
                     funnel_search(store, queries, schedule, k, head_queries=head_queries).rows, truth
                 )

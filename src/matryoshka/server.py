@@ -12,7 +12,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,11 +20,14 @@ from typing import Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .adapt import adapted
 from .batching import MicroBatcher
 from .errors import BusyError, MatryoshkaError, ModelError, ReadOnlyError, ScheduleError, StorageError, UsageError
 from .filters import Filter
@@ -32,8 +35,19 @@ from .funnel import Schedule, Stage, check_head
 from .http_guards import BodyGuard, TimedHttpProtocol, bind
 from .index import Index, answers_json, search_mode
 from .metadata import RESERVED_FIELDS
-from .models import check_unicode
-from .vectors import check_dim, halving_dims, truncate
+from .models import Encoder, matryoshka_dims, token_counts
+from .openai_api import (
+    OPENAI_MAX_INPUTS,
+    EmbeddingModel,
+    LoadedModel,
+    OpenAIEmbeddings,
+    install_openai_api,
+    is_openai_path,
+    openai_error_body,
+    openai_error_response,
+)
+from .text_checks import check_unicode
+from .vectors import check_dim, halving_dims, stage_dims, truncate
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 LOG = logging.getLogger("matryoshka")
@@ -54,6 +68,7 @@ class Limits:
     max_document_chars: int = 20_000  # of one document's text in a write
     max_write_batch: int = 1024  # documents of concurrent write requests committed together (one segment, one fsync)
     read_timeout_s: float = 10.0  # for a request's headers, and then for its body, to arrive whole
+    max_inputs: int = OPENAI_MAX_INPUTS  # texts per /v1/embeddings request: OpenAI's own limit (LangChain sends 1,000)
 
 
 class _Body(BaseModel):
@@ -246,6 +261,15 @@ class SearchService:
     def encode(self, texts: list[str], kind: str = "query") -> np.ndarray:
         with self._encode_lock:
             return self.index.encoder.encode(texts, kind=kind)
+
+    def embed_full(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """Full unit vectors of ``texts`` as this index's early stages see documents (its adapter's
+        ``f(x)``, re-normalised, when it has one), encoded plainly, and the tokens each text cost."""
+        with self._encode_lock:  # the tokenizer too: it is not safe to share between threads
+            index = self.index
+            vectors = index.encoder.encode(texts)
+            counts = token_counts(index.encoder, texts)
+        return (adapted(index.adapter, vectors) if index.adapter is not None else vectors), counts
 
     def info(self) -> dict:
         default = self.index.schedule_for(10)
@@ -584,18 +608,88 @@ class IndexFollower:
                 self.error = f"{type(exc).__name__}: {exc}"
 
 
+class IndexModel:
+    """The index's own model on ``/v1``, named as the index names it, following the index through
+    rebuilds. Its Matryoshka dims are the model's own; with an adapter, which does not record the
+    dims it was fitted for, they are those that ``matryoshka adapt`` fits every adapter for (the
+    halvings d … d/32 of :func:`~matryoshka.vectors.stage_dims`). The index's schedule would be a
+    poorer stand-in: with an adapter it has two stages, the head and the full dimension."""
+
+    def __init__(self, service: SearchService) -> None:
+        self.service = service
+
+    @property
+    def id(self) -> str:
+        return self.service.meta.model or ""
+
+    @property
+    def full_dim(self) -> int:
+        return self.service.full_dim
+
+    @property
+    def matryoshka_dims(self) -> tuple[int, ...]:
+        index = self.service.index
+        if index.adapter is None:
+            return matryoshka_dims(index.encoder)
+        return tuple(sorted(stage_dims(self.full_dim), reverse=True))
+
+    def embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        return self.service.embed_full(texts)
+
+
+def served_models(service: SearchService | None, models: Mapping[str, Encoder]) -> list[EmbeddingModel]:
+    """What ``/v1`` serves: the index's own model under its model name (none for an index built
+    from vectors alone), then each of ``models`` under its key. A key naming the index's model is
+    that model, served once; unless the index has an adapter, whose vectors are ``f(x)``: the
+    plain model cannot then share its name."""
+    served: list[EmbeddingModel] = []
+    if service is not None and service.meta.model is not None:
+        served.append(IndexModel(service))
+    for name, encoder in models.items():
+        if not name.strip():
+            raise UsageError("a served model's name is empty")
+        if service is not None and name == service.meta.model:
+            if service.index.adapter is not None:
+                raise UsageError(
+                    f"the index already serves {name!r} on /v1, with its adapter {service.meta.adapter}: "
+                    "the plain model cannot share that name; serve the index alone, or the model alone"
+                )
+            continue
+        served.append(LoadedModel(name, encoder))
+    return served
+
+
 def create_app(
-    index: Index, limits: Limits = Limits(), follow_interval: float = FOLLOW_INTERVAL_S, api_key: str | None = None
+    index: Index | None,
+    limits: Limits = Limits(),
+    follow_interval: float = FOLLOW_INTERVAL_S,
+    api_key: str | None = None,
+    models: Mapping[str, Encoder] | None = None,
 ) -> FastAPI:
     """The FastAPI application: the JSON API, its OpenAPI docs at ``/docs`` (served from the
-    package, no CDN), and the page at ``/``. With an ``api_key`` it also takes writes
+    package, no CDN), the page at ``/``, and an OpenAI-compatible embeddings API at ``/v1``
+    (:mod:`matryoshka.openai_api`) serving the index's model and each of ``models`` (by name).
+    With ``index=None`` only the models are served (``/v1``, ``/healthz``, ``/info``), and the
+    index's endpoints answer 404 saying why. With an ``api_key`` it also takes writes
     (``POST /documents``, ``POST /documents/delete``) from clients that send it as a bearer
-    token; without one the server is read-only and the write endpoints do not exist."""
-    from fastapi_offline import FastAPIOffline
-
+    token, and ``/v1`` needs it for every request, as OpenAI's API does; without one the server
+    is read-only and the write endpoints do not exist."""
     if api_key is not None and not api_key.strip():
         raise UsageError("the API key is empty; give a secret, or no key for a read-only server")
-    service = SearchService(index, limits, writable=api_key is not None)
+    if index is None and not models:
+        raise UsageError("nothing to serve: give an index (--db), a model (--model), or both")
+    service = SearchService(index, limits, writable=api_key is not None) if index is not None else None
+    embeddings = OpenAIEmbeddings(
+        served_models(service, models or {}),
+        max_inputs=limits.max_inputs,
+        max_text_chars=limits.max_text_chars,
+        max_batch=limits.max_batch,
+        keys=_key_encodings(api_key) if api_key is not None else None,
+    )
+    if service is None:
+        app = _new_app(limits, embeddings, [embeddings])
+        _add_model_only_routes(app, embeddings, limits)
+        return app
     if index.meta.fields:  # filters need it: loaded now rather than in the first filtered request
         import pyarrow.compute  # noqa: F401
 
@@ -604,52 +698,9 @@ def create_app(
         service.write_many, max_batch=limits.max_write_batch, after_batch=service.merge_after_writes
     )
     follower = IndexFollower(service, follow_interval)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        batcher.start()
-        writes.start()
-        follower.start()
-        try:
-            yield
-        finally:
-            follower.stop()
-            writes.stop()
-            batcher.stop()
-
-    app = FastAPIOffline(
-        title="matryoshka",
-        summary="Matryoshka embeddings: funnel search and per-dimension similarity.",
-        version="0.1.0",
-        lifespan=lifespan,
-    )
+    app = _new_app(limits, embeddings, [embeddings, batcher, writes, follower])
     app.state.service, app.state.batcher, app.state.follower = service, batcher, follower
     app.state.writes = writes
-    app.add_middleware(BodyGuard, max_bytes=limits.max_body_bytes, timeout_s=limits.read_timeout_s)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError):
-        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
-
-    @app.exception_handler(LimitError)
-    async def over_limit(request: Request, exc: LimitError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
-
-    @app.exception_handler(DeniedError)
-    async def denied(request: Request, exc: DeniedError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
-
-    @app.exception_handler(MatryoshkaError)
-    async def bad_value(request: Request, exc: Exception):
-        status = 409 if isinstance(exc, BusyError) else exc.status if isinstance(exc, StorageError) else 422
-        return JSONResponse({"error": str(exc)}, status_code=status)
-
-    @app.exception_handler(Exception)
-    async def failed(request: Request, exc: Exception):
-        # a bug or a fault nobody foresaw: still a JSON answer, naming the kind of failure only
-        LOG.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500)
 
     @app.get("/healthz", summary="Readiness: a real search through the index answers (503 when it cannot).")
     def healthz():
@@ -711,6 +762,119 @@ def create_app(
     return app
 
 
+def _new_app(limits: Limits, embeddings: OpenAIEmbeddings, workers: Sequence) -> FastAPI:
+    """What every server has: its background ``workers`` (started in this order, stopped in the
+    reverse), the body guard, the error handlers (OpenAI's error shape on ``/v1``, the project's
+    ``{"error": message}`` elsewhere) and the ``/v1`` API."""
+    from fastapi_offline import FastAPIOffline
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        started = []
+        try:
+            for worker in workers:
+                worker.start()
+                started.append(worker)
+            yield
+        finally:
+            for worker in reversed(started):
+                worker.stop()
+
+    app = FastAPIOffline(
+        title="matryoshka",
+        summary="Matryoshka embeddings: funnel search, per-dimension similarity and an OpenAI-compatible API.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.embeddings = embeddings
+    app.add_middleware(
+        BodyGuard, max_bytes=limits.max_body_bytes, timeout_s=limits.read_timeout_s, error_body=_refusal_body
+    )
+
+    @_answers(app, RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": _validation_message(exc)}, status_code=422)
+
+    @_answers(app, LimitError)
+    async def over_limit(request: Request, exc: LimitError):
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @_answers(app, DeniedError)
+    async def denied(request: Request, exc: DeniedError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
+    @_answers(app, MatryoshkaError)
+    async def bad_value(request: Request, exc: Exception):
+        status = 409 if isinstance(exc, BusyError) else exc.status if isinstance(exc, StorageError) else 422
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @_answers(app, StarletteHTTPException)
+    async def not_here(request: Request, exc: StarletteHTTPException):
+        return await http_exception_handler(request, exc)  # FastAPI's own answer (404, 405)
+
+    @_answers(app, Exception)
+    async def failed(request: Request, exc: Exception):
+        # a bug or a fault nobody foresaw: still a JSON answer, naming the kind of failure only
+        LOG.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500)
+
+    install_openai_api(app, embeddings)
+    return app
+
+
+def _answers(app: FastAPI, kind: type[BaseException]):
+    """Register the decorated handler for ``kind`` everywhere but on ``/v1``, whose clients expect
+    OpenAI's error shape (:func:`~matryoshka.openai_api.openai_error_response`)."""
+
+    def register(handler):
+        async def answer(request: Request, exc: Exception):
+            if is_openai_path(request.url.path):
+                return openai_error_response(request, exc)
+            return await handler(request, exc)
+
+        app.add_exception_handler(kind, answer)
+        return handler
+
+    return register
+
+
+def _refusal_body(path: str, status: int, message: str) -> dict:
+    """The body guard's refusals (413, 408) in the shape the path's clients expect."""
+    return openai_error_body(message, status) if is_openai_path(path) else {"error": message}
+
+
+INDEX_PATHS = ("/", "/search", "/embed", "/similarity", "/documents", "/documents/delete")
+
+
+def _add_model_only_routes(app: FastAPI, embeddings: OpenAIEmbeddings, limits: Limits) -> None:
+    """A server of models without an index: readiness, what it serves, and a clear 404 from each
+    endpoint that needs an index."""
+
+    @app.get("/healthz", summary="Readiness: each served model encodes a probe text (503 when one cannot).")
+    def healthz():
+        try:
+            return {"status": "ok", "models": embeddings.health()}
+        except Exception as exc:  # noqa: BLE001 - any failure means this server cannot answer
+            return JSONResponse({"status": "unavailable", "error": f"{type(exc).__name__}: {exc}"}, status_code=503)
+
+    @app.get("/info", summary="The served models (see GET /v1/models) and the limits; there is no index.")
+    def info() -> dict:
+        return {"index": None, "models": embeddings.model_list()["data"], "limits": asdict(limits), "read_only": True}
+
+    async def needs_an_index(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "error": f"{request.url.path} needs an index, and this server has none (it serves models only: "
+                "start it with --db to search an index); embeddings are at POST /v1/embeddings"
+            },
+            status_code=404,
+        )
+
+    for path in INDEX_PATHS:
+        app.add_api_route(path, needs_an_index, methods=["GET", "POST"], include_in_schema=False)
+
+
 def _key_encodings(api_key: str) -> list[bytes]:
     """The bytes a client may send for ``api_key``: its UTF-8, and its Latin-1 where it has one
     (clients differ in how they encode a header that is not ASCII). Spaces at its ends are not
@@ -728,29 +892,28 @@ KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this long
 
 
 def serve(
-    index: Index,
+    index: Index | None,
     host: str = "127.0.0.1",
     port: int = 8000,
     limits: Limits = Limits(),
     log_level: str = "warning",
     on_ready=None,
     api_key: str | None = None,
+    models: Mapping[str, Encoder] | None = None,
 ) -> None:
     """Take the port (a UsageError if it is busy), then run the app with uvicorn until interrupted;
-    the index is closed on the way out. ``on_ready`` is called once the port is taken."""
+    the index is closed on the way out. ``on_ready`` is called once the port is taken and the app
+    made. ``models``: served on ``/v1`` by name, beside the index's own (see :func:`create_app`)."""
     import uvicorn
 
     sock = bind(host, port)
     try:
+        app = create_app(index, limits, api_key=api_key, models=models)
         if on_ready is not None:
             on_ready()
-        config = uvicorn.Config(
-            create_app(index, limits, api_key=api_key),
-            log_level=log_level,
-            http=TimedHttpProtocol,
-            timeout_keep_alive=KEEP_ALIVE_S,
-        )
+        config = uvicorn.Config(app, log_level=log_level, http=TimedHttpProtocol, timeout_keep_alive=KEEP_ALIVE_S)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
-        index.close()
+        if index is not None:
+            index.close()

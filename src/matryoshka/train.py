@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from .data import Pairs, RetrievalData, is_beir_folder, is_sts_folder, read_beir, read_pairs, read_sts
 from .errors import DataError, ModelError, TrainingError
 from .evaluate import EvaluationReport, evaluate_retrieval, evaluate_sts
+from .model_settings import DIMS_KEY
 from .models import SentenceTransformerEncoder, load_model
 from .vectors import halving_dims, normalize
 
@@ -34,7 +35,7 @@ LOSSES = ("auto", "mnrl", "cached-mnrl", "cosent")
 ROTATIONS = ("none", "pca", "orthogonal")
 ROTATION_TEMPERATURE = 0.02  # the listwise temperature of the rotation start, as benchmarks/train_sts.py measured it
 CACHED_FROM_BATCH = 128  # from this batch size on, MNRL is replaced by its gradient-cached variant
-MATRYOSHKA_CONFIG_KEY = "matryoshka_dims"
+MATRYOSHKA_CONFIG_KEY = DIMS_KEY  # config_sentence_transformers.json's key, which load_model reads back
 
 
 @dataclass
@@ -237,16 +238,18 @@ def train(
     eval_data: Pairs | RetrievalData | None = None,
     show_progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
+    trust_remote_code: bool = False,
 ) -> TrainResult:
     """Train and save to ``output``. Ctrl-C stops training and saves the weights reached so far
-    (marked as interrupted), and the checkpoints under ``output/checkpoints`` stay loadable."""
+    (marked as interrupted), and the checkpoints under ``output/checkpoints`` stay loadable.
+    ``trust_remote_code``: run the code the model ships (see :func:`matryoshka.models.load_model`)."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
     output = Path(output)
     if settings.rotation not in ROTATIONS:
         raise TrainingError(f"unknown rotation {settings.rotation!r}; choose one of {', '.join(ROTATIONS)}")
-    encoder = load_model(model_name)
+    encoder = load_model(model_name, trust_remote_code=trust_remote_code)
     if not isinstance(encoder, SentenceTransformerEncoder):
         raise ModelError(f"{model_name!r} is not a sentence-transformers model; only those can be fine-tuned")
     dims, weights = check_dims(settings.dims, settings.weights, encoder.full_dim)

@@ -83,6 +83,15 @@ def truncate(vectors: np.ndarray, dim: int | None) -> np.ndarray:
     return normalize(vectors[:, :dim])
 
 
+def layer_norm(vectors: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Each row centred and scaled to unit variance, as ``torch.nn.functional.layer_norm`` over
+    the whole row without weights does: a step some models (nomic-embed-text-v1.5) take on their
+    full vectors before truncating. It does not change with the row's scale, up to ``eps``."""
+    rows = np.asarray(vectors, dtype=np.float64)
+    centred = rows - rows.mean(axis=-1, keepdims=True)
+    return (centred / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + eps)).astype(np.float32)
+
+
 def validate_vectors(
     vectors: np.ndarray, count: int | None = None, dim: int | None = None, what: str = "vectors"
 ) -> np.ndarray:
@@ -138,31 +147,64 @@ def halving_dims(full_dim: int, smallest: int = MIN_HEAD_DIM) -> list[int]:
     return dims
 
 
-def default_head_dim(full_dim: int) -> int:
-    """d/32 from the Matryoshka literature, but at least 8 (and at most d)."""
-    return min(full_dim, max(MIN_HEAD_DIM, full_dim // 32))
+# ``trained``: the prefix dims a model was trained at (its Matryoshka dims), when it declares them.
+# A prefix it was not trained at may rank poorly, so the defaults below move each dim they would
+# pick up to the nearest trained one; with none declared they are the halvings of d, as always.
 
 
-def stage_dims(full_dim: int, head_dim: int | None = None) -> list[int]:
+def _trained_below(full_dim: int, trained: Sequence[int]) -> list[int]:
+    return sorted({int(d) for d in trained if 1 <= int(d) < full_dim})
+
+
+def _trained_at_least(dim: int, below: list[int]) -> int:
+    """The smallest trained dim at or above ``dim`` (the largest one when none is)."""
+    return next((d for d in below if d >= dim), below[-1])
+
+
+def default_head_dim(full_dim: int, trained: Sequence[int] = ()) -> int:
+    """d/32 from the Matryoshka literature, but at least 8 (and at most d); for a model with
+    trained dims, the smallest trained dim at or above that."""
+    dim = min(full_dim, max(MIN_HEAD_DIM, full_dim // 32))
+    below = _trained_below(full_dim, trained)
+    return _trained_at_least(dim, below) if below else dim
+
+
+def stage_dims(full_dim: int, head_dim: int | None = None, trained: Sequence[int] = ()) -> list[int]:
     """A funnel's stage dims: the head dim, doubling, ending exactly at ``full_dim`` (any dims,
-    not only powers of two). Smallest first."""
-    dim = head_dim or default_head_dim(full_dim)
+    not only powers of two); with trained dims, each doubling moves up to a trained dim.
+    Smallest first."""
+    below = _trained_below(full_dim, trained)
+    dim = head_dim or default_head_dim(full_dim, trained)
     dims = []
     while dim < full_dim:
         dims.append(dim)
         dim *= 2
+        if below:
+            dim = next((d for d in below if d >= dim), full_dim)
     return dims + [full_dim]
 
 
-def head_candidates(full_dim: int) -> list[int]:
-    """Head dims autotune tries: d/32, d/16, d/8 and d/4 (each at least 8)."""
-    return sorted({min(full_dim, max(MIN_HEAD_DIM, full_dim // f)) for f in (32, 16, 8, 4)})
+def head_candidates(full_dim: int, trained: Sequence[int] = ()) -> list[int]:
+    """Head dims autotune tries: d/32, d/16, d/8 and d/4 (each at least 8); for a model with
+    trained dims, each moved up to the nearest trained one."""
+    dims = {min(full_dim, max(MIN_HEAD_DIM, full_dim // f)) for f in (32, 16, 8, 4)}
+    below = _trained_below(full_dim, trained)
+    return sorted({_trained_at_least(d, below) for d in dims} if below else dims)
 
 
-def prefix_norm_dims(full_dim: int) -> list[int]:
+def middle_stage_dim(full_dim: int, trained: Sequence[int] = ()) -> int:
+    """The stage between a binary head and the full vectors: d/2, or the trained dim at or above it."""
+    below = _trained_below(full_dim, trained)
+    return _trained_at_least(full_dim // 2, below) if below else full_dim // 2
+
+
+def prefix_norm_dims(full_dim: int, trained: Sequence[int] = ()) -> list[int]:
     """Stage dims below full that the default and autotuned schedules can use and that re-ranking
     reads in place (those that divide the full dim): a store keeps each row's norm at these."""
-    dims = {dim for head in head_candidates(full_dim) for dim in stage_dims(full_dim, head)} - {full_dim}
+    heads = head_candidates(full_dim, trained)
+    dims = {dim for head in heads for dim in stage_dims(full_dim, head, trained)} - {full_dim}
+    if _trained_below(full_dim, trained):
+        dims.add(middle_stage_dim(full_dim, trained))
     return sorted(dim for dim in dims if full_dim % dim == 0)
 
 

@@ -53,6 +53,7 @@ class IndexMeta:
     document_prompt: str | None = None
     adapter: str | None = None
     model_options: dict[str, object] = field(default_factory=dict)  # load_model's options: endpoint, remote code
+    trained_dims: tuple[int, ...] = ()  # the model's trained prefix dims that default schedules keep to (empty: any)
     prefix_norm_dims: tuple[int, ...] = ()
     created: str = ""
     fields: dict[str, str] = field(default_factory=dict)
@@ -62,6 +63,7 @@ class IndexMeta:
         if self.head_index not in HEAD_INDEXES:
             raise StoreError(f"unknown head index {self.head_index!r}; choose one of {', '.join(HEAD_INDEXES)}")
         object.__setattr__(self, "prefix_norm_dims", tuple(int(d) for d in self.prefix_norm_dims))
+        object.__setattr__(self, "trained_dims", tuple(int(d) for d in self.trained_dims))
 
     @property
     def binary_head(self) -> bool:

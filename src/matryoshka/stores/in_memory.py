@@ -71,7 +71,9 @@ class InMemoryBuilder:
 
     def commit(self, full, ids, texts, meta: IndexMeta, progress=None, head_source=None, metadata=None) -> IndexMeta:
         meta = replace(
-            meta, prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1])), created=time.strftime("%Y-%m-%dT%H:%M:%S")
+            meta,
+            prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1], meta.trained_dims)),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         segment = make_segment("s0", full, ids, texts, meta, head_source, metadata=metadata)
         _INDEXES[self.name] = InMemoryStore(self.name, [segment], meta)

@@ -45,6 +45,7 @@ from threading import Lock
 
 import numpy as np
 
+from ..embedding_cache import CACHE_FILES
 from ..errors import BusyError, StoreError, storage_error
 from ..vectors import prefix_norm_dims
 from .base import FORMAT_VERSION, IndexMeta, check_format_version, check_head_kind
@@ -371,7 +372,7 @@ class LocalBuilder:
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise StoreError(f"{root} exists and is not a folder")
-        if root.is_dir() and any(root.iterdir()) and not _is_index_folder(root):
+        if root.is_dir() and _holds_other_files(root) and not _is_index_folder(root):
             raise StoreError(f"{root} is not empty and is not a matryoshka index folder; refusing to write into it")
         self.root = root
         self._lock = acquire_writer_lock(root)
@@ -407,7 +408,7 @@ class LocalBuilder:
         """Write the segment and switch the manifest to it; returns the metadata as stored.
         ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``);
         ``metadata``: a dict per document, typed by ``meta.fields``."""
-        meta = _stamped(meta, prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1])))
+        meta = _stamped(meta, prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1], meta.trained_dims)))
         segment = make_segment(self.name, full, ids, texts, meta, head_source, metadata=metadata)
         publish_segment(self.partial, segment, meta, with_full=False)
         previous = _generation(self.root)
@@ -631,6 +632,12 @@ def _remove_unlisted(root: Path, keep_segments: set[str], keep_tombstones: set[s
     if (root / "current").is_symlink():
         (root / "current").unlink()
     shutil.rmtree(root / "builds", ignore_errors=True)
+
+
+def _holds_other_files(root: Path) -> bool:
+    """Whether a folder holds anything besides an embedding cache (which a killed first build
+    through a paid endpoint leaves, for its rerun to resume from)."""
+    return any(path.name not in CACHE_FILES for path in root.iterdir())
 
 
 def _is_index_folder(root: Path) -> bool:

@@ -186,7 +186,7 @@ def make_segment(
     ``f(x)``) or from ``full``, unless ``head`` gives it as stored (float rows, or sign bits for a
     binary head). ``metadata``: a dict per document, typed by ``meta.fields``."""
     source = full if head_source is None else head_source
-    dims = list(meta.prefix_norm_dims) or prefix_norm_dims(full.shape[1])
+    dims = list(meta.prefix_norm_dims) or prefix_norm_dims(full.shape[1], meta.trained_dims)
     table = prefix_norms(full, dims)
     codes = graph = None
     if meta.binary_head:
