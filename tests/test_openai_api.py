@@ -356,6 +356,7 @@ def request_like():
             "dimensions": st.integers(-3, 300) | json_values(),
             "encoding_format": st.sampled_from(["float", "base64", "text"]) | json_values(),
             "user": json_values(),
+            "input_type": st.sampled_from(["query", "document", "passage", "search"]) | json_values(),
         },
     )
 
@@ -371,7 +372,16 @@ def served_requests():
 
 def servable(body) -> bool:
     """Whether OpenAI's rules, with this server's model and limits, take ``body``."""
-    if not isinstance(body, dict) or set(body) - {"model", "input", "dimensions", "encoding_format", "user"}:
+    if not isinstance(body, dict) or set(body) - {
+        "model",
+        "input",
+        "dimensions",
+        "encoding_format",
+        "user",
+        "input_type",
+    }:
+        return False
+    if body.get("input_type") not in (None, "query", "document", "passage"):
         return False
     texts = [body.get("input")] if isinstance(body.get("input"), str) else body.get("input")
     if body.get("model") != "wordllama" or not isinstance(texts, list) or not 1 <= len(texts) <= 2048:
@@ -450,3 +460,23 @@ def test_serve_with_only_a_model_is_an_embeddings_server(tmp_path, wordllama):
     finally:
         server.stop()
     assert "Serving wordllama" in server.log and "/v1" in server.log
+
+
+def test_input_type_applies_the_models_prompts(tmp_path):
+    """``input_type`` (an extension) encodes with the model's query or document prompt; without
+    it texts are encoded as given."""
+    from matryoshka.models import load_model
+
+    encoder = load_model("wordllama", query_prompt="search_query: ", document_prompt="search_document: ")
+    with serving(create_app(None, models={"prompted": encoder})) as served:
+        client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused", max_retries=0)
+        texts = ["what causes the tides?"]
+        for input_type, prompt in ((None, ""), ("query", "search_query: "), ("passage", "search_document: ")):
+            extra = {"extra_body": {"input_type": input_type}} if input_type else {}
+            answer = client.embeddings.create(model="prompted", input=texts, encoding_format="float", **extra)
+            np.testing.assert_allclose(
+                answer.data[0].embedding, encoder.encode([prompt + texts[0]])[0], atol=1e-5, err_msg=str(input_type)
+            )
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.embeddings.create(model="prompted", input=texts, extra_body={"input_type": "search"})
+        assert refused.value.body["param"] == "input_type"

@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batching import MicroBatcher
 from .errors import MatryoshkaError, StorageError
-from .models import Encoder, matryoshka_dims, token_counts
+from .models import Encoder, TextKind, matryoshka_dims, token_counts
 from .text_checks import check_unicode
 from .vectors import truncate
 
@@ -47,7 +47,9 @@ PREFIX = "/v1"
 OPENAI_MAX_INPUTS = 2048  # texts per request that OpenAI's own endpoint takes
 OWNER = "matryoshka"
 ENCODING_FORMATS = ("float", "base64")
-REQUEST_FIELDS = ("input", "model", "dimensions", "encoding_format", "user")
+REQUEST_FIELDS = ("input", "model", "dimensions", "encoding_format", "user", "input_type")
+# input_type, an extension (NVIDIA's and Voyage's APIs have it): which of the model's prompts to apply
+INPUT_TYPES: dict[str, TextKind] = {"query": "query", "document": "document", "passage": "document"}
 MAX_ECHO_CHARS = 80  # of a name quoted back in an error; texts are never quoted back
 TOKEN_ARRAYS = "token arrays are not supported here: send the texts themselves, as strings"
 
@@ -151,8 +153,8 @@ class EmbeddingModel(Protocol):
     @property
     def matryoshka_dims(self) -> tuple[int, ...]: ...
 
-    def embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        """Unit full-dimension vectors of ``texts``, and the tokens each text cost."""
+    def embed(self, texts: list[str], kind: TextKind | None = None) -> tuple[np.ndarray, list[int]]:
+        """Unit full-dimension vectors of ``texts`` (with the ``kind``'s prompt), and the tokens each text cost."""
         ...
 
 
@@ -176,9 +178,9 @@ class LoadedModel:
     def matryoshka_dims(self) -> tuple[int, ...]:
         return matryoshka_dims(self.encoder)
 
-    def embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+    def embed(self, texts: list[str], kind: TextKind | None = None) -> tuple[np.ndarray, list[int]]:
         with self._lock:
-            return self.encoder.encode(texts), token_counts(self.encoder, texts)
+            return self.encoder.encode(texts, kind=kind), token_counts(self.encoder, texts)
 
 
 # ----------------------------------------------------------------------------------- requests
@@ -195,6 +197,11 @@ class EmbeddingsRequest(BaseModel):
         "float", description="`float`: lists of numbers; `base64`: little-endian float32 bytes, base64-encoded."
     )
     user: str | None = Field(None, description="Accepted and ignored.")
+    input_type: Literal["query", "document", "passage"] | None = Field(
+        None,
+        description="Not in OpenAI's API: apply the model's query or document prompt (e.g. nomic's "
+        "'search_query: '). Without it texts are encoded as given.",
+    )
 
 
 @dataclass(frozen=True)
@@ -206,6 +213,7 @@ class EmbeddingJob:
     texts: tuple[str, ...]
     dim: int | None
     encoding_format: str
+    kind: TextKind | None = None
 
 
 @dataclass(frozen=True)
@@ -317,13 +325,17 @@ class OpenAIEmbeddings:
         if encoding_format not in ENCODING_FORMATS:
             shown = _short(repr(encoding_format)) if isinstance(encoding_format, str) else _json_type(encoding_format)
             raise OpenAIError(f"encoding_format: {shown} is not one of 'float', 'base64'", param="encoding_format")
+        input_type = request.get("input_type")
+        if input_type is not None and input_type not in INPUT_TYPES:
+            shown = _short(repr(input_type)) if isinstance(input_type, str) else _json_type(input_type)
+            raise OpenAIError(f"input_type: {shown} is not one of 'query', 'document', 'passage'", param="input_type")
         model = self.find(model_id)
         if dim is not None and not 1 <= dim <= model.full_dim:
             raise OpenAIError(
                 f"dimensions: {dim} is outside 1..{model.full_dim} (the full dimension of {model.id})",
                 param="dimensions",
             )
-        return EmbeddingJob(model, model_id, tuple(texts), dim, encoding_format)
+        return EmbeddingJob(model, model_id, tuple(texts), dim, encoding_format, INPUT_TYPES.get(input_type))
 
     def _texts(self, value: Any) -> list[str]:
         if isinstance(value, str):
@@ -366,12 +378,13 @@ class OpenAIEmbeddings:
     def embed_many(self, jobs: Sequence[EmbeddingJob]) -> list[Embedded]:
         """The texts of all jobs for one model encoded in one call (a failure is retried job by
         job by the batcher, so one bad job fails alone)."""
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, str | None], list[int]] = {}
         for position, job in enumerate(jobs):
-            groups.setdefault(id(job.model), []).append(position)
+            groups.setdefault((id(job.model), job.kind), []).append(position)
         answers: list[Embedded] = [None] * len(jobs)  # type: ignore[list-item]
         for positions in groups.values():
-            vectors, counts = jobs[positions[0]].model.embed([text for p in positions for text in jobs[p].texts])
+            first = jobs[positions[0]]
+            vectors, counts = first.model.embed([text for p in positions for text in jobs[p].texts], first.kind)
             start = 0
             for position in positions:
                 end = start + len(jobs[position].texts)

@@ -35,7 +35,7 @@ from .funnel import Schedule, Stage, check_head
 from .http_guards import BodyGuard, TimedHttpProtocol, bind
 from .index import Index, answers_json, search_mode
 from .metadata import RESERVED_FIELDS
-from .models import Encoder, matryoshka_dims, token_counts
+from .models import Encoder, TextKind, matryoshka_dims, token_counts
 from .openai_api import (
     OPENAI_MAX_INPUTS,
     EmbeddingModel,
@@ -262,12 +262,13 @@ class SearchService:
         with self._encode_lock:
             return self.index.encoder.encode(texts, kind=kind)
 
-    def embed_full(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+    def embed_full(self, texts: list[str], kind: TextKind | None = None) -> tuple[np.ndarray, list[int]]:
         """Full unit vectors of ``texts`` as this index's early stages see documents (its adapter's
-        ``f(x)``, re-normalised, when it has one), encoded plainly, and the tokens each text cost."""
+        ``f(x)``, re-normalised, when it has one), encoded plainly or as ``kind`` (with that
+        prompt), and the tokens each text cost."""
         with self._encode_lock:  # the tokenizer too: it is not safe to share between threads
             index = self.index
-            vectors = index.encoder.encode(texts)
+            vectors = index.encoder.encode(texts, kind=kind)
             counts = token_counts(index.encoder, texts)
         return (adapted(index.adapter, vectors) if index.adapter is not None else vectors), counts
 
@@ -633,8 +634,8 @@ class IndexModel:
             return matryoshka_dims(index.encoder)
         return tuple(sorted(stage_dims(self.full_dim), reverse=True))
 
-    def embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        return self.service.embed_full(texts)
+    def embed(self, texts: list[str], kind: TextKind | None = None) -> tuple[np.ndarray, list[int]]:
+        return self.service.embed_full(texts, kind)
 
 
 def served_models(service: SearchService | None, models: Mapping[str, Encoder]) -> list[EmbeddingModel]:
