@@ -31,7 +31,7 @@ from matryoshka.server import KEEP_ALIVE_S, Limits, create_app
 from matryoshka.vectors import stage_dims, truncate
 
 KEY = "s3cret-key-42"
-MAX_TEXT_CHARS = 500
+MAX_TEXT_CHARS = 500  # of one /v1 input (the server's max_input_chars)
 TEXTS = [
     "The tides are caused by the moon's gravity.",
     "A very large dog slept by the fire.",
@@ -80,7 +80,7 @@ def server(wordllama, tmp_path_factory) -> Iterator[Served]:
     db = tmp_path_factory.mktemp("openai") / "index"
     build_index(db, [f"d{i}" for i in range(len(CORPUS))], CORPUS, encoder=wordllama)
     with Index(db, encoder=wordllama) as index:
-        app = create_app(index, Limits(max_text_chars=MAX_TEXT_CHARS), models={"wordllama": wordllama})
+        app = create_app(index, Limits(max_input_chars=MAX_TEXT_CHARS), models={"wordllama": wordllama})
         with serving(app) as served:
             yield served
 

@@ -32,6 +32,10 @@ def test_index_search_and_serve_through_our_own_endpoint_equal_the_local_model(t
     with corpus.open("w") as out:
         for doc_id, text in zip(glosses.ids[:DOCUMENTS], glosses.texts[:DOCUMENTS]):
             out.write(json.dumps({"id": doc_id, "text": text}) + "\n")
+        for n in range(5):  # documents longer than a /search query may be: /v1 takes them, and the model cuts them
+            long_text = " ".join(glosses.texts[DOCUMENTS + 60 * n : DOCUMENTS + 60 * (n + 1)])
+            assert len(long_text) > 2_500
+            out.write(json.dumps({"id": f"long-{n}", "text": long_text}) + "\n")
     queries = lemma_queries(glosses, 20, seed=11)
     endpoint = start(["serve", "--model", "wordllama"], tmp_path / "endpoint.log")
     index_server = None

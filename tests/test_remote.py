@@ -18,11 +18,11 @@ import pytest
 from misbehaving_endpoint import MisbehavingEndpoint, expected_vector
 
 from matryoshka.embedding_cache import CACHE_FILE, EmbeddingCache, cache_path_for_index
-from matryoshka.errors import MatryoshkaError, ModelError
+from matryoshka.errors import MatryoshkaError, ModelError, StoreError
 from matryoshka.index import Index, build_index
 from matryoshka.models import load_model
 from matryoshka.remote import estimated_tokens, load_remote_model, plan_batches
-from matryoshka.vectors import truncate
+from matryoshka.vectors import layer_norm, truncate
 
 DIM = 32
 # corpus texts are longer than autotune's word windows (12 words at most), so no window equals one
@@ -286,3 +286,153 @@ def test_remote_options_are_refused_for_local_models():
         load_model("wordllama", api_base="http://localhost:1/v1")
     done = cli("encode", "--input", "x.txt", "--output", "x.npy", "--dimensions", "8")
     assert done.returncode == 2 and "openai:NAME" in done.stderr
+
+
+def test_encode_through_an_endpoint_from_the_command_line_caches_in_the_users_cache(tmp_path):
+    corpus = tmp_path / "texts.txt"
+    corpus.write_text("\n".join(TEXTS[:40]) + "\n")
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "OPENAI_API_KEY": "sk-test"}
+    with MisbehavingEndpoint(dim=DIM) as endpoint:
+        args = ["encode", "--model", "openai:fake-embedder", "--api-base", endpoint.url, "--input", str(corpus)]
+        done = cli(*args, "--output", str(tmp_path / "v.npy"), "--dim", "16", env=env)
+        assert done.returncode == 0, done.stderr
+        np.testing.assert_allclose(np.load(tmp_path / "v.npy"), expected(TEXTS[:40], 16), atol=1e-6)
+        assert len(endpoint.texts_sent()) == 41  # the probe, then each text once
+        again = cli(*args, "--output", str(tmp_path / "w.npy"), env=env)
+        assert again.returncode == 0, again.stderr
+        assert len(endpoint.texts_sent()) == 42  # only the probe: every text came from the cache
+        assert (tmp_path / "cache" / "matryoshka" / CACHE_FILE).exists()
+        endpoint.script = ["401"]
+        refused = cli(*args, "--output", str(tmp_path / "x.npy"), env={**env, "XDG_CACHE_HOME": str(tmp_path / "c2")})
+        assert refused.returncode == 2 and "401" in refused.stderr and "Traceback" not in refused.stderr
+        assert not (tmp_path / "x.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "api_base, words",
+    [
+        ("http://[::1", "not an http(s) URL"),
+        ("http://127.0.0.1:abc/v1", "not an http(s) URL"),
+        ("ftp://example.com/v1", "not an http(s) URL"),
+        ("http://user:secret@127.0.0.1:9/v1", "user name or password"),
+    ],
+)
+def test_bad_endpoint_urls_are_one_line_errors(api_base, words):
+    with pytest.raises(ModelError, match=re.escape(words)):
+        load_remote_model("m", api_base=api_base)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "x"])
+def test_bad_settings_in_the_environment_are_one_line_errors(monkeypatch, value):
+    monkeypatch.setenv("MATRYOSHKA_API_TIMEOUT", value)
+    with pytest.raises(ModelError, match="MATRYOSHKA_API_TIMEOUT"):
+        load_remote_model("m", api_base="http://127.0.0.1:9/v1")
+
+
+def test_the_cache_file_appears_only_when_a_vector_is_stored_and_a_corrupt_one_says_so(tmp_path):
+    path = tmp_path / "c.sqlite"
+    cache = EmbeddingCache(path, "scope")
+    assert cache.get_many(["a", "b"]) == [None, None] and len(cache) == 0
+    assert not path.exists()  # a search or a refused build leaves no file
+    cache.put_many(TEXTS[:100], expected(TEXTS[:100]))
+    np.testing.assert_array_equal(cache.get_many(TEXTS[:2])[1], expected(TEXTS[:2])[1])
+    cache.close()
+    with path.open("r+b") as damaged:
+        damaged.seek(4096)
+        damaged.write(b"\xff" * (path.stat().st_size - 4096))
+    with pytest.raises(StoreError, match="delete it and run again"):
+        EmbeddingCache(path, "scope").get_many(TEXTS[:3])
+
+
+def test_a_known_models_step_before_truncation_applies_through_an_endpoint():
+    with MisbehavingEndpoint(dim=768) as endpoint:
+        encoder = load_remote_model("nomic-embed-text", api_base=endpoint.url, timeout=5.0)
+        assert encoder.pre_truncation == "layer_norm" and encoder.matryoshka_dims[-1] == 64
+        assert encoder.query_prompt == "search_query: "
+        raw = np.stack([expected_vector("search_document: tides", 768)])
+        np.testing.assert_allclose(
+            encoder.encode(["tides"], dim=64, kind="document"), truncate(layer_norm(raw), 64), atol=1e-5
+        )
+        sliced = load_remote_model("nomic-embed-text", api_base=endpoint.url, dimensions=256, timeout=5.0)
+        assert sliced.pre_truncation is None  # the endpoint cut the vectors: too late for the step
+
+
+def test_add_uses_the_cache_it_is_given(tmp_path):
+    with MisbehavingEndpoint(dim=DIM) as endpoint:
+        elsewhere = tmp_path / "elsewhere.sqlite"
+        encoder = remote(endpoint, cache=elsewhere)
+        build_index(tmp_path / "idx", [f"d{i}" for i in range(50)], TEXTS[:50], encoder=encoder)
+        with Index(tmp_path / "idx", embedding_cache=elsewhere) as opened:
+            endpoint.bodies.clear()
+            opened.add(["x1", "x2"], TEXTS[:2])
+            assert endpoint.texts_sent() == []  # both were embedded by the build
+        with Index(tmp_path / "idx", embedding_cache=False) as opened:
+            assert opened.encoder.cache is None
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_answers_already_on_their_way(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 2000)
+    db = tmp_path / "index"
+    with MisbehavingEndpoint(dim=DIM, hang_s=3) as endpoint:
+        endpoint.script = ["ok"] + ["hang"] * 4  # the probe, then four slow batches in flight at once
+        process = subprocess.Popen(
+            [sys.executable, "-m", "matryoshka", "index", "--model", "openai:fake-embedder", "--api-base", endpoint.url]
+            + ["--corpus", str(corpus), "--db", str(db)],
+            env={**os.environ, "OPENAI_API_KEY": "sk-test"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while len(endpoint.faults_served) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode != 0 and "Traceback" not in stderr, stderr
+        assert len(EmbeddingCache(db / CACHE_FILE, "")) == 4 * 256  # answered after Ctrl-C, and kept
+
+
+@pytest.mark.slow
+def test_a_server_keeps_no_clients_texts_and_relays_endpoint_failures_as_502(tmp_path):
+    from conftest import RunningServer, free_port
+
+    with MisbehavingEndpoint(dim=DIM) as endpoint:
+        db = tmp_path / "idx"
+        build_index(db, [f"d{i}" for i in range(60)], TEXTS[:60], encoder=remote(endpoint, cache=db / CACHE_FILE))
+        stored = len(EmbeddingCache(db / CACHE_FILE, ""))
+        port, other = free_port(), free_port()
+        os.environ["MATRYOSHKA_API_RETRIES"] = "0"
+        try:
+            server = RunningServer(["serve", "--db", str(db), "--port", str(port)], tmp_path / "s.log", "")
+            relay = RunningServer(
+                ["serve", "--model", "openai:fake-embedder", "--api-base", endpoint.url, "--port", str(other)],
+                tmp_path / "r.log",
+                "",
+            )
+        finally:
+            del os.environ["MATRYOSHKA_API_RETRIES"]
+        try:
+            for running, url in ((server, f"http://127.0.0.1:{port}/"), (relay, f"http://127.0.0.1:{other}/")):
+                running.url = url
+                running.wait_healthy()
+            import httpx
+
+            body = {"model": "openai:fake-embedder", "input": ["a text no one embedded before"]}
+            answer = httpx.post(server.url + "v1/embeddings", json=body, timeout=30)
+            assert answer.status_code == 200
+            assert httpx.post(server.url + "embed", json={"texts": ["another new text"]}, timeout=30).status_code == 200
+            assert len(EmbeddingCache(db / CACHE_FILE, "")) == stored  # nothing a client sent was kept
+            relayed = httpx.post(
+                relay.url + "v1/embeddings", json={"model": "openai:fake-embedder", "input": ["x"]}, timeout=30
+            )
+            np.testing.assert_allclose(relayed.json()["data"][0]["embedding"], expected(["x"])[0], atol=1e-6)
+
+            endpoint.script = ["500"] * 10
+            failed = httpx.post(server.url + "v1/embeddings", json=body, timeout=30)
+            assert failed.status_code == 502 and failed.json()["error"]["type"] == "server_error"
+            assert endpoint.url not in failed.text  # the endpoint's address stays in the server's log
+            assert httpx.post(server.url + "embed", json={"texts": ["t"]}, timeout=30).status_code == 502
+        finally:
+            server.stop()
+            relay.stop()

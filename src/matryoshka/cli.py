@@ -478,6 +478,12 @@ def add(
         "Without it such a corpus is refused, since its line numbers would replace the index's documents 1, 2, ...",
     ),
     collection: str | None = CollectionOption,
+    embedding_cache: Path | None = typer.Option(
+        None,
+        "--embedding-cache",
+        help="For an index built through an endpoint (openai:NAME) with --embedding-cache: the same file, so "
+        "that texts already embedded are not sent again. Default: the cache inside the index.",
+    ),
 ) -> None:
     """Add documents to an index while it serves, without rebuilding: a document whose id is
     already there is replaced (upsert). Durable once this returns. Segments of like size are
@@ -506,7 +512,7 @@ def add(
         elif id_prefix is not None:
             raise UsageError(f"{corpus} gives its documents ids; --id-prefix is for a corpus without them")
         array = read_vectors(vectors, "vectors") if vectors else None
-        with Index(db, collection=collection) as opened:
+        with Index(db, collection=collection, embedding_cache=embedding_cache or True) as opened:
             with _progress() as progress:
                 step = progress.add_task("Encoding" if array is None else "Storing", total=len(documents))
                 report = opened.add(
@@ -1044,6 +1050,14 @@ def serve(
         2048, min=1, help="Most texts per /v1/embeddings request (OpenAI's own limit is 2048)."
     ),
     max_text_chars: int = typer.Option(2000, min=1, help="Longest text (characters) any request may send."),
+    max_input_chars: int = typer.Option(
+        32_768,
+        min=1,
+        help="Longest text (characters) of one /v1/embeddings input: about OpenAI's 8,192 tokens, so that whole "
+        "documents can be indexed through /v1. What the model cannot take is cut, as everywhere.",
+    ),
+    api_base: str | None = ApiBaseOption,
+    dimensions: int | None = DimensionsOption,
     read_timeout: float = typer.Option(
         10.0, min=0.1, help="Seconds a client has to send a request's headers, and then its body, before it is cut off."
     ),
@@ -1095,19 +1109,24 @@ def serve(
             raise UsageError(
                 "give --db (an index to search and serve) or --model (a model to serve embeddings), or both"
             )
-        opened = Index(db, collection=collection) if db is not None else None
+        remote = _remote_options(model, api_base, dimensions, None)
+        remote.pop("embedding_cache", None)  # a server keeps no cache: it would keep every text a client sends
+        opened = Index(db, collection=collection, embedding_cache=False) if db is not None else None
         if opened is not None:
             with console.status("Loading the model…"):
                 _ = opened.encoder
         models = {}
         if model is not None:  # the index's own model, when it is the one named, is loaded once
             same = opened is not None and opened.meta.model == model and opened.adapter is None
-            models[model] = opened.encoder if same else _load(model, None, None, trust_remote_code=trust_remote_code)
+            models[model] = (
+                opened.encoder if same else _load(model, None, None, trust_remote_code=trust_remote_code, **remote)
+            )
         limits = Limits(
             max_k=max_k,
             max_texts=max_texts,
             max_inputs=max_inputs,
             max_text_chars=max_text_chars,
+            max_input_chars=max_input_chars,
             read_timeout_s=read_timeout,
         )
         _serve(opened, host, port, limits, api_key, models)

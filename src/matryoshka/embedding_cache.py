@@ -7,6 +7,8 @@ batch is committed as it arrives, so a killed run keeps every batch it was answe
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import sqlite3
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import DiskFullError, ReadOnlyError, StoreError
 
 CACHE_FILE = "embedding-cache.sqlite"  # inside an index folder; beside a Milvus Lite file
 CACHE_FILES = (CACHE_FILE, CACHE_FILE + "-wal", CACHE_FILE + "-shm")  # what SQLite keeps beside it
@@ -42,21 +44,42 @@ def user_cache_path() -> Path:
 
 
 class EmbeddingCache:
-    """Vectors by the hash of what produced them; safe to share between threads."""
+    """Vectors by the hash of what produced them; safe to share between threads and processes.
+    The file is opened at first use and created at the first vector stored, so a command that
+    only reads (a search, a refused build) neither needs nor leaves one."""
 
     def __init__(self, path: str | Path, scope: str) -> None:
         """``scope``: what besides the text decides a vector (endpoint, model, dimensions)."""
         self.path = Path(path).expanduser()
         self._scope = scope.encode("utf-8") + b"\0"
         self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # a process killed keeps its commits; a cache needs no more
-            self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB NOT NULL)")
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"embedding cache {self.path}: cannot be opened ({exc})") from None
+        self._db: sqlite3.Connection | None = None
+
+    def _connection(self, create: bool) -> sqlite3.Connection | None:
+        """The open database (None when it does not exist and ``create`` is false)."""
+        if self._db is None and (create or self.path.exists()):
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # a killed process keeps its commits; a cache needs no more
+                db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB NOT NULL)")
+            except (sqlite3.Error, OSError) as exc:
+                raise self._failure("cannot be opened", exc) from None
+            self._db = db
+        return self._db
+
+    def _failure(self, doing: str, exc: Exception) -> StoreError:
+        """One line for what went wrong, typed as the server and the CLI need it."""
+        text = str(exc)
+        if "full" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+            return DiskFullError(f"embedding cache {self.path}: {doing}: no space left on its disk ({text})")
+        if "readonly" in text or "read-only" in text or getattr(exc, "errno", None) in (errno.EROFS, errno.EACCES):
+            return ReadOnlyError(f"embedding cache {self.path}: {doing}: its place cannot be written ({text})")
+        hint = (
+            "; it is only a cache: delete it and run again" if "malformed" in text or "not a database" in text else ""
+        )
+        return StoreError(f"embedding cache {self.path}: {doing} ({text}){hint}")
 
     def key(self, text: str) -> bytes:
         return hashlib.sha256(self._scope + text.encode("utf-8")).digest()
@@ -66,31 +89,39 @@ class EmbeddingCache:
         keys = [self.key(text) for text in texts]
         found: dict[bytes, bytes] = {}
         with self._lock:
-            for start in range(0, len(keys), LOOKUP_CHUNK):
-                chunk = keys[start : start + LOOKUP_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                found.update(self._db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({marks})", chunk))
+            db = self._connection(create=False)
+            try:
+                for start in range(0, len(keys) if db is not None else 0, LOOKUP_CHUNK):
+                    chunk = keys[start : start + LOOKUP_CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    found.update(db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({marks})", chunk))
+            except sqlite3.Error as exc:
+                raise self._failure("cannot be read", exc) from None
         return [np.frombuffer(found[key], np.float32) if key in found else None for key in keys]
 
     def put_many(self, texts: Sequence[str], vectors: np.ndarray) -> None:
         """Store one batch in one transaction; a failure to store is an error (a full disk), not
         a silent loss of what was paid for."""
         rows = [(self.key(text), np.asarray(vector, np.float32).tobytes()) for text, vector in zip(texts, vectors)]
-        try:
-            with self._lock:
-                self._db.execute("BEGIN")
-                self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
-                self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with self._lock:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-            raise StoreError(f"embedding cache {self.path}: cannot store vectors ({exc})") from None
+        with self._lock:
+            db = self._connection(create=True)
+            try:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?)", rows)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise self._failure("cannot store vectors", exc) from None
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM vectors").fetchone()[0])
+            db = self._connection(create=False)
+            return 0 if db is None else int(db.execute("SELECT count(*) FROM vectors").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None

@@ -65,6 +65,13 @@ class TooManyFilesError(StorageError):
     status = 503
 
 
+class EndpointError(ModelError):
+    """A remote embeddings endpoint failed or answered wrongly (after its retries); nothing of
+    that answer was used. A server relaying it answers ``status``: the fault is upstream."""
+
+    status = 502
+
+
 class ScheduleError(MatryoshkaError):
     """A funnel schedule that cannot work (found before any search starts)."""
 

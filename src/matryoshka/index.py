@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .adapt import AdaptedEncoder, adapted_queries, load_adapter
-from .embedding_cache import cache_path_for_index
+from .embedding_cache import cache_path_for_index, user_cache_path
 from .errors import MatryoshkaError, StorageError, StoreError, UsageError
 from .filters import Filter, parse_filter
 from .funnel import (
@@ -407,9 +407,14 @@ class Index:
         collection: str | None = None,
         encoder: Encoder | None = None,
         previous: Store | None = None,
+        embedding_cache: str | Path | bool = True,
     ) -> None:
         """``encoder``: an already loaded model to reuse (checked against the index's, like ``model``);
-        ``previous``: this index's store as opened before, whose unchanged parts are reused."""
+        ``previous``: this index's store as opened before, whose unchanged parts are reused;
+        ``embedding_cache``: for a model behind an endpoint, where its vectors are kept (True: the
+        index's own place; False: nowhere, as for a server, which would otherwise keep every text
+        a client sends)."""
+        self._embedding_cache = embedding_cache
         self.db, self._options = db, {"head_index": head_index, "collection": collection}
         self.store: Store = open_store(db, head_index=head_index, collection=collection, previous=previous)
         self.adapter = None
@@ -445,15 +450,21 @@ class Index:
                 query_prompt=self.meta.query_prompt,
                 document_prompt=self.meta.document_prompt,
                 **self.meta.model_options,
-                **self._cache_option(),
+                **self._remote_load_options(),
             )
         return self._encoder
 
-    def _cache_option(self) -> dict:
-        """An index built through a paid endpoint keeps its vectors beside it: ``add`` of a text
-        already embedded sends nothing."""
-        place = cache_path_for_index(self.db) if (self.meta.model or "").startswith(REMOTE_PREFIX) else None
-        return {"embedding_cache": place} if place is not None else {}
+    def _remote_load_options(self) -> dict:
+        """For a model behind an endpoint: its known dimension, and where its vectors are kept
+        (beside the index: ``add`` of a text already embedded sends nothing)."""
+        if not (self.meta.model or "").startswith(REMOTE_PREFIX):
+            return {}
+        known = {"full_dim": self.meta.full_dim}  # no request to learn it
+        if self._embedding_cache is False:
+            return known
+        if self._embedding_cache is not True:
+            return {**known, "embedding_cache": self._embedding_cache}
+        return {**known, "embedding_cache": cache_path_for_index(self.db) or user_cache_path()}
 
     @property
     def meta(self) -> IndexMeta:
@@ -493,7 +504,7 @@ class Index:
     def reopened(self) -> Index:
         """The index as it is now, as a new object (this one keeps answering until closed); the
         loaded model is reused when the index still uses it, and so are the unchanged segments."""
-        fresh = Index(self.db, previous=self.store, **self._options)
+        fresh = Index(self.db, previous=self.store, embedding_cache=self._embedding_cache, **self._options)
         if (
             self._encoder is not None
             and fresh.meta.model is not None

@@ -19,7 +19,7 @@ from .catalog import KNOWN_MODELS, KnownModel, find_known_model
 from .errors import ModelError
 from .model_settings import check_remote_code, folder_names, resolve_settings, settings_config
 from .text_checks import check_texts
-from .vectors import check_dim, layer_norm, truncate
+from .vectors import PRE_TRUNCATION, check_dim, truncate
 
 TextKind = Literal["query", "document"]
 
@@ -30,7 +30,6 @@ MAX_CHARS_PER_TOKEN = 32  # texts are cut at this many characters per token befo
 REMOTE_PREFIX = "openai:"  # an OpenAI-compatible embeddings endpoint
 MODEL_ALIASES = {"default": "minilm", "minilm": "minilm", "all-minilm-l6-v2": "minilm", "wordllama": "wordllama"}
 WORDLLAMA_DIMS = (256, 128, 64)  # its trained prefixes within the 256-dim slice it ships (trained at 64..1024)
-PRE_TRUNCATION = {"layer_norm": layer_norm}  # steps a model takes on its full vectors before truncation
 
 
 class Encoder(Protocol):
@@ -231,11 +230,13 @@ def load_model(
     api_base: str | None = None,
     dimensions: int | None = None,
     embedding_cache: str | Path | None = None,
+    full_dim: int | None = None,
 ) -> Encoder:
     """Load an encoder by alias (``default``/``minilm``, ``wordllama``), local sentence-transformers
     folder, hub name (only where a network exists), or ``openai:NAME`` (an OpenAI-compatible
     endpoint: ``api_base`` or ``OPENAI_BASE_URL``, key from ``OPENAI_API_KEY``; ``dimensions`` is
-    sent only when given; ``embedding_cache`` names a file that keeps every vector received).
+    sent only when given; ``embedding_cache`` names a file that keeps every vector received; ``full_dim``, when
+    known (an index records it), saves the request that would learn it).
     Bundled models never touch the network. ``trust_remote_code`` runs the code a model folder
     ships. An adapter from ``matryoshka adapt`` is put on top with :func:`matryoshka.adapt.with_adapter`."""
     if name.startswith(REMOTE_PREFIX):
@@ -246,10 +247,11 @@ def load_model(
             api_base=api_base,
             dimensions=dimensions,
             cache=embedding_cache,
+            full_dim=full_dim,
             query_prompt=query_prompt,
             document_prompt=document_prompt,
         )
-    if api_base is not None or dimensions is not None:
+    if api_base is not None or dimensions is not None or full_dim is not None:
         raise ModelError(f"--api-base and --dimensions are for openai:NAME models, not {name!r}")
     alias = MODEL_ALIASES.get(name.lower())
     if alias == "wordllama":

@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batching import MicroBatcher
-from .errors import MatryoshkaError, StorageError
+from .errors import EndpointError, MatryoshkaError, StorageError
 from .models import Encoder, TextKind, matryoshka_dims, token_counts
 from .text_checks import check_unicode
 from .vectors import truncate
@@ -114,12 +114,21 @@ def openai_error_response(request: Request, exc: BaseException) -> JSONResponse:
         error.headers = exc.headers  # a 405's Allow
     elif isinstance(exc, StorageError):
         error = OpenAIError(str(exc), exc.status, kind="server_error")
+    elif isinstance(exc, EndpointError):
+        error = OpenAIError(upstream_failure(exc), exc.status, kind="server_error", code="upstream_error")
     elif isinstance(exc, MatryoshkaError):
         error = OpenAIError(str(exc))
     else:
         LOG.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         error = OpenAIError(f"internal error ({type(exc).__name__}); see the server's log", 500, kind="server_error")
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def upstream_failure(exc: EndpointError) -> str:
+    """What a client is told when the model's own endpoint failed: that it did, not where it is
+    (the endpoint's address and the details go to the server's log)."""
+    LOG.error("the model's endpoint failed: %s", exc)
+    return "the model's embeddings endpoint failed or answered wrongly; see this server's log (try again later)"
 
 
 def _short(text: str) -> str:
@@ -326,7 +335,7 @@ class OpenAIEmbeddings:
             shown = _short(repr(encoding_format)) if isinstance(encoding_format, str) else _json_type(encoding_format)
             raise OpenAIError(f"encoding_format: {shown} is not one of 'float', 'base64'", param="encoding_format")
         input_type = request.get("input_type")
-        if input_type is not None and input_type not in INPUT_TYPES:
+        if input_type is not None and (not isinstance(input_type, str) or input_type not in INPUT_TYPES):
             shown = _short(repr(input_type)) if isinstance(input_type, str) else _json_type(input_type)
             raise OpenAIError(f"input_type: {shown} is not one of 'query', 'document', 'passage'", param="input_type")
         model = self.find(model_id)

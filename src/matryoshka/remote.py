@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,9 +27,9 @@ import numpy as np
 
 from .catalog import find_known_model
 from .embedding_cache import EmbeddingCache
-from .errors import ModelError
+from .errors import EndpointError, ModelError
 from .text_checks import check_texts
-from .vectors import check_dim, truncate
+from .vectors import PRE_TRUNCATION, check_dim, truncate
 
 OPENAI_API_BASE = "https://api.openai.com/v1"
 MAX_INPUTS_PER_REQUEST = 2048  # OpenAI's limit on inputs per request
@@ -36,6 +38,7 @@ DEFAULT_BATCH_SIZE = 256  # texts per request: large enough to amortise a round 
 BYTES_PER_TOKEN_ESTIMATE = (
     3  # UTF-8 bytes per token, on the low side (English averages about 4), so batches stay under the token limit
 )
+MAX_BATCH_BYTES = 600_000  # of a request's texts as JSON: under the 1 MB bodies servers take by default (matryoshka serve's, TEI's 2 MB)
 PLACEHOLDER_KEY = "no-key"  # servers that ask for no key still need the client to send one
 
 # Settings a user tunes through the environment (the flags stay few): defaults, names
@@ -50,9 +53,18 @@ ENVIRONMENT = {
 def resolve_api_base(api_base: str | None) -> str:
     """``api_base``, else ``OPENAI_BASE_URL``, else OpenAI's own; checked to be an http(s) URL."""
     base = (api_base or os.environ.get("OPENAI_BASE_URL") or OPENAI_API_BASE).strip().rstrip("/")
-    parsed = urlparse(base)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ModelError(f"--api-base {base!r} is not an http(s) URL such as http://localhost:8000/v1")
+    example = "an http(s) URL such as http://localhost:8000/v1"
+    try:
+        parsed = urlparse(base)
+        parsed.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        raise ModelError(f"--api-base {base!r} is not {example} ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ModelError(f"--api-base {base!r} is not {example}")
+    if parsed.username or parsed.password:
+        raise ModelError(
+            "--api-base holds a user name or password, which an index would record: give the key in OPENAI_API_KEY"
+        )
     return base
 
 
@@ -69,7 +81,7 @@ def _setting(name: str, given: float | int | None) -> float | int:
         raise ModelError(
             f"{variable}={text!r} is not a {'number' if isinstance(default, float) else 'whole number'}"
         ) from None
-    if value < (0 if name == "max_retries" else 1e-3):
+    if not math.isfinite(value) or value < (0 if name == "max_retries" else 1e-3):
         raise ModelError(f"{variable}={text!r} is too small")
     return value
 
@@ -87,6 +99,7 @@ class RemoteEncoder:
     query_prompt: str | None = None
     document_prompt: str | None = None
     cache: EmbeddingCache | None = None
+    pre_truncation: str | None = None  # a known model's step on its full vectors (nomic's layer norm)
     batch_size: int = DEFAULT_BATCH_SIZE
     max_batch_tokens: int = MAX_TOKENS_PER_REQUEST
     concurrency: int = 4
@@ -138,6 +151,8 @@ class RemoteEncoder:
             received = self._fetch(list(wanted), batch_size or self.batch_size, cache, wanted, progress)
             for i in missing:
                 full[i] = received[sent[i]]
+        if self.pre_truncation:
+            full = PRE_TRUNCATION[self.pre_truncation](full)
         return truncate(full, dim)
 
     def _fetch(
@@ -149,11 +164,13 @@ class RemoteEncoder:
         progress: Callable[[int], None] | None,
     ) -> dict[str, np.ndarray]:
         """Send ``texts`` in batches, a few at once. Each answered batch is cached as it arrives,
-        so a failure later (or a kill) loses none that was paid for; the first failure stops
-        new requests and is raised once those in flight are done."""
+        so a failure later (or a kill) loses none that was paid for; the first failure (or Ctrl-C)
+        stops new requests and is raised once those in flight are answered and kept (a second
+        Ctrl-C does not wait)."""
         batches = plan_batches(texts, min(batch_size, MAX_INPUTS_PER_REQUEST), self.max_batch_tokens)
         received: dict[str, np.ndarray] = {}
         failure: BaseException | None = None
+        interrupted = False
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(batches))) as pool:
             pending: dict[Future, list[str]] = {}
             queue = list(enumerate(batches))
@@ -161,7 +178,13 @@ class RemoteEncoder:
                 while queue and failure is None and len(pending) < self.concurrency:
                     number, batch = queue.pop(0)
                     pending[pool.submit(self._request, batch, number, len(batches))] = batch
-                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                try:
+                    done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                except KeyboardInterrupt as exc:  # the first Ctrl-C: no new requests, keep the answers paid for
+                    if interrupted:
+                        raise
+                    interrupted, failure = True, failure or exc
+                    continue
                 for future in done:
                     batch = pending.pop(future)
                     try:
@@ -187,43 +210,43 @@ class RemoteEncoder:
         try:
             response = self.client.embeddings.create(model=self.model, input=batch, encoding_format="base64", **extra)
         except openai.AuthenticationError as exc:
-            raise ModelError(
+            raise EndpointError(
                 f"{where}: the endpoint refused the API key (401); set OPENAI_API_KEY: {_said(exc)}"
             ) from None
         except openai.APITimeoutError:
-            raise ModelError(
+            raise EndpointError(
                 f"{where}: no answer within {self.client.timeout}s, also after {self.client.max_retries} retries "
                 "(MATRYOSHKA_API_TIMEOUT and MATRYOSHKA_API_RETRIES set these)"
             ) from None
         except openai.APIConnectionError as exc:
-            raise ModelError(f"{where}: cannot connect ({exc.__cause__ or exc})") from None
+            raise EndpointError(f"{where}: cannot connect ({exc.__cause__ or exc})") from None
         except openai.APIStatusError as exc:
-            raise ModelError(f"{where}: HTTP {exc.status_code}: {_said(exc)}") from None
+            raise EndpointError(f"{where}: HTTP {exc.status_code}: {_said(exc)}") from None
         except (openai.APIResponseValidationError, ValueError, TypeError) as exc:
-            raise ModelError(f"{where}: the answer is not an embeddings response ({_short(str(exc))})") from None
+            raise EndpointError(f"{where}: the answer is not an embeddings response ({_short(str(exc))})") from None
         return self._vectors(response, len(batch), where)
 
     def _vectors(self, response: object, count: int, where: str) -> np.ndarray:
         data = getattr(response, "data", None)
         if not isinstance(data, list):
-            raise ModelError(f"{where}: the answer is not an embeddings response ({_short(repr(response))})")
+            raise EndpointError(f"{where}: the answer is not an embeddings response ({_short(repr(response))})")
         if len(data) != count:
-            raise ModelError(f"{where}: the endpoint returned {len(data)} vectors for {count} texts")
+            raise EndpointError(f"{where}: the endpoint returned {len(data)} vectors for {count} texts")
         order = sorted(range(count), key=lambda i: getattr(data[i], "index", i))
         if sorted(getattr(item, "index", i) for i, item in enumerate(data)) != list(range(count)):
-            raise ModelError(f"{where}: the answer's indexes are not 0..{count - 1}")
+            raise EndpointError(f"{where}: the answer's indexes are not 0..{count - 1}")
         rows = np.empty((count, self.full_dim), np.float32)
         for row, i in enumerate(order):
             vector = _decode(data[i].embedding, where)
             if vector.shape != (self.full_dim,):
-                raise ModelError(
+                raise EndpointError(
                     f"{where}: the endpoint returned a {vector.size}-dim vector where {self.full_dim} dims were expected"
                 )
             rows[row] = vector
         if not np.isfinite(rows).all():
-            raise ModelError(f"{where}: the endpoint returned vectors holding NaN or infinity")
+            raise EndpointError(f"{where}: the endpoint returned vectors holding NaN or infinity")
         if not np.any(rows, axis=1).all():
-            raise ModelError(f"{where}: the endpoint returned an all-zero vector")
+            raise EndpointError(f"{where}: the endpoint returned an all-zero vector")
         return rows
 
 
@@ -232,14 +255,14 @@ def _decode(embedding: object, where: str) -> np.ndarray:
         try:
             raw = base64.b64decode(embedding, validate=True)
         except (binascii.Error, ValueError):
-            raise ModelError(f"{where}: an embedding is neither a list of numbers nor base64") from None
+            raise EndpointError(f"{where}: an embedding is neither a list of numbers nor base64") from None
         if len(raw) % 4:
-            raise ModelError(f"{where}: a base64 embedding is {len(raw)} bytes, not whole float32 numbers")
+            raise EndpointError(f"{where}: a base64 embedding is {len(raw)} bytes, not whole float32 numbers")
         return np.frombuffer(raw, "<f4").astype(np.float32)
     try:  # a server that ignores encoding_format answers with numbers
         return np.asarray(embedding, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError):
-        raise ModelError(f"{where}: an embedding is neither a list of numbers nor base64") from None
+        raise EndpointError(f"{where}: an embedding is neither a list of numbers nor base64") from None
 
 
 def _said(exc: Exception) -> str:
@@ -257,19 +280,22 @@ def estimated_tokens(text: str) -> int:
     return len(text.encode("utf-8")) // BYTES_PER_TOKEN_ESTIMATE + 1
 
 
-def plan_batches(texts: Sequence[str], max_count: int, max_tokens: int) -> list[list[str]]:
-    """Consecutive batches of at most ``max_count`` texts and ``max_tokens`` estimated tokens
-    (a single text over the token limit goes alone: the endpoint judges it)."""
+def plan_batches(
+    texts: Sequence[str], max_count: int, max_tokens: int, max_bytes: int = MAX_BATCH_BYTES
+) -> list[list[str]]:
+    """Consecutive batches of at most ``max_count`` texts, ``max_tokens`` estimated tokens and
+    ``max_bytes`` of JSON (a single text over a limit goes alone: the endpoint judges it)."""
     batches: list[list[str]] = []
     current: list[str] = []
-    tokens = 0
+    tokens = size = 0
     for text in texts:
-        cost = estimated_tokens(text)
-        if current and (len(current) >= max_count or tokens + cost > max_tokens):
+        cost, length = estimated_tokens(text), len(json.dumps(text)) + 2
+        if current and (len(current) >= max_count or tokens + cost > max_tokens or size + length > max_bytes):
             batches.append(current)
-            current, tokens = [], 0
+            current, tokens, size = [], 0, 0
         current.append(text)
         tokens += cost
+        size += length
     if current:
         batches.append(current)
     return batches
@@ -287,10 +313,12 @@ def load_remote_model(
     max_retries: int | None = None,
     concurrency: int | None = None,
     max_batch_tokens: int | None = None,
+    full_dim: int | None = None,
 ) -> RemoteEncoder:
     """An encoder for ``model`` at an OpenAI-compatible endpoint. Its full dimension comes from
     ``dimensions``, the catalog of known models, the endpoint's ``/models`` entry (``matryoshka
-    serve`` states it) or, failing those, one probe request."""
+    serve`` states it) or, failing those, one probe request; ``full_dim`` (an index's, checked
+    against every answer) saves that request."""
     import openai
 
     if not model.strip():
@@ -308,11 +336,11 @@ def load_remote_model(
         max_retries=int(_setting("max_retries", max_retries)),
     )
     known = find_known_model(f"openai:{model}") or find_known_model(model)
-    full_dim, trained = dimensions, tuple(known.matryoshka_dims) if known else ()
-    if full_dim is None and known is not None:
-        full_dim = known.full_dim
-    if full_dim is None:
-        full_dim, trained = _served_dims(client, model)
+    trained = tuple(known.matryoshka_dims) if known else ()
+    full_dim = dimensions or full_dim or (known.full_dim if known else None)
+    if full_dim is None or not trained:  # a GET, not a paid request, where the endpoint lists its models
+        served_dim, served_trained = _served_dims(client, model)
+        full_dim, trained = full_dim or served_dim, trained or served_trained
     encoder = RemoteEncoder(
         client=client,
         model=model,
@@ -320,6 +348,7 @@ def load_remote_model(
         full_dim=full_dim or 1,
         dimensions=dimensions,
         matryoshka_dims=tuple(d for d in trained if d <= (full_dim or 0)),
+        pre_truncation=known.pre_truncation if known and dimensions is None else None,  # on full vectors only
         query_prompt=query_prompt if query_prompt is not None else (known.query_prompt if known else None),
         document_prompt=document_prompt if document_prompt is not None else (known.document_prompt if known else None),
         max_batch_tokens=int(_setting("max_batch_tokens", max_batch_tokens)),
@@ -361,11 +390,11 @@ def _probe_dim(encoder: RemoteEncoder) -> int:
         )
     except openai.OpenAIError as exc:
         status = getattr(exc, "status_code", None)
-        raise ModelError(f"{where}: {'HTTP ' + str(status) + ': ' if status else ''}{_said(exc)}") from None
+        raise EndpointError(f"{where}: {'HTTP ' + str(status) + ': ' if status else ''}{_said(exc)}") from None
     data = getattr(response, "data", None)
     if not isinstance(data, list) or len(data) != 1:
-        raise ModelError(f"{where}: the answer is not an embeddings response")
+        raise EndpointError(f"{where}: the answer is not an embeddings response")
     dim = _decode(data[0].embedding, where).size
     if dim < 1:
-        raise ModelError(f"{where}: the endpoint returned an empty vector")
+        raise EndpointError(f"{where}: the endpoint returned an empty vector")
     return dim

@@ -29,7 +29,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .adapt import adapted
 from .batching import MicroBatcher
-from .errors import BusyError, MatryoshkaError, ModelError, ReadOnlyError, ScheduleError, StorageError, UsageError
+from .errors import (
+    BusyError,
+    EndpointError,
+    MatryoshkaError,
+    ModelError,
+    ReadOnlyError,
+    ScheduleError,
+    StorageError,
+    UsageError,
+)
 from .filters import Filter
 from .funnel import Schedule, Stage, check_head
 from .http_guards import BodyGuard, TimedHttpProtocol, bind
@@ -45,6 +54,7 @@ from .openai_api import (
     is_openai_path,
     openai_error_body,
     openai_error_response,
+    upstream_failure,
 )
 from .text_checks import check_unicode
 from .vectors import check_dim, halving_dims, stage_dims, truncate
@@ -69,6 +79,9 @@ class Limits:
     max_write_batch: int = 1024  # documents of concurrent write requests committed together (one segment, one fsync)
     read_timeout_s: float = 10.0  # for a request's headers, and then for its body, to arrive whole
     max_inputs: int = OPENAI_MAX_INPUTS  # texts per /v1/embeddings request: OpenAI's own limit (LangChain sends 1,000)
+    # characters of one /v1 input: OpenAI's 8,192 tokens at about 4 characters each (what the model
+    # cannot take is cut, as everywhere), so that documents of any ordinary length can be indexed through /v1
+    max_input_chars: int = 32_768
 
 
 class _Body(BaseModel):
@@ -683,7 +696,7 @@ def create_app(
     embeddings = OpenAIEmbeddings(
         served_models(service, models or {}),
         max_inputs=limits.max_inputs,
-        max_text_chars=limits.max_text_chars,
+        max_text_chars=limits.max_input_chars,
         max_batch=limits.max_batch,
         keys=_key_encodings(api_key) if api_key is not None else None,
     )
@@ -807,6 +820,8 @@ def _new_app(limits: Limits, embeddings: OpenAIEmbeddings, workers: Sequence) ->
 
     @_answers(app, MatryoshkaError)
     async def bad_value(request: Request, exc: Exception):
+        if isinstance(exc, EndpointError):
+            return JSONResponse({"error": upstream_failure(exc)}, status_code=exc.status)
         status = 409 if isinstance(exc, BusyError) else exc.status if isinstance(exc, StorageError) else 422
         return JSONResponse({"error": str(exc)}, status_code=status)
 

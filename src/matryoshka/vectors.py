@@ -92,6 +92,9 @@ def layer_norm(vectors: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     return (centred / np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True) + eps)).astype(np.float32)
 
 
+PRE_TRUNCATION = {"layer_norm": layer_norm}  # steps a model takes on its full vectors before truncation
+
+
 def validate_vectors(
     vectors: np.ndarray, count: int | None = None, dim: int | None = None, what: str = "vectors"
 ) -> np.ndarray:
