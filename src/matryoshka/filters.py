@@ -114,7 +114,7 @@ def parse_filter(spec: object, schema: Mapping[str, str]) -> Filter | None:
         except json.JSONDecodeError as exc:
             raise FilterError(f"the filter is not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(spec, dict):
-        raise FilterError(f'a filter is a JSON object like {{"lang": "en"}}, not {_kind(spec)}')
+        raise FilterError(f'a filter is a JSON object like {{"lang": "en"}}, not {json_kind(spec)}')
     if not spec:
         return None
     parser = _Parser(schema)
@@ -125,7 +125,8 @@ def parse_filter(spec: object, schema: Mapping[str, str]) -> Filter | None:
     return Filter(root, json.dumps(key, sort_keys=True, ensure_ascii=False))
 
 
-def _kind(value: object) -> str:
+def json_kind(value: object, array: str = "a list") -> str:
+    """What a decoded JSON value is, in words for an error message (``array``: what to call a list)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -135,7 +136,7 @@ def _kind(value: object) -> str:
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):
-        return "a list"
+        return array
     return "an object"
 
 
@@ -148,7 +149,7 @@ class _Parser:
         if depth > MAX_DEPTH:
             raise FilterError(f"{where}: the filter nests deeper than {MAX_DEPTH} levels")
         if not isinstance(spec, dict):
-            raise FilterError(f"{where} must be a filter object, not {_kind(spec)}")
+            raise FilterError(f"{where} must be a filter object, not {json_kind(spec)}")
         if not spec:
             raise FilterError(f"{where} is an empty object; give at least one condition")
         parts = [self.entry(key, value, where, depth) for key, value in spec.items()]
@@ -161,7 +162,7 @@ class _Parser:
         if key.startswith("$"):
             if key in ("$and", "$or"):
                 if not isinstance(value, list) or not value:
-                    raise FilterError(f"{place} takes a non-empty list of filters, not {_kind(value)}")
+                    raise FilterError(f"{place} takes a non-empty list of filters, not {json_kind(value)}")
                 parts = tuple(self.node(item, f"{place}[{i}]", depth + 1) for i, item in enumerate(value))
                 return parts[0] if len(parts) == 1 else (AllOf(parts) if key == "$and" else AnyOf(parts))
             if key == "$not":
@@ -198,7 +199,7 @@ class _Parser:
             )
         if op in ("$in", "$nin"):
             if not isinstance(value, list):
-                raise FilterError(f"{place} takes a list of values, not {_kind(value)}")
+                raise FilterError(f"{place} takes a list of values, not {json_kind(value)}")
             if len(value) > MAX_VALUES:
                 raise FilterError(f"{place} lists more than {MAX_VALUES:,} values")
             items = [self.scalar(field, kind, item, f"{place}[{i}]") for i, item in enumerate(value)]
@@ -225,7 +226,7 @@ class _Parser:
         }[wanted]
         if not ok:
             raise FilterError(
-                f"{place}: field {field!r} is {TYPE_NAMES[kind]}; {_kind(value)} cannot be compared with it"
+                f"{place}: field {field!r} is {TYPE_NAMES[kind]}; {json_kind(value)} cannot be compared with it"
             )
         if isinstance(value, float) and not np.isfinite(value):
             raise FilterError(f"{place}: not a finite number")

@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .batching import MicroBatcher
 from .errors import EndpointError, MatryoshkaError, StorageError
+from .filters import json_kind
 from .models import Encoder, TextKind, matryoshka_dims, token_counts
 from .text_checks import check_unicode
 from .vectors import truncate
@@ -136,15 +137,7 @@ def _short(text: str) -> str:
 
 
 def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array" if isinstance(value, list) else "an object"
+    return json_kind(value, array="an array")  # OpenAI's word
 
 
 # ----------------------------------------------------------------------------------- models
