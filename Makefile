@@ -50,7 +50,7 @@ check: install
 
 # Everything, as CI runs it.
 test: check $(MILVUS_SERVER_VENV)/.installed $(CHROMIUM)
-	MATRYOSHKA_MILVUS_SERVER_PYTHON=$(MILVUS_SERVER_VENV)/bin/python $(BIN)/python -m pytest -q
+	MATRYOSHKA_MILVUS_SERVER_PYTHON=$(MILVUS_SERVER_VENV)/bin/python $(BIN)/python -m pytest -q --durations=15
 
 # The quick tier for development: no real servers, no browser, no whole demo (about 5 minutes).
 test-quick: check

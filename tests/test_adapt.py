@@ -130,9 +130,9 @@ def test_adapt_cli_on_real_scifact_then_evaluate_index_and_search(tmp_path, scif
         "--kind",
         "orthogonal",
         "--steps",
-        "30",
+        "15",
         "--query-samples",
-        "300",
+        "150",
         "--output",
         str(adapter),
     )
