@@ -203,9 +203,13 @@ class RemoteEncoder:
         return received
 
     def _request(self, batch: list[str], number: int, batches: int) -> np.ndarray:
+        where = f"{self.api_base} (model {self.model!r}, batch {number + 1} of {batches}, {len(batch)} texts)"
+        return self._vectors(self._create(batch, where), len(batch), where)
+
+    def _create(self, batch: list[str], where: str) -> object:
+        """The endpoint's answer to ``batch``, or an error naming ``where`` and what went wrong."""
         import openai
 
-        where = f"{self.api_base} (model {self.model!r}, batch {number + 1} of {batches}, {len(batch)} texts)"
         extra = {"dimensions": self.dimensions} if self.dimensions else {}
         try:
             response = self.client.embeddings.create(model=self.model, input=batch, encoding_format="base64", **extra)
@@ -224,7 +228,7 @@ class RemoteEncoder:
             raise EndpointError(f"{where}: HTTP {exc.status_code}: {_said(exc)}") from None
         except (openai.APIResponseValidationError, ValueError, TypeError) as exc:
             raise EndpointError(f"{where}: the answer is not an embeddings response ({_short(str(exc))})") from None
-        return self._vectors(response, len(batch), where)
+        return response
 
     def _vectors(self, response: object, count: int, where: str) -> np.ndarray:
         data = getattr(response, "data", None)
@@ -232,11 +236,11 @@ class RemoteEncoder:
             raise EndpointError(f"{where}: the answer is not an embeddings response ({_short(repr(response))})")
         if len(data) != count:
             raise EndpointError(f"{where}: the endpoint returned {len(data)} vectors for {count} texts")
-        order = sorted(range(count), key=lambda i: getattr(data[i], "index", i))
-        if sorted(getattr(item, "index", i) for i, item in enumerate(data)) != list(range(count)):
+        indexes = [getattr(item, "index", i) for i, item in enumerate(data)]
+        if sorted(indexes) != list(range(count)):
             raise EndpointError(f"{where}: the answer's indexes are not 0..{count - 1}")
         rows = np.empty((count, self.full_dim), np.float32)
-        for row, i in enumerate(order):
+        for row, i in enumerate(np.argsort(indexes)):
             vector = _decode(data[i].embedding, where)
             if vector.shape != (self.full_dim,):
                 raise EndpointError(
@@ -381,17 +385,8 @@ def _served_dims(client, model: str) -> tuple[int | None, tuple[int, ...]]:
 
 def _probe_dim(encoder: RemoteEncoder) -> int:
     """Send one short text and read the dimension of the answer."""
-    import openai
-
     where = f"{encoder.api_base} (model {encoder.model!r}, a probe for its dimension)"
-    try:
-        response = encoder.client.embeddings.create(
-            model=encoder.model, input=["dimension probe"], encoding_format="base64"
-        )
-    except openai.OpenAIError as exc:
-        status = getattr(exc, "status_code", None)
-        raise EndpointError(f"{where}: {'HTTP ' + str(status) + ': ' if status else ''}{_said(exc)}") from None
-    data = getattr(response, "data", None)
+    data = getattr(encoder._create(["dimension probe"], where), "data", None)
     if not isinstance(data, list) or len(data) != 1:
         raise EndpointError(f"{where}: the answer is not an embeddings response")
     dim = _decode(data[0].embedding, where).size
