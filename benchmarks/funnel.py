@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from common import expand, machine  # noqa: E402
 
-from matryoshka.funnel import funnel_search, recall_at_k  # noqa: E402
+from matryoshka.funnel import RECALL_LEVELS, funnel_search, recall_at_k  # noqa: E402
 from matryoshka.index import tune  # noqa: E402
 from matryoshka.models import load_model  # noqa: E402
 from matryoshka.rescore import rerank  # noqa: E402
@@ -214,7 +214,9 @@ def bench_size(corpus, queries, tune_queries, args, results):
     tune_s, tuned = timed(lambda: tune(corpus, K, args.target_recall, sample_queries=tune_queries))
     print(f"autotune: {tuned.schedule} (recall {tuned.recall:.4f} on tuning queries) in {tune_s:.1f} s", flush=True)
     binary_tune_s, binary_tuned = timed(
-        lambda: tune(corpus, K, args.target_recall, sample_queries=tune_queries, head_index="binary")
+        lambda: tune(
+            corpus, K, args.target_recall, sample_queries=tune_queries, head_index="binary", levels=RECALL_LEVELS
+        )
     )
     print(
         f"autotune, binary head: {binary_tuned.schedule} (recall {binary_tuned.recall:.4f}) in {binary_tune_s:.1f} s",
@@ -230,9 +232,14 @@ def bench_size(corpus, queries, tune_queries, args, results):
         head = chosen.schedule.head_dim
         build, store = timed(lambda: MemoryStore(corpus, head, head_index=kind))
         schedules = {str(chosen.schedule): chosen.schedule}
+        levels = {str(chosen.schedule): args.target_recall}
+        if kind == "binary":  # the schedule each recall level was tuned to, as `search --recall` runs it
+            for level, result in chosen.by_level.items():
+                schedules[str(result.schedule)] = result.schedule
+                levels[str(result.schedule)] = level
         for factor in factors[kind]:
             s = chosen.schedule.scaled(factor, K, n)
-            schedules[str(s)] = s
+            schedules.setdefault(str(s), s)
         for label, schedule in schedules.items():
             seconds, result = timed(lambda: funnel_search(store, queries, schedule, K), repeats=2)
             ram = store.memory_bytes() / 2**20  # with the prefix norms the stages computed
@@ -250,6 +257,7 @@ def bench_size(corpus, queries, tune_queries, args, results):
                     build + chosen_s,
                     schedule=label,
                     tuned=label == str(chosen.schedule),
+                    recall_level=levels.get(label),
                     stage_ms=stage_ms,
                 )
             )
@@ -271,6 +279,7 @@ def bench_size(corpus, queries, tune_queries, args, results):
                     build + chosen_s,
                     schedule=label,
                     tuned=label == str(chosen.schedule),
+                    recall_level=levels.get(label),
                 )
             )
         if kind == "flat":
@@ -480,6 +489,8 @@ def print_table(results):
         if "qps" not in r:
             continue
         setting = r.get("schedule") or (f"ef={r['ef_search']}" if "ef_search" in r else "")
+        if r.get("recall_level"):
+            setting += f" (--recall {r['recall_level']:g})"
         table.add_row(
             r["method"],
             f"{r['n']:,}",

@@ -231,10 +231,13 @@ def test_cli_binary_head(tmp_path, squad_sample, squad_vectors):
         reports[name] = json.loads(out.read_text())
     ids = {name: [[h["id"] for h in r["hits"]] for r in report["results"]] for name, report in reports.items()}
     assert ids["wide"] == ids["exact"]
-    assert (
-        reports["tuned"]["results"][0]["schedule"].startswith("256b:")
-        and reports["exact"]["results"][0]["mode"] == "exact"
-    )
+    assert reports["exact"]["results"][0]["mode"] == "exact"
+    tuned = reports["tuned"]["results"][0]
+    if tuned["mode"] == "funnel":  # the index picks the funnel or, where it timed it faster, exact search
+        assert tuned["schedule"].startswith("256b:")
+    else:
+        assert tuned["plan"] == "exact (faster than the funnel on this index when it was tuned)"
+        assert ids["tuned"] == ids["exact"]
     result = run_cli(
         "search", "--db", db, "--query-vectors", str(tmp_path / "queries.npy"), "--schedule", "8:100,256:10"
     )

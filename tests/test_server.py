@@ -46,9 +46,17 @@ def test_embed_returns_truncated_renormalised_vectors_of_the_indexing_model(clie
 
 def test_search_funnel_matches_exact_and_reports_stages(client, minilm, squad_sample, corpus_vectors):
     question = squad_sample.query_texts[0]
-    funnel = client.post("/search", json={"query": question, "k": 5}).json()
+    default = client.post("/search", json={"query": question, "k": 5}).json()
+    tuned = [*client.get("/info").json()["default_schedule"][:-1], [384, 5]]
+    funnel = client.post("/search", json={"query": question, "k": 5, "schedule": tuned}).json()
     exact = client.post("/search", json={"query": question, "k": 5, "exact": True}).json()
     assert funnel["mode"] == "funnel" and exact["mode"] == "exact"
+    # 150 paragraphs: the index timed exact search faster than its funnel, so that is what a plain search runs
+    assert (
+        default["mode"] == "exact"
+        and default["plan"] == "exact (faster than the funnel on this index when it was tuned)"
+    )
+    assert default["hits"] == exact["hits"]
     query = minilm.encode([question], kind="query")
     expected = [squad_sample.corpus.ids[i] for i in top_k(query @ corpus_vectors.T, 5)[0]]
     assert [h["id"] for h in exact["hits"]] == expected
@@ -100,6 +108,15 @@ def test_similarity_gives_each_texts_cosine_at_each_dim(client, minilm):
         ("/search", {"query": "tides", "k": 0}, 422, "k: 0 is outside"),
         ("/search", {"query": "tides", "dim": 385}, 422, "dim: dimension 385 is outside 1..384"),
         ("/search", {"query": "tides", "dim": 24, "exact": True}, 422, "give one of dim, schedule or exact"),
+        ("/search", {"query": "tides", "recall": 1.5}, 422, "recall: 1.5 is not in (0, 1]"),
+        ("/search", {"query": "tides", "recall": 0}, 422, "recall: 0.0 is not in (0, 1]"),
+        (
+            "/search",
+            {"query": "tides", "recall": 0.9, "exact": True},
+            422,
+            "give one of recall, dim, schedule or exact",
+        ),
+        ("/search", {"query": "tides", "recall": "high"}, 422, "recall: Input should be a valid number"),
         ("/search", {"query": "tides", "schedule": [[24, 50], [192, 10]]}, 422, "must end at the full dimension 384"),
         ("/search", {"query": "tides", "schedule": [[24, 50_000], [384, 10]]}, 422, "more than the limit of 10000"),
         ("/search", {"query": "tides", "k": "ten"}, 422, "k: Input should be a valid integer"),

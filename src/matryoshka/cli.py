@@ -355,6 +355,11 @@ def index(
         max=1.0,
         help="Recall@k against exact search that autotune must reach, with 95% confidence over its tuning queries.",
     ),
+    recall_levels: str = typer.Option(
+        "0.9,0.95,0.99,0.999",
+        help="Further recall@k levels to tune a schedule for, comma-separated ('' for none): 'search --recall 0.95' "
+        "then takes the cheapest schedule tuned for at least 0.95, and a recall above every level searches exactly.",
+    ),
     tune_queries: Path | None = typer.Option(
         None, help="Real queries to autotune on (text file as for --queries). Default: word windows of the corpus."
     ),
@@ -395,9 +400,11 @@ def index(
     A JSONL line such as {"id": "d1", "text": "…", "lang": "en", "year": 2021, "tags": ["a"]} gives the
     document the metadata fields lang, year and tags, for 'search --where'.
     """
+    from .funnel import parse_recall_levels
     from .index import build_index
 
     with user_errors():
+        levels = parse_recall_levels(recall_levels, "--recall-levels")
         documents = read_texts(corpus)
         if adapter is not None and model is None and vectors is not None:
             raise UsageError(
@@ -434,6 +441,7 @@ def index(
                 head_index=head_index,
                 k=k,
                 target_recall=target_recall,
+                recall_levels=levels,
                 tune_queries=tune,
                 collection=collection,
                 progress=lambda n: progress.advance(step, n),
@@ -455,6 +463,12 @@ def index(
             console.print(
                 f"[yellow]No schedule tried reached recall {target_recall} with 95% confidence; this is the "
                 "most accurate one. Search with --exact, or pass a wider --schedule.[/yellow]"
+            )
+        if meta.recall_schedules:
+            console.print(
+                "Recall levels for --recall: "
+                + ", ".join(f"{level:g} → {schedule}" for level, schedule in meta.schedules_by_recall().items()),
+                markup=False,
             )
 
 
@@ -609,6 +623,11 @@ def search(
         None,
         help="Search only the first DIM dimensions (exact scan of the re-normalised prefixes): what a DIM-dim index would return.",
     ),
+    recall: float | None = typer.Option(
+        None,
+        help="The recall@k you need, e.g. 0.95: the cheapest schedule the index tuned for at least that level "
+        "('matryoshka index' prints them, and a server's GET /info); above its highest level the search is exact. Default: the index's target.",
+    ),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Must match the indexing model (checked); default: the index's own."
     ),
@@ -658,18 +677,34 @@ def search(
             labels = [query] if query is not None else read_texts(queries).texts
             with console.status(f"Encoding {len(labels)} queries…"):
                 vectors = opened.encode_queries(labels)
+        if recall is not None and (plan is not None or exact or dim is not None):
+            raise UsageError("give --recall, or --schedule, --exact or --dim: not two of them")
         mode = search_mode(exact=exact, dim=dim)
-        plan = plan or (opened.schedule_for(k) if mode == "funnel" else None)
-        result = opened.search_vectors(vectors, k, schedule=plan, exact=exact, dim=dim, filter=scope)
+        chosen = mode == "funnel" and plan is None  # the index picks: a level's schedule, or exact where faster
+        if chosen:
+            plan = opened.plan_for(k, recall=recall, batch=len(vectors))
+        result = opened.search_vectors(
+            vectors,
+            k,
+            schedule=plan,
+            exact=exact,
+            dim=dim,
+            filter=scope,
+            recall=recall if chosen and plan is None else None,
+        )
+        if chosen and plan is None:
+            mode = "exact"
         hits = opened.hits(result, names)
         for label, found in list(zip(labels, hits))[:show]:
             console.print(hits_table(label, found, min(console.width, 160)))
-        described = f"{dim}-dim prefix" if dim else "exact" if exact else str(plan)
+        described = f"{dim}-dim prefix" if dim else result.plan if mode == "exact" else str(plan)
+        if recall is not None:
+            described += f" (for recall ≥ {recall:g})"
         per_stage = "  ".join(
             f"{'filter' if d == 0 else f'{d}d'}→{n:,}: {1000 * s:.1f} ms"
             for d, n, s in zip(result.stage_dims, result.stage_keeps, result.stage_seconds)
         )
-        how = f", {result.plan}" if scope is not None else ""
+        how = f", {result.plan}" if scope is not None and described != result.plan else ""
         console.print(
             Text.assemble(
                 f"{len(hits)} queries, {described}{how}: {1000 * result.seconds / len(hits):.2f} ms/query  ",

@@ -417,6 +417,7 @@ class TuneResult:
     cost: float
     tried: tuple[tuple[str, float, float, float], ...]  # (schedule, recall, its 95% lower bound, cost)
     passed: bool = False  # reached the target with 95% confidence (else: the most accurate schedule tried)
+    by_level: dict[float, TuneResult] = field(default_factory=dict)  # other recall levels tuned with it
 
 
 TUNE_MARGIN = 0.2  # share of the allowed misses (1 - target recall) that autotune holds back
@@ -451,6 +452,7 @@ def autotune(
     two_stage: bool = False,
     groups: np.ndarray | None = None,
     trained: Sequence[int] = (),
+    measured: dict[str, np.ndarray] | None = None,
 ) -> TuneResult:
     """The cheapest schedule whose recall@k against exact search on ``sample_queries`` reaches
     ``target_recall`` with 95% confidence (the lower bound over queries, not just the mean, so
@@ -466,7 +468,9 @@ def autotune(
     fairly, tune one store per head dim (as ``index.tune`` does). A store with a binary head is
     tuned on :meth:`Schedule.binary` schedules over its own bits. ``head_queries`` and
     ``two_stage`` tune an adapter's head: head in the adapter's space, then straight to the full
-    original vectors. ``trained``: the model's trained prefix dims, which the stages keep to."""
+    original vectors. ``trained``: the model's trained prefix dims, which the stages keep to.
+    ``measured`` (schedule -> per-query recalls) is read and filled, so that tuning the same store
+    and queries for several targets (:func:`autotune_levels`) searches each schedule once."""
     if not 0 < target_recall <= 1:
         raise UsageError(f"target recall must be in (0, 1], got {target_recall}")
     required = target_recall + TUNE_MARGIN * (1 - target_recall)
@@ -488,9 +492,13 @@ def autotune(
                     schedule = Schedule.binary(full, k, shortlist, head, first_cut=cut, trained=trained)
                 else:
                     schedule = Schedule.halving(full, k, shortlist, head, first_cut=cut, trained=trained)
-                recalls = per_query_recall(
-                    funnel_search(store, queries, schedule, k, head_queries=head_queries).rows, truth
-                )
+                recalls = None if measured is None else measured.get(str(schedule))
+                if recalls is None:
+                    recalls = per_query_recall(
+                        funnel_search(store, queries, schedule, k, head_queries=head_queries).rows, truth
+                    )
+                    if measured is not None:
+                        measured[str(schedule)] = recalls
                 recall, bound = float(np.mean(recalls)), worst_bound(recalls, groups)
                 cost = schedule_cost(schedule, n)
                 tried.append((str(schedule), recall, bound, cost))
@@ -507,6 +515,46 @@ def autotune(
                 break  # longer shortlists at this head only cost more
     chosen = best or fallback
     return TuneResult(chosen.schedule, chosen.recall, chosen.cost, tuple(tried), chosen.passed)
+
+
+RECALL_LEVELS = (0.9, 0.95, 0.99, 0.999)  # the recall levels an index tunes a schedule for by default
+
+
+def check_recall(recall: float, what: str = "recall") -> float:
+    """A recall level is a number in (0, 1]."""
+    if isinstance(recall, bool) or not isinstance(recall, (int, float)) or not 0 < recall <= 1:
+        raise UsageError(f"{what} must be a number in (0, 1], got {recall!r}")
+    return float(recall)
+
+
+def parse_recall_levels(text: str, what: str = "recall levels") -> tuple[float, ...]:
+    """``"0.9,0.95,0.99"`` -> (0.9, 0.95, 0.99); an empty string is no levels."""
+    levels = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            levels.append(check_recall(float(part), what))
+        except ValueError:
+            raise UsageError(f"{what}: {part!r} is not a number in (0, 1]") from None
+    return tuple(sorted(set(levels)))
+
+
+def autotune_levels(
+    store: Store, sample_queries: np.ndarray, k: int, levels: Sequence[float], **options
+) -> dict[float, TuneResult]:
+    """:func:`autotune` for each recall level in ``levels`` on the same queries, each schedule
+    searched once whatever the number of levels (a level's cheapest schedule is mostly one a
+    higher level tried on its way up)."""
+    queries = _as_batch(sample_queries, store.full_dim)
+    if options.get("truth") is None:
+        options["truth"] = store.exact_search(queries, k)[1]
+    measured = options.pop("measured", None)
+    measured = {} if measured is None else measured
+    return {
+        level: autotune(store, queries, k, level, measured=measured, **options)
+        for level in sorted({check_recall(level, "a recall level") for level in levels})
+    }
 
 
 def two_stage_schedule(full_dim: int, k: int, shortlist: int, head_dim: int, binary: bool = False) -> Schedule:

@@ -20,11 +20,14 @@ from .embedding_cache import cache_path_for_index, user_cache_path
 from .errors import MatryoshkaError, StorageError, StoreError, UsageError
 from .filters import Filter, parse_filter
 from .funnel import (
+    RECALL_LEVELS,
     TUNE_MARGIN,
     Schedule,
     SearchResult,
     TuneResult,
     autotune,
+    autotune_levels,
+    check_recall,
     funnel_search,
     per_query_recall,
     shortlist_candidates,
@@ -32,6 +35,7 @@ from .funnel import (
 )
 from .metadata import MetadataError, infer_schema, merge_schemas
 from .models import MODEL_ALIASES, REMOTE_PREFIX, Encoder, load_model, model_options, tuning_dims
+from .plans import exact_is_faster, level_for, time_plans
 from .samples import AUTOTUNE_SAMPLE, tuning_texts
 from .stores import (
     HEAD_INDEXES,
@@ -82,9 +86,11 @@ def build_index(
     progress: Callable[[int], None] | None = None,
     metadata: Sequence[dict] | None = None,
     schema: dict[str, str] | None = None,
+    recall_levels: Sequence[float] = RECALL_LEVELS,
 ) -> IndexMeta:
     """Encode (or take) the corpus vectors, autotune the head dim and default schedule on a sample
-    of the corpus, and store everything. Without ``vectors`` the ``encoder`` encodes the texts;
+    of the corpus, and store everything. ``recall_levels``: further recall targets a search may ask
+    for (``recall=``), each tuned a schedule of its own at the chosen head. Without ``vectors`` the ``encoder`` encodes the texts;
     with both, the vectors are taken as that model's and queries can later be given as text.
     ``metadata``: a dict per document (filterable fields), typed by ``schema`` (inferred if not given).
 
@@ -92,6 +98,8 @@ def build_index(
     the number of documents encoded (and, for Milvus, written) since the last call."""
     if encoder is None and vectors is None:
         raise UsageError("give a model to encode the texts, or precomputed vectors")
+    check_recall(target_recall, "the target recall")
+    recall_levels = [check_recall(level, "a recall level") for level in recall_levels]
     adapter = encoder.adapter if isinstance(encoder, AdaptedEncoder) else None
     adapter_path = encoder.adapter_path if isinstance(encoder, AdaptedEncoder) else None
     encoder = (
@@ -155,11 +163,13 @@ def build_index(
             head_index=head_index,
             two_stage=milvus,  # on Milvus a stage costs by the ids it handles: one cut after the head is cheapest
             max_shortlist=MILVUS_MAX_TOPK if milvus else None,
+            levels=() if milvus and head_index in APPROXIMATE_HEADS else recall_levels,
         )
         meta = replace(
             meta,
             head_dim=tuned.schedule.head_dim,
             schedule=str(tuned.schedule),
+            recall_schedules=level_schedules(tuned.by_level),
             autotune=Autotune(
                 k=min(k, len(ids)),
                 target_recall=target_recall,
@@ -177,7 +187,25 @@ def build_index(
         builder.close()
     if milvus and meta.head_index in APPROXIMATE_HEADS:
         meta = tune_on_store(db, collection, full, queries, groups, meta, adapter)
+    if queries is None:
+        rows = np.sort(np.random.default_rng(0).choice(len(full), size=min(AUTOTUNE_SAMPLE, len(full)), replace=False))
+        queries = np.asarray(full[rows])
+    return record_plan_times(db, collection, meta, queries, adapter)
+
+
+def record_plan_times(db, collection: str | None, meta: IndexMeta, queries: np.ndarray, adapter=None) -> IndexMeta:
+    """Time exact search and each tuned schedule on the index as stored (see :mod:`matryoshka.plans`)
+    and record the figures with it, so that a search takes exact search where that is faster."""
+    with Index(db, collection=collection) as index:
+        seconds = time_plans(index.store, queries, meta, _head_mapper(adapter))
+    meta = replace(meta, plan_seconds=seconds)
+    with open_writer(db, collection) as writer:
+        writer.save_meta(meta)
     return meta
+
+
+def _head_mapper(adapter) -> Callable[[np.ndarray, int], np.ndarray] | None:
+    return None if adapter is None else (lambda queries, dim: adapted_queries(adapter, queries, dim))
 
 
 def check_metadata(
@@ -287,6 +315,7 @@ def tune(
     two_stage: bool = False,
     max_shortlist: int | None = None,
     trained: Sequence[int] = (),
+    levels: Sequence[float] = (),
 ) -> TuneResult:
     """Autotune over head dims and shortlists; queries default to a sample of the corpus' own vectors.
     ``groups`` labels each query's kind; each kind must reach the target on its own.
@@ -294,7 +323,8 @@ def tune(
     adapter's space and the schedules are two-stage: head, then the original full vectors; so are
     they with ``two_stage``. ``max_shortlist``: the longest head answer the store can give. A
     binary head is tuned at its own bits (default all d); the other heads are tuned as exact ones.
-    ``trained``: the model's trained prefix dims; head dims and stages then keep to them."""
+    ``trained``: the model's trained prefix dims; head dims and stages then keep to them.
+    ``levels``: further recall targets, each tuned at the chosen head (``by_level`` of the result)."""
     if sample_queries is None:
         rng = np.random.default_rng(0)
         rows = np.sort(rng.choice(len(full), size=min(AUTOTUNE_SAMPLE, len(full)), replace=False))
@@ -308,23 +338,31 @@ def tune(
     else:
         stores = [MemoryStore(full, head, head=normalize(adapted[:, :head]), head_index=kind) for head in candidates]
     truth = stores[0].exact_search(sample_queries, k)[1]
-    results = [
-        autotune(
-            store,
-            sample_queries,
-            k,
-            target_recall,
+    options = [
+        dict(
             truth=truth,
             groups=None if groups is None else np.asarray(groups),
             two_stage=two_stage or adapter is not None,
             trained=trained,
             shortlists=_shortlists(k, len(full), max_shortlist),
             head_queries=None if adapter is None else adapted_queries(adapter, sample_queries, store.head_dim),
+            measured={},
         )
         for store in stores
     ]
+    results = [autotune(store, sample_queries, k, target_recall, **o) for store, o in zip(stores, options)]
     passing = [r for r in results if r.passed]
-    return min(passing, key=lambda r: r.cost) if passing else max(results, key=lambda r: r.recall)
+    chosen = min(passing, key=lambda r: r.cost) if passing else max(results, key=lambda r: r.recall)
+    others = sorted({check_recall(level, "a recall level") for level in levels} - {target_recall})
+    if not others:
+        return chosen
+    where = results.index(chosen)
+    return replace(chosen, by_level=autotune_levels(stores[where], sample_queries, k, others, **options[where]))
+
+
+def level_schedules(results: dict[float, TuneResult]) -> dict[str, str]:
+    """The stored form of tuned recall levels: ``{"0.95": "256b:500,128:62,256:10", ...}``."""
+    return {f"{level:g}": str(result.schedule) for level, result in sorted(results.items())}
 
 
 def _shortlists(k: int, count: int, longest: int | None) -> list[int] | None:
@@ -522,13 +560,32 @@ class Index:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def schedule_for(self, k: int, store: Store | None = None) -> Schedule:
-        """The autotuned schedule, its keeps scaled up when more than the tuned k is asked for."""
+    def schedule_for(self, k: int, store: Store | None = None, recall: float | None = None) -> Schedule | None:
+        """The autotuned schedule, its keeps scaled up when more than the tuned k is asked for.
+        With ``recall``, the one tuned for the lowest stored level at or above it (the cheapest
+        that promises as much); ``None`` when it is above every tuned level: only exact search
+        promises that."""
         store = store or self.store
+        found = level_for(store.meta, recall)
+        return None if found is None else self._scaled(found[1], k, store)
+
+    def plan_for(
+        self, k: int, store: Store | None = None, recall: float | None = None, batch: int = 1
+    ) -> Schedule | None:
+        """What a search of ``batch`` queries runs when it names no schedule: :meth:`schedule_for`,
+        or ``None`` for exact search where that promises the recall and answered faster when the
+        index was timed (see :mod:`matryoshka.plans`)."""
+        store = store or self.store
+        found = level_for(store.meta, recall)
+        if found is None or exact_is_faster(store.meta, found[0], batch):
+            return None
+        return self._scaled(found[1], k, store)
+
+    def _scaled(self, text: str, k: int, store: Store) -> Schedule:
         meta = store.meta
-        tuned = Schedule.parse(meta.schedule) if meta.schedule else None
-        if tuned is None:
+        if not text:
             return Schedule.halving(meta.full_dim, k, max(100, 10 * k), meta.head_dim, trained=meta.trained_dims)
+        tuned = Schedule.parse(text)
         return tuned.scaled(max(1.0, k / tuned.stages[-1].keep), k, max(k, len(store)))
 
     def schedule_warning(self) -> str | None:
@@ -708,31 +765,33 @@ class Index:
             picked = np.sort(np.random.default_rng(1).permutation(rows)[:AUTOTUNE_SAMPLE])
             queries, source = store.document_vectors(picked), "corpus vectors"
         milvus = is_milvus_uri(self.db)
-        result = autotune(
+        levels = [float(level) for level in meta.recall_schedules]
+        results = autotune_levels(
             store,
             queries,
             k,
-            tuned.target_recall,
+            [tuned.target_recall, *levels],
             groups=None if groups is None else np.asarray(groups),
             two_stage=milvus or self.adapter is not None,
             shortlists=_shortlists(k, len(store), MILVUS_MAX_TOPK if milvus else None),
             head_queries=None if self.adapter is None else adapted_queries(self.adapter, queries, meta.head_dim),
             trained=meta.trained_dims,
         )
-        writer.save_meta(
-            replace(
-                meta,
-                schedule=str(result.schedule),
-                autotune=Autotune(
-                    k=k,
-                    target_recall=tuned.target_recall,
-                    recall=result.recall,
-                    queries=source + ", re-tuned",
-                    passed=result.passed,
-                    corpus_size=len(store),
-                ),
-            )
+        result = results.pop(tuned.target_recall)
+        meta = replace(
+            meta,
+            schedule=str(result.schedule),
+            recall_schedules=level_schedules(results),
+            autotune=Autotune(
+                k=k,
+                target_recall=tuned.target_recall,
+                recall=result.recall,
+                queries=source + ", re-tuned",
+                passed=result.passed,
+                corpus_size=len(store),
+            ),
         )
+        writer.save_meta(replace(meta, plan_seconds=time_plans(store, queries, meta, _head_mapper(self.adapter))))
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Query texts as the index's model encodes them; an empty query is refused (it has no meaning
@@ -753,20 +812,27 @@ class Index:
         dim: int | None = None,
         filter: dict | str | None = None,
         fields: Sequence[str] | None = None,
+        recall: float | None = None,
     ) -> list[Hits]:
         """Encode query texts with the index's model and search: one :class:`Hits` per query.
         ``filter`` keeps documents whose metadata matches (see :mod:`matryoshka.filters`);
-        ``fields`` names the metadata fields each hit returns (default: all).
+        ``fields`` names the metadata fields each hit returns (default: all); ``recall`` asks
+        for the cheapest schedule tuned for at least that recall@k (see :meth:`search_vectors`).
 
         Example::
 
             with Index("./my-index") as index:
                 print(index.search("what causes tides?", k=3, filter={"year": {"$gte": 2020}})[0])
+                fast = index.search("tides", recall=0.9)  # cheaper, tuned to find 9 of the true top 10
         """
         texts = [queries] if isinstance(queries, str) else list(queries)
         plan = Schedule.parse(schedule) if isinstance(schedule, str) else schedule
         where = self.parse_filter(filter)  # a bad filter fails before any encoding
-        result = self.search_vectors(self.encode_queries(texts), k, schedule=plan, exact=exact, dim=dim, filter=where)
+        if recall is not None:
+            check_recall(recall)
+        result = self.search_vectors(
+            self.encode_queries(texts), k, schedule=plan, exact=exact, dim=dim, filter=where, recall=recall
+        )
         return self.hits(result, fields)
 
     def parse_filter(self, spec: dict | str | Filter | None) -> Filter | None:
@@ -794,11 +860,18 @@ class Index:
         exact: bool = False,
         dim: int | None = None,
         filter: dict | str | Filter | None = None,
+        recall: float | None = None,
     ) -> SearchResult:
         """Funnel search by default; ``exact`` scans the full vectors; ``dim`` scans only the
         re-normalised ``dim`` prefixes, i.e. what an index of ``dim``-dim embeddings would return.
-        ``filter`` keeps only documents whose metadata matches; fewer than ``k`` may, and so may
-        an index holding fewer than ``k`` documents (each query then gets all of them)."""
+        ``recall`` picks the cheapest schedule the index tuned for at least that recall@k (exact
+        search above its highest level). ``filter`` keeps only documents whose metadata matches;
+        fewer than ``k`` may, and so may an index holding fewer than ``k`` documents (each query
+        then gets all of them)."""
+        if recall is not None:
+            check_recall(recall)
+            if schedule is not None or exact or dim is not None:
+                raise UsageError("give a recall level, or a schedule, --exact or a dim: not two of them")
         where = self.parse_filter(filter)
         store = self.current_store()
         meta = store.meta
@@ -814,17 +887,29 @@ class Index:
             check_dim(dim, meta.full_dim)
             if schedule is not None:
                 raise StoreError("give a dim or a schedule, not both")
+        chosen = False  # exact search chosen by the index, not asked for
+        if schedule is None and not exact and dim is None:
+            schedule = self.plan_for(k, store, recall, len(queries))
+            exact = chosen = schedule is None
         if exact or (dim is not None and dim != meta.full_dim):
             dim = dim or meta.full_dim
             started = time.perf_counter()
             scoped = {} if where is None else {"where": where}
-            if dim == meta.full_dim:
+            if chosen and where is not None and not getattr(store, "runs_stages", False):
+                # the filtered plan's exact branch: the same answer, with the filter's stage and count
+                result = funnel_search(store, queries, self.schedule_for(k, store), k, where=where, plan="exact")
+            elif dim == meta.full_dim:
                 scores, rows = store.exact_search(queries, k, **scoped)
+                result = SearchResult(rows, scores.astype(np.float32), [dim], [k], [time.perf_counter() - started])
             else:
                 scores, rows = store.exact_search(normalize(queries[:, :dim]), k, dim=dim, **scoped)
-            elapsed = [time.perf_counter() - started]
-            result = SearchResult(rows, scores.astype(np.float32), [dim], [k], elapsed, source=store)
+                result = SearchResult(rows, scores.astype(np.float32), [dim], [k], [time.perf_counter() - started])
+            result.source = store
             result.plan = "exact" if where is None else "exact over the filtered rows"
+            if chosen and level_for(meta, recall) is None:
+                result.plan += f" (recall {recall:g} is above every level this index tuned)"
+            elif chosen:
+                result.plan += " (faster than the funnel on this index when it was tuned)"
             return result
         schedule = schedule or self.schedule_for(k, store)
         if self.adapter is None:

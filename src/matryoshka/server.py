@@ -104,6 +104,11 @@ class SearchRequest(_Body):
         "On an index with a binary head the first stage is that head (dim = its bits).",
     )
     exact: bool = Field(False, description="Exact full-dimension search instead of the funnel.")
+    recall: float | None = Field(
+        None,
+        description="The recall@k needed, in (0, 1]: the cheapest schedule the index tuned for at least that level "
+        "(GET /info lists them); above its highest level the search is exact. Default: the index's target.",
+    )
     filter: dict[str, Any] | None = Field(
         None,
         description='Keep only documents whose metadata matches, e.g. {"lang": "en", "year": {"$gte": 2020}}; '
@@ -156,11 +161,13 @@ class SearchPlan:
     schedule: Schedule | None
     where: Filter | None = None
     fields: tuple[str, ...] | None = None
+    recall: float | None = None  # the recall level asked for (the index's schedule for it, when searched)
 
     @property
     def key(self) -> tuple:
-        """Plans that may share one search: the same k, mode, schedule, filter and fields."""
-        return (self.k, self.mode, self.dim, self.schedule, self.where.key if self.where else None, self.fields)
+        """Plans that may share one search: the same k, mode, schedule, recall, filter and fields."""
+        where = self.where.key if self.where else None
+        return (self.k, self.mode, self.dim, self.schedule, self.recall, where, self.fields)
 
 
 class DeniedError(Exception):
@@ -297,7 +304,9 @@ class SearchService:
             "store": getattr(self.index.store, "kind", "unknown"),
             "default_schedule": [[s.dim, s.keep] for s in default.stages],
             "default_schedule_text": str(default),
+            "default_plan": "funnel" if self.index.plan_for(10) is not None else "exact",
             "autotune_recall": self.meta.autotune_recall,
+            "recall_levels": {f"{level:g}": schedule for level, schedule in self.meta.schedules_by_recall().items()},
             "marks": self.marks,
             "limits": asdict(self.limits),
             "read_only": not (self.writable and self.index.writable()),
@@ -320,6 +329,11 @@ class SearchService:
             self.check_dim(request.dim, "dim")
             if request.schedule is not None or request.exact:
                 raise LimitError("dim: give one of dim, schedule or exact")
+        if request.recall is not None:
+            if request.schedule is not None or request.exact or request.dim is not None:
+                raise LimitError("recall: give one of recall, dim, schedule or exact")
+            if not 0 < request.recall <= 1:
+                raise LimitError(f"recall: {request.recall} is not in (0, 1]")
         if request.schedule is not None:
             if request.exact:
                 raise LimitError("schedule: give a schedule or exact, not both")
@@ -332,7 +346,8 @@ class SearchService:
         except UsageError as exc:
             raise LimitError(f"fields: {exc}") from None
         # no schedule: the index's own, when searched
-        return SearchPlan(request.query, k, mode, dim, schedule, where, None if fields is None else tuple(fields))
+        named = None if fields is None else tuple(fields)
+        return SearchPlan(request.query, k, mode, dim, schedule, where, named, request.recall)
 
     def search(self, request: SearchRequest) -> dict:
         answer = self.search_many([self.prepare(request)])[0]
@@ -364,7 +379,7 @@ class SearchService:
                 result,
                 hits,
                 k=plan.k,
-                mode=plan.mode,
+                mode="exact" if plan.mode == "funnel" and schedule is None else plan.mode,
                 dim=plan.dim or self.full_dim,
                 schedule=schedule,
             )
@@ -378,9 +393,18 @@ class SearchService:
         for attempt in range(2):
             try:
                 with self._store_lock:
-                    schedule = plan.schedule or (self.index.schedule_for(plan.k) if plan.mode == "funnel" else None)
+                    schedule = plan.schedule
+                    chosen = schedule is None and plan.mode == "funnel"  # the index picks: a level's, or exact
+                    if chosen:
+                        schedule = self.index.plan_for(plan.k, recall=plan.recall, batch=len(queries))
                     result = self.index.search_vectors(
-                        queries, plan.k, schedule=schedule, exact=plan.mode == "exact", dim=plan.dim, filter=plan.where
+                        queries,
+                        plan.k,
+                        schedule=schedule,
+                        exact=plan.mode == "exact",
+                        dim=plan.dim,
+                        filter=plan.where,
+                        recall=plan.recall if chosen and schedule is None else None,
                     )
                     return result, self.index.hits(result, plan.fields), schedule
             except MatryoshkaError:

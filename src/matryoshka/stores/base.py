@@ -49,6 +49,10 @@ class IndexMeta:
     head_index: str = "flat"
     schedule: str | None = None
     autotune: Autotune | None = None
+    recall_schedules: dict[str, str] = field(default_factory=dict)  # recall level ("0.95") -> schedule tuned for it
+    plan_seconds: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # "exact" or a level -> [one query, batch] s/query
     query_prompt: str | None = None
     document_prompt: str | None = None
     adapter: str | None = None
@@ -68,6 +72,13 @@ class IndexMeta:
     @property
     def binary_head(self) -> bool:
         return self.head_index.startswith("binary")
+
+    def schedules_by_recall(self) -> dict[float, str]:
+        """Each tuned recall level's schedule, lowest level first, the default target's included."""
+        levels = {float(level): schedule for level, schedule in self.recall_schedules.items()}
+        if self.autotune is not None and self.schedule:
+            levels[self.autotune.target_recall] = self.schedule
+        return dict(sorted(levels.items()))
 
     @property
     def autotune_recall(self) -> float | None:
@@ -89,6 +100,20 @@ class IndexMeta:
         values = _typed_fields(cls, data, where)
         if values.get("autotune") is not None:
             values["autotune"] = cls._autotune(values["autotune"], where)
+        for level, schedule in values.get("recall_schedules", {}).items():
+            try:
+                good = 0 < float(level) <= 1 and isinstance(schedule, str)
+            except ValueError:
+                good = False
+            if not good:
+                raise StoreError(
+                    f"{where}: recall_schedules maps a recall level in (0, 1] to a schedule, got {level!r}: {schedule!r}"
+                )
+        for plan, seconds in values.get("plan_seconds", {}).items():
+            if not (isinstance(seconds, list) and len(seconds) == 2 and all(_is_number(s) and s >= 0 for s in seconds)):
+                raise StoreError(
+                    f"{where}: plan_seconds maps a plan to two times in seconds, got {plan!r}: {seconds!r}"
+                )
         if "fields" in values:
             try:
                 values["fields"] = check_schema(values["fields"], where)
@@ -101,6 +126,10 @@ class IndexMeta:
         if not isinstance(data, dict):
             raise StoreError(f"{where}: metadata field 'autotune' is not a JSON object")
         return Autotune(**_typed_fields(Autotune, data, f"{where} (autotune)"))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def check_format_version(version: object, where: str) -> None:
