@@ -117,6 +117,7 @@ def test_similarity_gives_each_texts_cosine_at_each_dim(client, minilm):
             "give one of recall, dim, schedule or exact",
         ),
         ("/search", {"query": "tides", "recall": "high"}, 422, "recall: Input should be a valid number"),
+        ("/search", {"query": "tides", "recall": True}, 422, "recall: Input should be a valid number"),
         ("/search", {"query": "tides", "schedule": [[24, 50], [192, 10]]}, 422, "must end at the full dimension 384"),
         ("/search", {"query": "tides", "schedule": [[24, 50_000], [384, 10]]}, 422, "more than the limit of 10000"),
         ("/search", {"query": "tides", "k": "ten"}, 422, "k: Input should be a valid integer"),

@@ -106,6 +106,7 @@ class SearchRequest(_Body):
     exact: bool = Field(False, description="Exact full-dimension search instead of the funnel.")
     recall: float | None = Field(
         None,
+        strict=True,  # a number, not true or "0.9"
         description="The recall@k needed, in (0, 1]: the cheapest schedule the index tuned for at least that level "
         "(GET /info lists them); above its highest level the search is exact. Default: the index's target.",
     )
