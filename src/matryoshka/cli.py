@@ -680,19 +680,9 @@ def search(
         if recall is not None and (plan is not None or exact or dim is not None):
             raise UsageError("give --recall, or --schedule, --exact or --dim: not two of them")
         mode = search_mode(exact=exact, dim=dim)
-        chosen = mode == "funnel" and plan is None  # the index picks: a level's schedule, or exact where faster
-        if chosen:
-            plan = opened.plan_for(k, recall=recall, batch=len(vectors))
-        result = opened.search_vectors(
-            vectors,
-            k,
-            schedule=plan,
-            exact=exact,
-            dim=dim,
-            filter=scope,
-            recall=recall if chosen and plan is None else None,
-        )
-        if chosen and plan is None:
+        result = opened.search_vectors(vectors, k, schedule=plan, exact=exact, dim=dim, filter=scope, recall=recall)
+        plan = result.schedule if mode == "funnel" else None  # what ran: a level's schedule, or none where exact
+        if mode == "funnel" and plan is None:
             mode = "exact"
         hits = opened.hits(result, names)
         for label, found in list(zip(labels, hits))[:show]:

@@ -169,6 +169,7 @@ class SearchResult:
     source: Store | None = field(default=None, repr=False)  # the store the rows number (set by Index)
     plan: str = "funnel"  # how it was answered: "funnel", "filtered funnel", "exact over the filtered rows", ...
     passing: int | None = None  # rows that passed the filter (None: no filter)
+    schedule: Schedule | None = None  # the schedule the funnel ran, as Index.search_vectors chose it (None: exact)
 
     @property
     def seconds(self) -> float:

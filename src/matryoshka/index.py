@@ -187,10 +187,13 @@ def build_index(
         builder.close()
     if milvus and meta.head_index in APPROXIMATE_HEADS:
         meta = tune_on_store(db, collection, full, queries, groups, meta, adapter)
-    if queries is None:
-        rows = np.sort(np.random.default_rng(0).choice(len(full), size=min(AUTOTUNE_SAMPLE, len(full)), replace=False))
-        queries = np.asarray(full[rows])
-    return record_plan_times(db, collection, meta, queries, adapter)
+    return record_plan_times(db, collection, meta, corpus_sample(full) if queries is None else queries, adapter)
+
+
+def corpus_sample(full: np.ndarray) -> np.ndarray:
+    """The corpus' own vectors that stand in for queries when none are given (the same rows each time)."""
+    rows = np.sort(np.random.default_rng(0).choice(len(full), size=min(AUTOTUNE_SAMPLE, len(full)), replace=False))
+    return np.asarray(full[rows])
 
 
 def record_plan_times(db, collection: str | None, meta: IndexMeta, queries: np.ndarray, adapter=None) -> IndexMeta:
@@ -326,9 +329,7 @@ def tune(
     ``trained``: the model's trained prefix dims; head dims and stages then keep to them.
     ``levels``: further recall targets, each tuned at the chosen head (``by_level`` of the result)."""
     if sample_queries is None:
-        rng = np.random.default_rng(0)
-        rows = np.sort(rng.choice(len(full), size=min(AUTOTUNE_SAMPLE, len(full)), replace=False))
-        sample_queries = np.asarray(full[rows])
+        sample_queries = corpus_sample(full)
     full_dim = full.shape[1]
     binary = head_index.startswith("binary")
     candidates = sorted(set(head_dims or ([full_dim] if binary else head_candidates(full_dim, trained))))
@@ -898,11 +899,11 @@ class Index:
             if chosen and where is not None and not getattr(store, "runs_stages", False):
                 # the filtered plan's exact branch: the same answer, with the filter's stage and count
                 result = funnel_search(store, queries, self.schedule_for(k, store), k, where=where, plan="exact")
-            elif dim == meta.full_dim:
-                scores, rows = store.exact_search(queries, k, **scoped)
-                result = SearchResult(rows, scores.astype(np.float32), [dim], [k], [time.perf_counter() - started])
             else:
-                scores, rows = store.exact_search(normalize(queries[:, :dim]), k, dim=dim, **scoped)
+                if dim == meta.full_dim:
+                    scores, rows = store.exact_search(queries, k, **scoped)
+                else:
+                    scores, rows = store.exact_search(normalize(queries[:, :dim]), k, dim=dim, **scoped)
                 result = SearchResult(rows, scores.astype(np.float32), [dim], [k], [time.perf_counter() - started])
             result.source = store
             result.plan = "exact" if where is None else "exact over the filtered rows"
@@ -922,7 +923,7 @@ class Index:
         else:
             head_queries = adapted_queries(self.adapter, queries, schedule.head_dim)
             result = funnel_search(store, queries, schedule, k, head_queries=head_queries, where=where)
-        result.source = store
+        result.source, result.schedule = store, schedule
         return result
 
     def hits(self, result: SearchResult, fields: Sequence[str] | None = None) -> list[Hits]:

@@ -394,19 +394,16 @@ class SearchService:
         for attempt in range(2):
             try:
                 with self._store_lock:
-                    schedule = plan.schedule
-                    chosen = schedule is None and plan.mode == "funnel"  # the index picks: a level's, or exact
-                    if chosen:
-                        schedule = self.index.plan_for(plan.k, recall=plan.recall, batch=len(queries))
                     result = self.index.search_vectors(
                         queries,
                         plan.k,
-                        schedule=schedule,
+                        schedule=plan.schedule,
                         exact=plan.mode == "exact",
                         dim=plan.dim,
                         filter=plan.where,
-                        recall=plan.recall if chosen and schedule is None else None,
+                        recall=plan.recall,
                     )
+                    schedule = result.schedule if plan.mode == "funnel" else None  # None: the index chose exact
                     return result, self.index.hits(result, plan.fields), schedule
             except MatryoshkaError:
                 raise
