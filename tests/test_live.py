@@ -26,6 +26,7 @@ from matryoshka.errors import BusyError, MatryoshkaError
 from matryoshka.funnel import Schedule
 from matryoshka.index import Index, build_index
 from matryoshka.stores.segments import merge_plan
+from matryoshka.vectors import normalize
 
 DIM = 32
 
@@ -57,14 +58,28 @@ def unit(rng: np.random.Generator, count: int, dim: int = DIM) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
+def as_stored(vectors: np.ndarray, storage: str) -> np.ndarray:
+    """The unit vectors an index of ``storage`` holds for ``vectors``, worked out here by the
+    formula the documentation states (float16 rounding; int8 codes of ±127 at each row's largest
+    coordinate), not by the code under test; from the rows as the index normalises what it is given."""
+    vectors = normalize(vectors).astype(np.float64)
+    if storage == "float16":
+        vectors = vectors.astype(np.float16).astype(np.float64)
+    elif storage == "int8":
+        vectors = np.round(vectors * 127 / np.abs(vectors).max(axis=1, keepdims=True))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
 class Oracle:
     """The live documents, kept by hand: what every search must agree with."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage: str = "float32") -> None:
         self.vectors: dict[str, np.ndarray] = {}
         self.texts: dict[str, str] = {}
+        self.storage = storage
 
     def upsert(self, ids, vectors, texts) -> None:
+        vectors = as_stored(vectors, self.storage)
         for doc_id, vector, text in zip(ids, vectors, texts):
             self.vectors[doc_id], self.texts[doc_id] = vector, text
 
@@ -111,14 +126,17 @@ def check_against_oracle(index: Index, oracle: Oracle, rng: np.random.Generator,
         np.testing.assert_allclose(alone.scores[0], truth_scores[0], atol=1e-5, err_msg=f"{where}, one query")
 
 
-def run_random_operations(db: str, operations: int, seed: int, head_index: str = "flat", compact_every: int = 60):
-    """``operations`` random adds, upserts, deletes, compactions and searches on a fresh index at ``db``."""
+def run_random_operations(
+    db: str, operations: int, seed: int, head_index: str = "flat", compact_every: int = 60, storage: str = "float32"
+):
+    """``operations`` random adds, upserts, deletes, compactions and searches on a fresh index at
+    ``db``; the oracle holds each vector as ``storage`` keeps it."""
     rng = np.random.default_rng(seed)
-    oracle = Oracle()
+    oracle = Oracle(storage)
     ids = [hostile_id(rng, i) for i in range(30)]
     vectors = unit(rng, len(ids))
     texts = [f"text of {i} v0" for i in ids]
-    build_index(db, ids, texts, vectors=vectors, head_index=head_index, k=5)
+    build_index(db, ids, texts, vectors=vectors, head_index=head_index, k=5, storage=storage)
     oracle.upsert(ids, vectors, texts)
     serial = len(ids)
     counts = {"add": 0, "upsert": 0, "delete": 0, "compact": 0, "search": 0}

@@ -52,7 +52,15 @@ from .stores import (
 from .stores.memory import MemoryStore
 from .stores.segments import DeleteReport, SegmentWriter, UpsertReport, check_batch_ids, merge_plan
 from .text_checks import check_unicode
-from .vectors import check_dim, default_head_dim, head_candidates, normalize, validate_vectors
+from .vectors import (
+    check_dim,
+    check_storage,
+    default_head_dim,
+    head_candidates,
+    normalize,
+    round_trip,
+    validate_vectors,
+)
 
 LOG = logging.getLogger("matryoshka")
 ENCODE_CHUNK = 256
@@ -87,12 +95,15 @@ def build_index(
     metadata: Sequence[dict] | None = None,
     schema: dict[str, str] | None = None,
     recall_levels: Sequence[float] = RECALL_LEVELS,
+    storage: str = "float32",
 ) -> IndexMeta:
     """Encode (or take) the corpus vectors, autotune the head dim and default schedule on a sample
     of the corpus, and store everything. ``recall_levels``: further recall targets a search may ask
     for (``recall=``), each tuned a schedule of its own at the chosen head. Without ``vectors`` the ``encoder`` encodes the texts;
     with both, the vectors are taken as that model's and queries can later be given as text.
     ``metadata``: a dict per document (filterable fields), typed by ``schema`` (inferred if not given).
+    ``storage``: how the local store keeps the vectors it re-ranks (``float16`` or ``int8`` for
+    half or a quarter of float32's bytes); tuning and final scores are of the vectors as stored.
 
     All or nothing: the new index becomes visible only once complete. ``progress`` is called with
     the number of documents encoded (and, for Milvus, written) since the last call."""
@@ -112,6 +123,8 @@ def build_index(
         vectors = validate_vectors(vectors, count=len(ids), dim=encoder.full_dim if encoder else None, what="--vectors")
     full_dim = vectors.shape[1] if vectors is not None else encoder.full_dim
     milvus = is_milvus_uri(db)
+    if check_storage(storage) != "float32" and milvus:
+        raise UsageError(f"--storage {storage} is for the local store; Milvus keeps float32 vectors")
     head_dim = check_head_choice(head_index, head_dim, full_dim, milvus=milvus)
     # an adapter's head is a prefix of f(x), which the model's trained dims say nothing about
     trained = tuning_dims(encoder) if encoder is not None and adapter is None else ()
@@ -128,6 +141,7 @@ def build_index(
         model_options=model_options(encoder) if encoder is not None else {},
         trained_dims=trained,
         fields=schema or {},
+        storage=storage,
     )
     builder = open_builder(db, collection, head_index)
     try:
@@ -140,6 +154,7 @@ def build_index(
             written += len(batch)
             if progress:
                 progress(len(batch))
+        round_trip(full, storage)  # tuned on the vectors as they will be stored
         groups = None
         if tune_queries is not None:
             queries, source = validate_vectors(tune_queries, dim=full_dim, what="tuning queries"), "given queries"

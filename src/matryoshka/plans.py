@@ -19,8 +19,11 @@ from .funnel import Schedule, check_recall, funnel_search
 from .stores.base import IndexMeta, Store
 
 BATCH_FROM = 16  # queries searched together from which a batch's figures apply
-TIMED_SINGLE = 16  # tuning queries timed one at a time
+TIMED_SINGLE = 16  # tuning queries timed one at a time, at most
 TIMED_BATCH = 256  # tuning queries timed as one batch
+TIMING_BUDGET_S = (
+    0.25  # a plan's single queries stop after this long (after the third), its batches grow while the next fits it
+)
 EXACT = "exact"  # the plan_seconds key of exact search
 
 
@@ -59,7 +62,9 @@ def time_plans(
 ) -> dict[str, list[float]]:
     """Seconds per query ``[one at a time, in a batch]`` of exact search and of every tuned
     level's schedule on ``store``, over the tuning ``queries``; ``head_queries(queries, dim)``
-    maps queries into an adapter's head space. Each figure is the better of two runs."""
+    maps queries into an adapter's head space. A single-query figure is a median, a batch's the
+    better of two runs; on a slow store (a server) each plan is timed for about
+    :data:`TIMING_BUDGET_S`, so indexing stays quick wherever the figures are clear anyway."""
     k = min(meta.autotune.k if meta.autotune else 10, len(store))
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if not len(store) or not len(queries):
@@ -81,16 +86,25 @@ def time_plans(
 
 
 def _seconds(run: Callable[[np.ndarray], object], queries: np.ndarray) -> list[float]:
-    single, batch = queries[:TIMED_SINGLE], queries[:TIMED_BATCH]
+    single = queries[:TIMED_SINGLE]
     run(single[:1])  # warm: first calls pay for lazy set-up
-    one = []
+    one: list[float] = []
     for row in range(len(single)):
         started = time.perf_counter()
         run(single[row : row + 1])
         one.append(time.perf_counter() - started)
-    many = []
-    for _ in range(2):
+        if len(one) >= 3 and sum(one) > TIMING_BUDGET_S:
+            break
+    size = min(BATCH_FROM, len(queries))
+    many: list[float] = []
+    while True:  # batches of 16, 64, 256 queries while the next fits the budget; the largest timed twice
         started = time.perf_counter()
-        run(batch)
-        many.append((time.perf_counter() - started) / len(batch))
+        run(queries[:size])
+        elapsed = time.perf_counter() - started
+        many.append(elapsed / size)
+        largest = size >= min(TIMED_BATCH, len(queries))
+        if (largest and (len(many) >= 2 or elapsed > TIMING_BUDGET_S)) or 4 * elapsed > TIMING_BUDGET_S:
+            break
+        if not largest:
+            size, many = min(4 * size, TIMED_BATCH, len(queries)), []
     return [float(np.median(one)), float(min(many))]

@@ -32,6 +32,21 @@ def rerank(candidates: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
 
+def as_float32(rows: np.ndarray) -> np.ndarray:
+    """Stored rows (float32, float16 or int8) as float32, the same values: FAISS's SIMD decoder
+    converts float16 about twice as fast as numpy does."""
+    rows = np.asarray(rows)
+    if rows.dtype != np.float16 or rows.ndim != 2 or not rows.size:
+        return rows.astype(np.float32, copy=False)
+    import faiss
+
+    rows = np.ascontiguousarray(rows)
+    out = np.empty(rows.shape, np.float32)
+    decoder = faiss.ScalarQuantizer(rows.shape[1], faiss.ScalarQuantizer.QT_fp16)
+    decoder.decode_c(faiss.swig_ptr(rows.view(np.uint8)), faiss.swig_ptr(out), len(rows))
+    return out
+
+
 def fusable(vectors: np.ndarray, dim: int) -> bool:
     """Whether :func:`prefix_cosines` can score ``dim``-prefixes of ``vectors`` in place."""
     return (

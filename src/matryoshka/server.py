@@ -303,6 +303,7 @@ class SearchService:
             "binary_head": bool(getattr(self.index.store, "binary_head", False)),
             "corpus_size": len(self.index.store),
             "store": getattr(self.index.store, "kind", "unknown"),
+            "storage": self.meta.storage,
             "default_schedule": [[s.dim, s.keep] for s in default.stages],
             "default_schedule_text": str(default),
             "default_plan": "funnel" if self.index.plan_for(10) is not None else "exact",

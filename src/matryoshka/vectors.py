@@ -64,6 +64,50 @@ def _scaled_unit(array: np.ndarray) -> np.ndarray:
     return unit.astype(np.float32)
 
 
+# Storage of the vectors the funnel re-ranks: float32 as given, or half the bytes (float16), or a
+# quarter (int8 with one scale per row, its largest coordinate at +-127). Cosines of the stored
+# rows are what every stage scores, the last one included, so an index's final scores are exact
+# for the vectors it stores; the storage's rounding is their only difference from float32.
+STORAGES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}
+INT8_LEVELS = 127
+
+
+def check_storage(storage: str) -> str:
+    if storage not in STORAGES:
+        raise StoreError(f"unknown vector storage {storage!r}; choose one of {', '.join(STORAGES)}")
+    return storage
+
+
+def to_storage(unit: np.ndarray, storage: str) -> np.ndarray:
+    """Rows as ``storage`` keeps them (float32 rows are returned as they are)."""
+    dtype = STORAGES[check_storage(storage)]
+    unit = np.asarray(unit, dtype=np.float32)
+    if dtype is np.float32:
+        return unit
+    if dtype is np.float16:
+        return unit.astype(np.float16)
+    peak = np.abs(unit).max(axis=1, keepdims=True) if unit.size else np.ones((len(unit), 1), np.float32)
+    return np.rint(unit * (INT8_LEVELS / np.where(peak > 0, peak, 1))).astype(np.int8)
+
+
+def from_storage(stored: np.ndarray) -> np.ndarray:
+    """Unit float32 rows of stored ones: the vectors whose cosines an index scores."""
+    stored = np.asarray(stored)
+    return stored if stored.dtype == np.float32 else normalize(stored.astype(np.float32))
+
+
+def round_trip(unit: np.ndarray, storage: str, block: int = 65_536) -> None:
+    """Replace float32 ``unit`` rows in place by what ``storage`` keeps of them, so that what is
+    tuned or searched before the rows are stored behaves as the stored index will. Storing the
+    result again changes nothing: float16 rows stay as rounded (their norms are within 1e-3 of
+    1; re-normalising would round them again), int8 rows come back unit length."""
+    if STORAGES[check_storage(storage)] is np.float32:
+        return
+    for start in range(0, len(unit), block):
+        stored = to_storage(unit[start : start + block], storage)
+        unit[start : start + block] = stored.astype(np.float32) if stored.dtype == np.float16 else from_storage(stored)
+
+
 def check_dim(dim: int, full_dim: int) -> int:
     """Validate a prefix dimension: any integer in 1..full_dim."""
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
@@ -201,13 +245,16 @@ def middle_stage_dim(full_dim: int, trained: Sequence[int] = ()) -> int:
     return _trained_at_least(full_dim // 2, below) if below else full_dim // 2
 
 
-def prefix_norm_dims(full_dim: int, trained: Sequence[int] = ()) -> list[int]:
+def prefix_norm_dims(full_dim: int, trained: Sequence[int] = (), storage: str = "float32") -> list[int]:
     """Stage dims below full that the default and autotuned schedules can use and that re-ranking
-    reads in place (those that divide the full dim): a store keeps each row's norm at these."""
+    reads in place (those that divide the full dim): a store keeps each row's norm at these. Rows
+    stored in less than float32 are not of unit length, so the full dim is among them."""
     heads = head_candidates(full_dim, trained)
     dims = {dim for head in heads for dim in stage_dims(full_dim, head, trained)} - {full_dim}
     if _trained_below(full_dim, trained):
         dims.add(middle_stage_dim(full_dim, trained))
+    if STORAGES[check_storage(storage)] is not np.float32:
+        dims.add(full_dim)
     return sorted(dim for dim in dims if full_dim % dim == 0)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import MatryoshkaError, StoreError
 from ..metadata import check_schema
+from ..vectors import check_storage
 
 FORMAT_VERSION = 2
 HEAD_INDEXES = ("flat", "hnsw", "binary", "binary-ivf")  # binary-ivf: Milvus's BIN_IVF_FLAT, on a Milvus server
@@ -61,11 +62,13 @@ class IndexMeta:
     prefix_norm_dims: tuple[int, ...] = ()
     created: str = ""
     fields: dict[str, str] = field(default_factory=dict)
+    storage: str = "float32"  # how the re-ranked vectors are kept: float32, float16 or int8 (see vectors.STORAGES)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if self.head_index not in HEAD_INDEXES:
             raise StoreError(f"unknown head index {self.head_index!r}; choose one of {', '.join(HEAD_INDEXES)}")
+        check_storage(self.storage)
         object.__setattr__(self, "prefix_norm_dims", tuple(int(d) for d in self.prefix_norm_dims))
         object.__setattr__(self, "trained_dims", tuple(int(d) for d in self.trained_dims))
 

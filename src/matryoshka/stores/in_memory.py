@@ -72,7 +72,7 @@ class InMemoryBuilder:
     def commit(self, full, ids, texts, meta: IndexMeta, progress=None, head_source=None, metadata=None) -> IndexMeta:
         meta = replace(
             meta,
-            prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1], meta.trained_dims)),
+            prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1], meta.trained_dims, meta.storage)),
             created=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )
         segment = make_segment("s0", full, ids, texts, meta, head_source, metadata=metadata)

@@ -4,7 +4,8 @@ Layout (index format 2)::
 
     DB/manifest.json   {"format_version", "generation", "meta": IndexMeta,
                         "segments": [{"name", "rows", "deleted", "tombstones"}]}
-    DB/segments/<name>/full.npy      n x d unit vectors, memory-mapped; stages read only the rows they touch
+    DB/segments/<name>/full.npy      n x d unit vectors (float32, or float16 or int8 rows as meta.storage
+                                     says), memory-mapped; stages read only the rows they touch
                        head.npy      n x head_dim, re-normalised (gathered into RAM for search)
                        head_codes.npy   instead of head.npy for a binary head: n x head_dim/8 bytes of sign bits
                        head.hnsw     a FAISS HNSW graph over the head, for an hnsw head
@@ -47,7 +48,7 @@ import numpy as np
 
 from ..embedding_cache import CACHE_FILES
 from ..errors import BusyError, StoreError, storage_error
-from ..vectors import prefix_norm_dims
+from ..vectors import STORAGES, prefix_norm_dims, to_storage
 from .base import FORMAT_VERSION, IndexMeta, check_format_version, check_head_kind
 from .segments import NO_ROWS, Segment, SegmentedStore, SegmentWriter, live_rows, make_segment, merged_segment
 
@@ -58,6 +59,8 @@ SEGMENTS = "segments"
 TOMBSTONES = "tombstones"
 LOCK = ".lock"
 OPEN_ATTEMPTS = 5
+COPY_BLOCK = 65_536  # rows copied at once by compaction, or into a storage
+STORED = "full.stored.npy"  # a build's rows in the index's storage, written beside its float32 ones
 IN_RAM_BYTES = 4 * 2**20  # a segment with fewer bytes of full vectors is read into RAM, not mapped
 WRITER_WAIT_S = 2.0  # a writer waits this long for another to finish before it gives up
 SEGMENT_KEYS = {"name": str, "rows": int, "deleted": int, "tombstones": (str, type(None))}
@@ -114,7 +117,7 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previo
         if len(deleted) != entry["deleted"]:
             raise StoreError(f"{root}: segment {entry['name']} has {len(deleted)} deletions, not {entry['deleted']}")
         return replace(previous, deleted=deleted, tombstones=entry["tombstones"], texts=texts, _text_lock=Lock())
-    mapped = "r" if entry["rows"] * meta.full_dim * 4 >= IN_RAM_BYTES else None
+    mapped = "r" if entry["rows"] * _row_bytes(meta) >= IN_RAM_BYTES else None
     try:
         codes = np.load(path / "head_codes.npy", mmap_mode=mapped) if meta.binary_head else None
         head = None if meta.binary_head else np.load(path / "head.npy", mmap_mode=mapped)
@@ -206,11 +209,15 @@ def _storage_errors(method):
     return wrapped
 
 
-def reserved_array(path: Path, count: int, dim: int) -> np.memmap:
-    """A new ``.npy`` file of (count, dim) float32, memory-mapped for writing, its space reserved
+def _row_bytes(meta: IndexMeta) -> int:
+    return meta.full_dim * np.dtype(STORAGES[meta.storage]).itemsize
+
+
+def reserved_array(path: Path, count: int, dim: int, dtype: type = np.float32) -> np.memmap:
+    """A new ``.npy`` file of (count, dim) ``dtype``, memory-mapped for writing, its space reserved
     on disk first: a file system that runs out of space then fails here, with an ``OSError``,
     instead of killing the process with SIGBUS when a page is first written."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(count, dim))
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, dim))
     try:
         with open(path, "r+b") as handle:
             os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
@@ -328,7 +335,7 @@ def save_segment(path: Path, segment: Segment, meta: IndexMeta, *, with_full: bo
     """Write a segment's files into ``path`` and fsync them (``with_full=False``: ``full.npy`` is there already)."""
     path.mkdir(parents=True, exist_ok=True)
     if with_full:
-        np.save(path / "full.npy", np.asarray(segment.full, dtype=np.float32))
+        np.save(path / "full.npy", np.asarray(segment.full))
     elif isinstance(segment.full, np.memmap):
         segment.full.flush()
     if meta.binary_head:
@@ -408,13 +415,28 @@ class LocalBuilder:
         """Write the segment and switch the manifest to it; returns the metadata as stored.
         ``head_source``: where the head prefix comes from when it is not ``full`` (an adapter's ``f(x)``);
         ``metadata``: a dict per document, typed by ``meta.fields``."""
-        meta = _stamped(meta, prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1], meta.trained_dims)))
-        segment = make_segment(self.name, full, ids, texts, meta, head_source, metadata=metadata)
+        meta = _stamped(meta, prefix_norm_dims=tuple(prefix_norm_dims(full.shape[1], meta.trained_dims, meta.storage)))
+        stored = self._stored(full, meta.storage)
+        segment = make_segment(
+            self.name, stored, ids, texts, meta, full if head_source is None else head_source, metadata=metadata
+        )
+        if stored is not full:  # the stored rows take the name of the float32 ones they were made from
+            os.replace(self.partial / STORED, self.partial / "full.npy")
         publish_segment(self.partial, segment, meta, with_full=False)
         previous = _generation(self.root)
         write_manifest(self.root, meta, [_entry(segment, None)], previous + 1)
         remove_unlisted(self.root, keep_segments={self.name}, keep_tombstones=set())
         return meta
+
+    def _stored(self, full: np.ndarray, storage: str) -> np.ndarray:
+        """``full`` as ``storage`` keeps it: itself for float32, else a new memory-mapped file
+        beside it, written a block at a time."""
+        if STORAGES[storage] is np.float32:
+            return full
+        stored = reserved_array(self.partial / STORED, len(full), full.shape[1], STORAGES[storage])
+        for start in range(0, len(full), COPY_BLOCK):
+            stored[start : start + COPY_BLOCK] = to_storage(full[start : start + COPY_BLOCK], storage)
+        return stored
 
     def abort(self) -> None:
         shutil.rmtree(self.partial, ignore_errors=True)
@@ -512,7 +534,9 @@ class LocalWriter(SegmentWriter):
         partial = self.root / SEGMENTS / f"{name}.partial"
         partial.mkdir(parents=True)
         try:
-            full = reserved_array(partial / "full.npy", self.live_count(segments), self.meta.full_dim)
+            full = reserved_array(
+                partial / "full.npy", self.live_count(segments), self.meta.full_dim, STORAGES[self.meta.storage]
+            )
             written = 0
             for segment in segments:
                 rows = live_rows(segment)
@@ -527,7 +551,7 @@ class LocalWriter(SegmentWriter):
             shutil.rmtree(partial, ignore_errors=True)
             raise
         publish_segment(partial, merged, self.meta, with_full=False)
-        if len(merged) * self.meta.full_dim * 4 < IN_RAM_BYTES:  # as a reader loads it: no file held open
+        if len(merged) * _row_bytes(self.meta) < IN_RAM_BYTES:  # as a reader loads it: no file held open
             merged = replace(merged, full=np.array(merged.full))
         return merged
 
@@ -536,9 +560,6 @@ class LocalWriter(SegmentWriter):
         for handle in self._handles:
             handle.close()
         self._lock.close()
-
-
-COPY_BLOCK = 65_536  # rows copied at once by compaction
 
 
 def _entry(segment: Segment, tombstones: str | None) -> dict:

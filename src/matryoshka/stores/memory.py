@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import StoreError
-from ..rescore import fusable, prefix_cosines, rerank
+from ..rescore import as_float32, fusable, prefix_cosines, rerank
 from ..selection import HammingShortlist, scan_shortlist
 from ..vectors import binary_codes, hamming_similarity, normalize, prefix_norms
 from .base import HEAD_INDEXES, IndexMeta
@@ -38,7 +38,7 @@ def make_head_index(head: np.ndarray, kind: str = "flat"):
 def gather(full: np.ndarray, rows: np.ndarray, dim: int) -> np.ndarray:
     """(..., dim) copies of the ``dim``-prefixes of ``rows`` (any shape) of ``full``."""
     # column-slice first: numpy's mixed fancy+slice indexing is several times slower
-    return np.asarray(full[:, :dim][rows.ravel()], dtype=np.float32).reshape(*rows.shape, dim)
+    return as_float32(full[:, :dim][rows.ravel()]).reshape(*rows.shape, dim)
 
 
 def rescore_rows(full: np.ndarray, rows: np.ndarray, queries: np.ndarray, norms: np.ndarray | None) -> np.ndarray:
@@ -46,28 +46,55 @@ def rescore_rows(full: np.ndarray, rows: np.ndarray, queries: np.ndarray, norms:
     in place by FAISS where the prefix allows it (see :mod:`matryoshka.rescore`), else gathered and
     multiplied; -inf where a row is -1."""
     scores = prefix_cosines(full, rows, queries, norms=norms)
+    if scores is not None:
+        return scores
+    rows = np.asarray(rows, np.int64)
+    present = np.maximum(rows, 0)
+    candidates = gather(full, present, queries.shape[1])
+    if full.dtype != np.float32:  # float16 or int8 rows, gathered as float32: scored by the same kernel
+        flat = np.ascontiguousarray(candidates.reshape(-1, queries.shape[1]))
+        scores = prefix_cosines(
+            flat,
+            np.arange(rows.size, dtype=np.int64).reshape(rows.shape),
+            queries,
+            unit_rows=False,
+            norms=None if norms is None else np.ascontiguousarray(norms[present].ravel()),
+        )
     if scores is None:
-        scores = rerank(gather(full, np.maximum(rows, 0), queries.shape[1]), queries)
-        scores[rows < 0] = -np.inf  # "no candidate", as a graph head may answer
+        scores = rerank(candidates, queries)
+    scores[rows < 0] = -np.inf  # "no candidate", as a graph head may answer
     return scores
 
 
 def exact_top_k(
-    queries: np.ndarray, k: int, parts: Sequence[tuple[np.ndarray, np.ndarray | None]], dim: int | None = None
+    queries: np.ndarray,
+    k: int,
+    parts: Sequence[tuple[np.ndarray, np.ndarray | None] | tuple[np.ndarray, np.ndarray | None, np.ndarray | None]],
+    dim: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Blocked exact search: (scores, rows) of the top ``k`` over ``parts``, each (vectors,
-    rows): ``vectors`` (n, d) unit rows and ``rows`` (n,) the row number each answers as, -1 for
-    a row to skip (``None``: numbered on from the previous part). With ``dim``, over the
-    re-normalised ``dim``-prefixes."""
+    rows[, norms]): ``vectors`` (n, d) unit rows (or rows in float16 or int8, scored as the unit
+    vectors they stand for, divided by ``norms``, their full-dim norms, when given) and ``rows``
+    (n,) the row number each answers as, -1 for a row to skip (``None``: numbered on from the
+    previous part). With ``dim``, over the re-normalised ``dim``-prefixes."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     best_scores = np.zeros((len(queries), 0), np.float32)
     best_rows = np.zeros((len(queries), 0), np.int64)
     offset = 0
-    for full, numbers in parts:
+    for full, numbers, *rest in parts:
+        norms = rest[0] if rest else None
         prefix = dim is not None and dim != full.shape[1]
+        stored = full.dtype != np.float32
         for start in range(0, len(full), EXACT_BLOCK):
             rows = np.asarray(full[start : start + EXACT_BLOCK, :dim] if prefix else full[start : start + EXACT_BLOCK])
-            block = queries @ (normalize(rows) if prefix else rows).T
+            if prefix or (stored and norms is None):
+                block = queries @ normalize(as_float32(rows)).T
+            elif stored:
+                block = queries @ as_float32(rows).T
+                part_norms = norms[start : start + len(rows)]
+                np.divide(block, part_norms, out=block, where=part_norms > 0)
+            else:
+                block = queries @ rows.T
             answers = np.arange(offset + start, offset + start + len(rows))
             if numbers is not None:
                 answers = np.asarray(numbers[start : start + len(rows)], dtype=np.int64)

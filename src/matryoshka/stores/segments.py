@@ -35,7 +35,7 @@ from ..metadata import concat_tables, empty_table, merge_schemas, rows_as_dicts,
 from ..metrics import top_k
 from ..rescore import unit_cosines_one
 from ..selection import HammingShortlist, scan_shortlist
-from ..vectors import binary_codes, hamming_similarity, normalize, prefix_norm_dims, prefix_norms
+from ..vectors import STORAGES, binary_codes, hamming_similarity, normalize, prefix_norm_dims, prefix_norms, to_storage
 from .base import IndexMeta
 from .memory import HNSW_M, HNSW_MIN_EF_SEARCH, exact_top_k, make_head_index, rescore_rows
 
@@ -182,12 +182,14 @@ def make_segment(
     head: np.ndarray | None = None,
     metadata: Sequence[dict] | None = None,
 ) -> Segment:
-    """A segment in RAM from unit vectors: the head is cut from ``head_source`` (an adapter's
-    ``f(x)``) or from ``full``, unless ``head`` gives it as stored (float rows, or sign bits for a
-    binary head). ``metadata``: a dict per document, typed by ``meta.fields``."""
+    """A segment in RAM from unit vectors (or rows already in ``meta.storage``): the head is cut
+    from ``head_source`` (an adapter's ``f(x)``) or from ``full``, unless ``head`` gives it as
+    stored (float rows, or sign bits for a binary head). ``metadata``: a dict per document, typed
+    by ``meta.fields``."""
     source = full if head_source is None else head_source
-    dims = list(meta.prefix_norm_dims) or prefix_norm_dims(full.shape[1], meta.trained_dims)
-    table = prefix_norms(full, dims)
+    stored = full if full.dtype == STORAGES[meta.storage] else to_storage(full, meta.storage)
+    dims = list(meta.prefix_norm_dims) or prefix_norm_dims(full.shape[1], meta.trained_dims, meta.storage)
+    table = prefix_norms(stored, dims)
     codes = graph = None
     if meta.binary_head:
         codes = binary_codes(source, meta.head_dim) if head is None else head
@@ -200,7 +202,7 @@ def make_segment(
     texts = list(texts)
     return Segment(
         name=name,
-        full=full if isinstance(full, np.ndarray) and full.dtype == np.float32 else np.asarray(full, np.float32),
+        full=stored if isinstance(stored, np.ndarray) else np.asarray(stored),
         ids=np.asarray(list(ids), dtype=object),
         head=head,
         codes=codes,
@@ -489,7 +491,7 @@ class SegmentedStore:
                 if allowed is not None:
                     live = numbers >= 0
                     numbers[live] = np.where(allowed[numbers[live]], numbers[live], -1)
-            parts.append((segment.full, numbers))
+            parts.append((segment.full, numbers, segment.norms.get(self.full_dim)))
         return exact_top_k(queries, k, parts, dim)
 
     def _exact_rows(
@@ -522,8 +524,9 @@ class SegmentedStore:
         return np.sort(drawn).astype(np.int64)
 
     def document_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), d) full vectors of live rows."""
-        return self._gathered(rows, "full", self.full_dim)
+        """(len(rows), d) full vectors of live rows, unit length as the index scores them."""
+        gathered = self._gathered(rows, "full", self.full_dim)
+        return gathered if self.meta.storage == "float32" else normalize(gathered)
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
         rows = np.asarray(rows, np.int64)
