@@ -29,3 +29,31 @@ def expand(vectors: np.ndarray, copies: int, jitter: float, seed: int = 0) -> np
         noisy = vectors + rng.standard_normal(vectors.shape, dtype=np.float32) * scale
         parts.append((noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32))
     return np.concatenate(parts)
+
+
+def resident_mb() -> float:
+    """This process's anonymous resident memory now (page cache of mapped files excluded)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def build_from_vectors(db, corpus: np.ndarray, tune_queries: np.ndarray, storage: str = "float32"):
+    """A local index of ``corpus`` (ids "0", "1", …, no texts) with a binary head and the default
+    recall levels, tuned on ``tune_queries``: (its metadata, seconds to build)."""
+    import time
+
+    from matryoshka.index import build_index
+
+    started = time.perf_counter()
+    meta = build_index(
+        str(db),
+        [str(i) for i in range(len(corpus))],
+        [""] * len(corpus),
+        vectors=corpus,
+        tune_queries=tune_queries,
+        head_index="binary",
+        storage=storage,
+    )
+    return meta, time.perf_counter() - started

@@ -16,6 +16,7 @@ these rows (the fastest funnel setting that reaches the recall each target asks 
 
 Run:  python benchmarks/funnel.py            (about 23 minutes on 2 cores)
       python benchmarks/funnel.py --sizes 117659 --skip-hnsw   (a quick look)
+      python benchmarks/funnel.py --scale 10m   (10M rows against exact search and FAISS IVF: benchmarks/scale.py)
 Writes benchmarks/results/funnel.json and funnel.png, and prints a table.
 """
 
@@ -39,6 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from common import expand, machine  # noqa: E402
+from scale import run as run_scale  # noqa: E402
+from scale import scale_rows  # noqa: E402
+from scale import write as write_scale  # noqa: E402
 
 from matryoshka.funnel import RECALL_LEVELS, funnel_search, recall_at_k  # noqa: E402
 from matryoshka.index import tune  # noqa: E402
@@ -46,7 +50,7 @@ from matryoshka.models import load_model  # noqa: E402
 from matryoshka.rescore import rerank  # noqa: E402
 from matryoshka.selection import scan_shortlist, select_shortlist  # noqa: E402
 from matryoshka.stores.memory import MemoryStore  # noqa: E402
-from matryoshka.vectors import normalize  # noqa: E402
+from matryoshka.vectors import STORAGES, normalize  # noqa: E402
 
 K = 10
 HNSW_M = 32
@@ -608,8 +612,29 @@ def main() -> None:
         help="HNSW build effort: 200 reaches recall 0.97 at efSearch 256 on the 1M set, where 64 stops at 0.90",
     )
     parser.add_argument("--milvus-max", type=int, default=117_659, help="largest n also run on Milvus Lite")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "funnel.json")
+    parser.add_argument(
+        "--scale",
+        default=None,
+        help="run the scale benchmark instead (benchmarks/scale.py): 10m builds a 10,000,000-row index from a "
+        "memory-mapped file and compares it with exact search and FAISS IVF; writes funnel_<scale>.json",
+    )
+    parser.add_argument("--scale-storage", default="float32", help="--storage of the scale run's index")
+    parser.add_argument("--work", type=Path, default=None, help="where the scale run writes its files (default /tmp)")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/funnel.json")
     args = parser.parse_args()
+    if args.scale is not None:
+        try:
+            args.scale_rows = scale_rows(args.scale)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.scale_storage not in STORAGES:
+            parser.error(f"--scale-storage must be one of {', '.join(STORAGES)}")
+    args.out = args.out or ROOT / "benchmarks" / "results" / (
+        f"funnel_{args.scale}.json" if args.scale else "funnel.json"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(args.out.parent, os.W_OK):
+        parser.error(f"cannot write {args.out}")
     if args.replot:
         results = json.loads(args.out.read_text())["results"]
         for n in sorted({r["n"] for r in results if "qps" in r}):
@@ -629,6 +654,9 @@ def main() -> None:
     query_vectors = model.encode([lemmas[i] for i in picked], kind="query")
     queries, tune_queries = query_vectors[: args.queries], query_vectors[args.queries :]
     print(f"encoded {len(glosses):,} glosses in {encode_s:.1f} s", flush=True)
+    if args.scale is not None:
+        write_scale(run_scale(args, documents, queries, tune_queries), args.out)
+        return
     results: list[dict] = []
     for size in (int(s) for s in args.sizes.split(",")):
         copies = max(0, -(-size // len(documents)) - 1)

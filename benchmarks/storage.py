@@ -36,39 +36,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from common import expand, machine  # noqa: E402
+from common import build_from_vectors, expand, machine, resident_mb  # noqa: E402
 from funnel import load_wordnet  # noqa: E402
 
 from matryoshka.funnel import RECALL_LEVELS, recall_at_k  # noqa: E402
-from matryoshka.index import Index, build_index  # noqa: E402
+from matryoshka.index import Index  # noqa: E402
 from matryoshka.models import load_model  # noqa: E402
 from matryoshka.vectors import STORAGES  # noqa: E402
 
 K = 10
 
 
-def resident_mb() -> float:
-    """This process's resident memory now, page cache of mapped files excluded (RssAnon)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure(storage: str, corpus, queries, tune_queries, truth, single: int, work: Path) -> list[dict]:
     db = work / storage
-    ids = [str(i) for i in range(len(corpus))]
-    started = time.perf_counter()
-    meta = build_index(
-        str(db),
-        ids,
-        [""] * len(corpus),
-        vectors=corpus,
-        tune_queries=tune_queries,
-        head_index="binary",
-        storage=storage,
-    )
-    build_s = time.perf_counter() - started
+    meta, build_s = build_from_vectors(db, corpus, tune_queries, storage)
     disk = sum(f.stat().st_size for f in (db / "segments").glob("*/full.npy"))
     before = resident_mb()
     rows = []

@@ -200,7 +200,7 @@ def test_a_thousand_random_operations_match_the_oracle(tmp_path, store, head_ind
 
 @pytest.mark.slow
 def test_random_operations_on_a_milvus_lite_file_match_the_oracle(tmp_path):
-    counts = run_random_operations(str(tmp_path / "live.db"), 700, seed=7, compact_every=300)
+    counts = run_random_operations(str(tmp_path / "live.db"), 400, seed=7, compact_every=200)
     assert min(counts.values()) > 0, counts
 
 
@@ -212,7 +212,7 @@ def test_random_operations_on_the_milvus_server_match_the_oracle(milvus_server):
         if name.startswith("matryoshka"):
             client.drop_collection(name)
     client.close()
-    counts = run_random_operations(milvus_server, 45, seed=11, compact_every=30)
+    counts = run_random_operations(milvus_server, 30, seed=11, compact_every=20)
     assert counts["add"] and counts["upsert"] and counts["delete"], counts
 
 

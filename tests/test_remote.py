@@ -383,10 +383,13 @@ def test_ctrl_c_keeps_the_answers_already_on_their_way(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            # Ctrl-C must act even where the tests run as a background job, which inherits SIGINT ignored
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 60
         while len(endpoint.faults_served) < 5 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert process.poll() is None, f"finished before Ctrl-C; requests seen: {endpoint.faults_served}"
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
         assert process.returncode != 0 and "Traceback" not in stderr, stderr

@@ -229,6 +229,38 @@ def test_validate_vectors_still_refuses_zero_and_non_finite_rows():
     assert normalize(np.array([[0.0, 0.0], [np.nan, 1.0], [np.inf, 1.0]])).tolist() == [[0, 0]] * 3
 
 
+def test_vectors_from_a_file_are_checked_block_by_block_and_indexed_whole(tmp_path):
+    """A memory-mapped --vectors file is checked a block at a time: a bad row far past the first
+    block is named by its own number, with the count of bad rows in the whole file, before anything
+    is written; a good one is indexed, normalised, in the same order."""
+    from matryoshka.index import Index, build_index
+    from matryoshka.vectors import check_vector_rows
+
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((300, 8)).astype(np.float32) * 5
+    bad = rows.copy()
+    bad[[170, 250], 3] = [np.nan, np.inf]
+    path = tmp_path / "bad.npy"
+    np.save(path, bad)
+    mapped = np.load(path, mmap_mode="r")
+    with pytest.raises(StoreError, match=r"--vectors row 170 contains NaN or infinite values \(2 rows in all\)"):
+        check_vector_rows(mapped, what="--vectors", block=64)
+    zero = rows.copy()
+    zero[299] = 0
+    with pytest.raises(StoreError, match="row 299 is all zeros"):
+        check_vector_rows(zero, block=64)
+    ids, texts = [f"d{i}" for i in range(300)], ["t"] * 300
+    with pytest.raises(StoreError, match="--vectors row 170 contains NaN"):
+        build_index(str(tmp_path / "never"), ids, texts, vectors=mapped)
+    assert not (tmp_path / "never").exists()
+    np.save(tmp_path / "good.npy", rows)
+    build_index(str(tmp_path / "index"), ids, texts, vectors=np.load(tmp_path / "good.npy", mmap_mode="r"))
+    with Index(str(tmp_path / "index")) as index:
+        np.testing.assert_allclose(
+            index.store.document_vectors(np.arange(300)), rows / np.linalg.norm(rows, axis=1, keepdims=True), atol=1e-6
+        )
+
+
 @given(st.text(max_size=40))
 @settings(max_examples=200, deadline=None)
 def test_schedule_parse_refuses_garbage_with_a_schedule_error(text):

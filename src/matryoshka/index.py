@@ -55,6 +55,7 @@ from .text_checks import check_unicode
 from .vectors import (
     check_dim,
     check_storage,
+    check_vector_rows,
     default_head_dim,
     head_candidates,
     normalize,
@@ -120,7 +121,10 @@ def build_index(
     if len(texts) != len(ids):
         raise StoreError(f"{len(texts)} texts for {len(ids)} ids")
     if vectors is not None:
-        vectors = validate_vectors(vectors, count=len(ids), dim=encoder.full_dim if encoder else None, what="--vectors")
+        # checked now, a block at a time, and normalised as they are copied in: a memory-mapped file of any size
+        vectors = check_vector_rows(
+            vectors, count=len(ids), dim=encoder.full_dim if encoder else None, what="--vectors"
+        )
     full_dim = vectors.shape[1] if vectors is not None else encoder.full_dim
     milvus = is_milvus_uri(db)
     if check_storage(storage) != "float32" and milvus:
@@ -148,8 +152,10 @@ def build_index(
         full = builder.full_array(len(ids), full_dim)
         written = 0
         for batch in _batches(None if vectors is not None else encoder, list(texts), vectors):
-            if vectors is None:  # precomputed vectors were validated (and normalised) as a whole above
+            if vectors is None:
                 batch = validate_vectors(batch, dim=full_dim, what="encoded vectors")
+            else:  # checked above
+                batch = normalize(batch)
             full[written : written + len(batch)] = batch
             written += len(batch)
             if progress:

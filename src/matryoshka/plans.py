@@ -21,9 +21,8 @@ from .stores.base import IndexMeta, Store
 BATCH_FROM = 16  # queries searched together from which a batch's figures apply
 TIMED_SINGLE = 16  # tuning queries timed one at a time, at most
 TIMED_BATCH = 256  # tuning queries timed as one batch
-TIMING_BUDGET_S = (
-    0.25  # a plan's single queries stop after this long (after the third), its batches grow while the next fits it
-)
+# a plan's single queries stop after this long (after the third); its batches grow while the next fits it
+TIMING_BUDGET_S = 0.1
 EXACT = "exact"  # the plan_seconds key of exact search
 
 

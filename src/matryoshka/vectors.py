@@ -143,7 +143,16 @@ def validate_vectors(
     vectors: np.ndarray, count: int | None = None, dim: int | None = None, what: str = "vectors"
 ) -> np.ndarray:
     """Float32 unit rows, or a StoreError saying exactly what is wrong (shape, dtype, count, NaN, zero)."""
-    array = np.asarray(vectors)
+    return normalize(check_vector_rows(vectors, count, dim, what))  # every finite non-zero row, however large or small
+
+
+def check_vector_rows(
+    vectors: np.ndarray, count: int | None = None, dim: int | None = None, what: str = "vectors", block: int = 65_536
+) -> np.ndarray:
+    """``vectors`` as they are, once checked as :func:`validate_vectors` checks them, a block of rows
+    at a time: a memory-mapped file of any size is checked in bounded memory, and normalised later
+    by whoever reads it block by block."""
+    array = np.asarray(vectors) if not isinstance(vectors, np.ndarray) else vectors
     if array.ndim != 2:
         raise StoreError(f"{what} must be a 2-D array (rows x dims), got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
@@ -154,14 +163,21 @@ def validate_vectors(
         raise StoreError(f"{what} has {array.shape[1]} dims but the index has {dim}")
     if array.shape[0] == 0:
         raise StoreError(f"{what} is empty")
-    bad = ~np.isfinite(array).all(axis=1)
-    if bad.any():
-        first, total = int(np.flatnonzero(bad)[0]), int(bad.sum())
-        raise StoreError(f"{what} row {first} contains NaN or infinite values ({total} rows in all)")
-    zero = ~array.any(axis=1)
-    if zero.any():
-        raise StoreError(f"{what} row {int(np.flatnonzero(zero)[0])} is all zeros and has no direction")
-    return normalize(array)  # every finite non-zero row, however large or small its values
+    for start in range(0, len(array), block):
+        rows = array[start : start + block]
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            first = start + int(np.flatnonzero(bad)[0])
+            total = int(bad.sum()) + sum(
+                int((~np.isfinite(array[s : s + block]).all(axis=1)).sum())
+                for s in range(start + block, len(array), block)
+            )
+            raise StoreError(f"{what} row {first} contains NaN or infinite values ({total} rows in all)")
+    for start in range(0, len(array), block):
+        zero = ~array[start : start + block].any(axis=1)
+        if zero.any():
+            raise StoreError(f"{what} row {start + int(np.flatnonzero(zero)[0])} is all zeros and has no direction")
+    return array
 
 
 def binary_codes(vectors: np.ndarray, bits: int) -> np.ndarray:
