@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from common import expand, machine  # noqa: E402
+from scale import check_room, scale_rows  # noqa: E402
 from scale import run as run_scale  # noqa: E402
-from scale import scale_rows  # noqa: E402
 from scale import write as write_scale  # noqa: E402
 
 from matryoshka.funnel import RECALL_LEVELS, funnel_search, recall_at_k  # noqa: E402
@@ -646,6 +646,8 @@ def main() -> None:
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     glosses, lemmas = load_wordnet()
     model = load_model("wordllama")
+    if args.scale is not None:  # before any encoding: the disk the scale run needs
+        check_room(args.work, args.scale_rows, model.full_dim)
     started = time.perf_counter()
     documents = model.encode(glosses, kind="document")
     encode_s = time.perf_counter() - started

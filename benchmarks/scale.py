@@ -45,8 +45,10 @@ REFINE_K_FACTOR = 64  # PQ candidates re-ranked by the flat vectors: 640 for the
 TARGETS = {"build_s": 15 * 60, "resident_mb": 1024, "recall": 0.99, "one_query_ms": 10.0, "batch_vs_flat": 10.0}
 
 
-def check_room(work: Path, size: int, dim: int) -> None:
-    """Refuse to start without the disk for the corpus and the index (about three float32 copies)."""
+def check_room(work: Path | None, size: int, dim: int) -> None:
+    """Refuse to start without the disk for the corpus and the index (about three float32 copies)
+    in ``work`` (None: the temporary folder)."""
+    work = Path(tempfile.gettempdir()) if work is None else work
     need = 3.2 * size * dim * 4
     free = shutil.disk_usage(work).free
     if free < need:
@@ -257,7 +259,6 @@ def run(args, documents: np.ndarray, queries: np.ndarray, tune_queries: np.ndarr
     size, single = args.scale_rows, args.single
     work = Path(tempfile.mkdtemp(prefix="scale-", dir=args.work))
     try:
-        check_room(work, size, documents.shape[1])
         started = time.perf_counter()
         corpus = write_corpus(work / "corpus.npy", documents, size, args.jitter)
         print(f"wrote {size:,} vectors in {time.perf_counter() - started:.0f} s", flush=True)
