@@ -117,7 +117,7 @@ def funnel_rows(db: Path, corpus, queries, tune_queries, truth, single: int, sto
     meta, build_s = build_from_vectors(db, corpus, tune_queries, storage)
     print(f"funnel index built in {build_s:.0f} s: default {meta.schedule}", flush=True)
     disk = sum(f.stat().st_size for f in db.rglob("*") if f.is_file())
-    opened = opened_resident_mb(db, queries[:1])
+    opened, mapped = opened_resident_mb(db, queries[:1])
     rows = []
     with Index(str(db)) as index:
         for level in index.meta.schedules_by_recall():
@@ -141,6 +141,7 @@ def funnel_rows(db: Path, corpus, queries, tune_queries, truth, single: int, sto
                     "one_query_ms": round(1000 * float(np.median(one)), 2),
                     "build_s": round(build_s, 1),
                     "resident_mb": round(opened, 1),
+                    "mapped_touched_mb": round(mapped, 1),
                     "disk_mb": round(disk / 2**20, 1),
                 }
             )
@@ -148,27 +149,29 @@ def funnel_rows(db: Path, corpus, queries, tune_queries, truth, single: int, sto
     return rows
 
 
-def opened_resident_mb(db: Path, query: np.ndarray) -> float:
-    """What opening the index and searching once adds to a fresh process's anonymous memory (the
-    head, norms and ids; not the memory-mapped vectors' page cache), measured in a child process
-    so that this one's earlier work does not hide it."""
+def opened_resident_mb(db: Path, query: np.ndarray) -> tuple[float, float]:
+    """What opening the index and answering one query with its ids and texts adds to a fresh
+    process's anonymous memory (the head and norms; not the page cache of the memory-mapped
+    vectors, ids and texts), measured in a child process so that this one's earlier work does not
+    hide it. Also how much of the mapped files' page cache the process touched (MB)."""
     script = (
         "import sys, numpy as np\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / 'src')!r})\n"
         "from matryoshka.index import Index\n"
-        "def anon():\n"
-        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssAnon:')) / 1024\n"
-        "before = anon()\n"
+        "def rss(kind):\n"
+        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(kind)) / 1024\n"
+        "before = rss('RssAnon:'), rss('RssFile:')\n"
         "index = Index(sys.argv[1])\n"
-        "index.search_vectors(np.load(sys.argv[2]), 10)\n"
-        "print(anon() - before)\n"
+        "index.hits(index.search_vectors(np.load(sys.argv[2]), 10))\n"
+        "print(rss('RssAnon:') - before[0], rss('RssFile:') - before[1])\n"
     )
     query_file = db.parent / "one-query.npy"
     np.save(query_file, query)
     answer = subprocess.run(
         [sys.executable, "-c", script, str(db), str(query_file)], capture_output=True, text=True, check=True
     )
-    return float(answer.stdout.strip().splitlines()[-1])
+    anonymous, mapped = answer.stdout.strip().splitlines()[-1].split()
+    return float(anonymous), float(mapped)
 
 
 def ivf_rows(factory: str, corpus, queries, truth, single: int) -> list[dict]:

@@ -16,6 +16,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# the randomized oracle runs are short in the suite; MATRYOSHKA_ORACLE_SCALE=10 runs them ten times as long
+ORACLE_SCALE = float(os.environ.get("MATRYOSHKA_ORACLE_SCALE", "1"))
+
+
+def oracle_steps(steps: int) -> int:
+    """How many random operations an oracle run makes: ``steps`` in the suite, scaled on request."""
+    return max(1, round(steps * ORACLE_SCALE))
+
+
 # fixtures that make a test slow (a real server, the whole demo); tests using them are marked so
 SLOW_FIXTURES = {
     "demo_server",

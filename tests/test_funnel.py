@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from matryoshka.errors import ScheduleError, StoreError
-from matryoshka.funnel import TUNE_MARGIN, Schedule, Stage, autotune, funnel_search, recall_at_k
+from matryoshka.funnel import (
+    TUNE_MARGIN,
+    Schedule,
+    Stage,
+    autotune,
+    funnel_search,
+    recall_at_k,
+    shortlist_candidates,
+)
 from matryoshka.stores.memory import MemoryStore
 from matryoshka.vectors import stage_dims
 
@@ -124,6 +132,14 @@ def test_autotune_reaches_target_on_held_out_queries(wordllama, squad_sample):
     passing = [cost for _, recall, bound, cost in tuned.tried if bound >= required]
     assert tuned.cost == min(passing)
     assert all(bound < required for _, _, bound, cost in tuned.tried if cost < tuned.cost)
+
+
+def test_shortlists_tried_grow_with_the_corpus_up_to_one_percent_of_it():
+    assert shortlist_candidates(10, 60_000)[-1] == 20_000
+    assert shortlist_candidates(10, 40_000)[-1] == 40_000  # a small corpus: the whole of it, re-ranked
+    assert max(shortlist_candidates(10, 1_000_000)) == 20_000
+    assert shortlist_candidates(10, 10_000_000)[-4:] == [30_000, 50_000, 70_000, 100_000]
+    assert max(shortlist_candidates(10, 5_000_000)) == 50_000
 
 
 def test_autotune_says_when_no_schedule_reached_the_target(scifact_vectors):

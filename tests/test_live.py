@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_jsonl
+from conftest import oracle_steps, run_cli, write_jsonl
 from matryoshka.errors import BusyError, MatryoshkaError
 from matryoshka.funnel import Schedule
 from matryoshka.index import Index, build_index
@@ -130,7 +130,7 @@ def run_random_operations(
     db: str, operations: int, seed: int, head_index: str = "flat", compact_every: int = 60, storage: str = "float32"
 ):
     """``operations`` random adds, upserts, deletes, compactions and searches on a fresh index at
-    ``db``; the oracle holds each vector as ``storage`` keeps it."""
+    ``db`` (times ``MATRYOSHKA_ORACLE_SCALE``); the oracle holds each vector as ``storage`` keeps it."""
     rng = np.random.default_rng(seed)
     oracle = Oracle(storage)
     ids = [hostile_id(rng, i) for i in range(30)]
@@ -142,7 +142,7 @@ def run_random_operations(
     counts = {"add": 0, "upsert": 0, "delete": 0, "compact": 0, "search": 0}
     with Index(db) as index:
         check_against_oracle(index, oracle, rng, "after the build")
-        for step in range(operations):
+        for step in range(oracle_steps(operations)):
             roll = rng.random()
             live = list(oracle.vectors)
             if step % compact_every == compact_every - 1:

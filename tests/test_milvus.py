@@ -137,9 +137,9 @@ def test_approximate_heads_are_tuned_on_the_real_milvus_index(milvus_server, hea
     the head more thoroughly, or widens the shortlist, until the target holds; queries it never saw
     reach it too."""
     collection = f"a{uuid.uuid4().hex[:10]}"
-    documents, _ = _vectors(6000, 64, seed=1)
+    documents, _ = _vectors(4000, 64, seed=1)
     rng = np.random.default_rng(2)
-    tune, unseen = (normalize(rng.normal(size=(n, 64)) / np.sqrt(1 + np.arange(64))) for n in (300, 100))
+    tune, unseen = (normalize(rng.normal(size=(n, 64)) / np.sqrt(1 + np.arange(64))) for n in (150, 100))
     meta = build_index(
         milvus_server,
         [str(i) for i in range(len(documents))],

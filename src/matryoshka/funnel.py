@@ -518,6 +518,7 @@ def autotune(
     return TuneResult(chosen.schedule, chosen.recall, chosen.cost, tuple(tried), chosen.passed)
 
 
+LARGE_CORPUS_STEPS = (3000, 5000, 7000, 10_000)  # shortlists of that many times k, for a corpus of millions
 RECALL_LEVELS = (0.9, 0.95, 0.99, 0.999)  # the recall levels an index tunes a schedule for by default
 
 
@@ -566,7 +567,10 @@ def two_stage_schedule(full_dim: int, k: int, shortlist: int, head_dim: int, bin
 
 
 def shortlist_candidates(k: int, n: int) -> list[int]:
-    """From 2k up to 2,000k in steps of about 1.5x, and the whole corpus when that is small enough to re-rank."""
+    """From 2k up to 2,000k in steps of about 1.5x, and the whole corpus when that is small enough to re-rank.
+    A corpus of millions also gets longer shortlists, up to 1% of its rows: there the highest recall
+    levels need more than 2,000k candidates, and each is still far cheaper than exact search."""
     steps = (2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000)
     sizes = [k * m for m in steps] + ([n] if n <= 50_000 else [])
+    sizes += [k * m for m in LARGE_CORPUS_STEPS if k * m <= n // 100]
     return sorted({s for s in sizes if s <= n})

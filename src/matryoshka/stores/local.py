@@ -10,7 +10,9 @@ Layout (index format 2)::
                        head_codes.npy   instead of head.npy for a binary head: n x head_dim/8 bytes of sign bits
                        head.hnsw     a FAISS HNSW graph over the head, for an hnsw head
                        prefix_norms.npy n x len(meta.prefix_norm_dims): each row's norm at those stage dims
-                       ids.json, texts.jsonl
+                       ids.arrow, texts.arrow   the rows' ids and texts, an Arrow string column each
+                                        (IPC file, memory-mapped; earlier versions wrote
+                                        ids.json and texts.jsonl, which are still read)
                        metadata.arrow   the rows' metadata, a column per field (Arrow IPC file,
                                         memory-mapped; absent when the index has no metadata)
     DB/tombstones/<segment>.<generation>.npy   sorted rows of that segment that are deleted
@@ -42,7 +44,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from threading import Lock
 
 import numpy as np
 
@@ -51,10 +52,12 @@ from ..errors import BusyError, StoreError, storage_error
 from ..vectors import STORAGES, prefix_norm_dims, to_storage
 from .base import FORMAT_VERSION, IndexMeta, check_format_version, check_head_kind
 from .segments import NO_ROWS, Segment, SegmentedStore, SegmentWriter, live_rows, make_segment, merged_segment
+from .string_columns import read_legacy_ids, read_legacy_texts, read_strings, write_strings
 
 LOG = logging.getLogger("matryoshka")
 MANIFEST = "manifest.json"
 METADATA = "metadata.arrow"
+IDS, TEXTS = "ids.arrow", "texts.arrow"
 SEGMENTS = "segments"
 TOMBSTONES = "tombstones"
 LOCK = ".lock"
@@ -98,25 +101,22 @@ def read_manifest(root: Path) -> dict:
     return manifest
 
 
-def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previous: Segment | None = None) -> Segment:
-    """A listed segment, its arrays memory-mapped; the texts' file is opened now (and added to
-    ``handles``), so that a writer removing the segment later does not pull it from a reader.
-    ``previous``: the same segment as an earlier store loaded it; segments never change, so its
-    arrays are taken as they are and only its tombstones are read again."""
+def load_segment(root: Path, entry: dict, meta: IndexMeta, previous: Segment | None = None) -> Segment:
+    """A listed segment, its large arrays memory-mapped (a writer removing the segment later does
+    not pull a mapped file from a reader). ``previous``: the same segment as an earlier store
+    loaded it; segments never change, so its arrays are taken as they are and only its
+    tombstones are read again."""
     path = root / SEGMENTS / entry["name"]
     if previous is not None:
         try:
             deleted = previous.deleted if previous.tombstones == entry["tombstones"] else NO_ROWS
             if entry["tombstones"] and previous.tombstones != entry["tombstones"]:
                 deleted = np.load(root / TOMBSTONES / entry["tombstones"]).astype(np.int64)
-            texts = previous.texts
-            if isinstance(previous.full, np.memmap):
-                texts = _text_reader(_opened(path / "texts.jsonl", handles))
         except (OSError, ValueError) as exc:
             raise _unreadable(root, exc) from None
         if len(deleted) != entry["deleted"]:
             raise StoreError(f"{root}: segment {entry['name']} has {len(deleted)} deletions, not {entry['deleted']}")
-        return replace(previous, deleted=deleted, tombstones=entry["tombstones"], texts=texts, _text_lock=Lock())
+        return replace(previous, deleted=deleted, tombstones=entry["tombstones"])
     mapped = "r" if entry["rows"] * _row_bytes(meta) >= IN_RAM_BYTES else None
     try:
         codes = np.load(path / "head_codes.npy", mmap_mode=mapped) if meta.binary_head else None
@@ -128,33 +128,32 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, handles: list, previo
             graph = faiss.read_index(str(path / "head.hnsw"))
         table = np.load(path / "prefix_norms.npy")
         full = np.load(path / "full.npy", mmap_mode=mapped)
-        ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+        ids, texts = _read_ids_and_texts(path, bool(mapped))
         metadata = read_metadata(path / METADATA, mapped=bool(mapped)) if (path / METADATA).is_file() else None
         deleted = NO_ROWS
         if entry["tombstones"]:
             deleted = np.load(root / TOMBSTONES / entry["tombstones"]).astype(np.int64)
-        if mapped:
-            texts = _text_reader(_opened(path / "texts.jsonl", handles))
-        else:
-            with open(path / "texts.jsonl", encoding="utf-8") as handle:
-                every = [json.loads(line) for line in handle]
-            texts = lambda: every  # noqa: E731 - read once, held in RAM as the vectors are
     except (OSError, ValueError) as exc:
         raise _unreadable(root, exc) from None
     if metadata is not None and metadata.num_rows != entry["rows"]:
         raise StoreError(
             f"{root}: segment {entry['name']} has metadata for {metadata.num_rows} rows, not {entry['rows']}"
         )
-    if len(full) != entry["rows"] or len(ids) != entry["rows"] or len(deleted) != entry["deleted"]:
+    if (
+        len(full) != entry["rows"]
+        or len(ids) != entry["rows"]
+        or len(texts) != entry["rows"]
+        or len(deleted) != entry["deleted"]
+    ):
         raise StoreError(
-            f"{root}: segment {entry['name']} holds {len(full)} vectors, {len(ids)} ids and {len(deleted)} "
+            f"{root}: segment {entry['name']} holds {len(full)} vectors, {len(ids)} ids, {len(texts)} texts and {len(deleted)} "
             f"deletions, but the manifest says {entry['rows']} and {entry['deleted']}; re-index it"
         )
 
     return Segment(
         name=entry["name"],
         full=full,
-        ids=np.asarray(ids, dtype=object),
+        ids=ids,
         head=head,
         codes=codes,
         norms={dim: np.ascontiguousarray(table[:, i]) for i, dim in enumerate(meta.prefix_norm_dims)},
@@ -180,11 +179,12 @@ def read_metadata(path: Path, mapped: bool = True):
         raise StoreError(f"{path}: not a readable metadata file ({exc}); re-index it") from None
 
 
-def _opened(path: Path, handles: list):
-    """``path`` opened for reading, its handle kept in ``handles`` (closed with the store)."""
-    handle = open(path, encoding="utf-8")
-    handles.append(handle)
-    return handle
+def _read_ids_and_texts(path: Path, mapped: bool):
+    """A segment's ids and texts (Arrow string columns), from the files this version writes or,
+    for a segment an earlier version wrote, from its ``ids.json`` and ``texts.jsonl``."""
+    if (path / IDS).is_file():
+        return read_strings(path / IDS, mapped), read_strings(path / TEXTS, mapped)
+    return read_legacy_ids(path / "ids.json"), read_legacy_texts(path / "texts.jsonl")
 
 
 def _unreadable(root: Path, exc: Exception) -> StoreError:
@@ -235,19 +235,9 @@ def write_metadata(path: Path, table) -> None:
         writer.write_table(table)
 
 
-def _text_reader(handle):
-    def texts() -> list[str]:
-        handle.seek(0)
-        return [json.loads(line) for line in handle]
-
-    return texts
-
-
-def load_segments(root: Path, manifest: dict, handles: list, previous: Sequence[Segment] = ()) -> list[Segment]:
+def load_segments(root: Path, manifest: dict, previous: Sequence[Segment] = ()) -> list[Segment]:
     known = {segment.name: segment for segment in previous}
-    return [
-        load_segment(root, entry, manifest["meta"], handles, known.get(entry["name"])) for entry in manifest["segments"]
-    ]
+    return [load_segment(root, entry, manifest["meta"], known.get(entry["name"])) for entry in manifest["segments"]]
 
 
 class LocalStore(SegmentedStore):
@@ -264,17 +254,15 @@ class LocalStore(SegmentedStore):
     ) -> None:
         """``previous``: a store of the same folder opened earlier, whose segments are reused."""
         self.root = Path(root)
-        self._handles: list = []
         reusable = previous.segments if isinstance(previous, LocalStore) and previous.root == self.root else ()
         for attempt in range(OPEN_ATTEMPTS):
             stamp = _stamp(self.root / MANIFEST)
             try:
                 manifest = read_manifest(self.root)
                 check_head_kind(manifest["meta"].head_index, head_index, str(self.root))
-                segments = load_segments(self.root, manifest, self._handles, reusable)
+                segments = load_segments(self.root, manifest, reusable)
                 break
             except StoreError:
-                self.close()
                 # a writer replaced the index (and removed its files) while this opened it: open the new one
                 if attempt == OPEN_ATTEMPTS - 1 or _stamp(self.root / MANIFEST) == stamp:
                     raise
@@ -288,9 +276,7 @@ class LocalStore(SegmentedStore):
         return _stamp(self.root / MANIFEST) == self._stamp
 
     def close(self) -> None:
-        for handle in self._handles:
-            handle.close()
-        self._handles = []
+        """Nothing to release: mapped files are unmapped when the last array over them goes."""
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -348,10 +334,8 @@ def save_segment(path: Path, segment: Segment, meta: IndexMeta, *, with_full: bo
             faiss.write_index(segment.graph, str(path / "head.hnsw"))
     table = [segment.norms[dim] for dim in meta.prefix_norm_dims]
     np.save(path / "prefix_norms.npy", np.stack(table, axis=1) if table else np.zeros((len(segment), 0), np.float32))
-    (path / "ids.json").write_text(json.dumps(segment.ids.tolist()), encoding="utf-8")
-    with open(path / "texts.jsonl", "w", encoding="utf-8") as handle:
-        for text in segment.text_list():
-            handle.write(json.dumps(text, ensure_ascii=False) + "\n")
+    write_strings(path / IDS, segment.ids)
+    write_strings(path / TEXTS, segment.texts)
     if segment.metadata is not None:
         write_metadata(path / METADATA, segment.metadata)
     for item in path.iterdir():
@@ -456,7 +440,6 @@ class LocalWriter(SegmentWriter):
         self.root = Path(root)
         read_manifest(self.root)  # a clear error before the lock is taken for nothing
         self._lock = acquire_writer_lock(self.root)
-        self._handles: list = []
         try:
             self._open(previous)
         except BaseException:
@@ -468,7 +451,7 @@ class LocalWriter(SegmentWriter):
         manifest = read_manifest(self.root)
         self.generation = manifest["generation"]
         reusable = previous.segments if isinstance(previous, LocalStore) and previous.root == self.root else ()
-        super().__init__(load_segments(self.root, manifest, self._handles, reusable), manifest["meta"])
+        super().__init__(load_segments(self.root, manifest, reusable), manifest["meta"])
         self._tombstone_files = {e["name"]: e["tombstones"] for e in manifest["segments"]}
         remove_unlisted(
             self.root,
@@ -557,8 +540,6 @@ class LocalWriter(SegmentWriter):
 
     def close(self) -> None:
         """Let the next writer in."""
-        for handle in self._handles:
-            handle.close()
         self._lock.close()
 
 

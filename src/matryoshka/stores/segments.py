@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
 from ..errors import StoreError
 from ..filters import Filter, row_mask
@@ -38,6 +39,7 @@ from ..selection import HammingShortlist, scan_shortlist
 from ..vectors import STORAGES, binary_codes, hamming_similarity, normalize, prefix_norm_dims, prefix_norms, to_storage
 from .base import IndexMeta
 from .memory import HNSW_M, HNSW_MIN_EF_SEARCH, exact_top_k, make_head_index, rescore_rows
+from .string_columns import IdLookup, concat_columns, string_column, take_strings
 
 NO_ROWS = np.zeros(0, np.int64)
 MASK_CACHE = 32  # row masks of recent filters kept per segment
@@ -52,25 +54,24 @@ MERGE_FACTOR = 8  # segments of one size tier merged into one once this many hav
 class Segment:
     """One block of rows as stored. ``full`` is (n, d) unit rows (an array or a memory map);
     ``head`` (n, head_dim) the re-normalised float head, or ``codes`` (n, head_dim / 8) the sign
-    bits of a binary head; ``norms`` each row's prefix norm at the stage dims; ``deleted`` the
+    bits of a binary head; ``norms`` each row's prefix norm at the stage dims; ``ids`` and
+    ``texts`` Arrow string columns (:mod:`.string_columns`); ``deleted`` the
     sorted rows of this segment that are deleted; ``metadata`` a ``pyarrow.Table`` of its rows'
     metadata (``None``: none)."""
 
     name: str
     full: np.ndarray
-    ids: np.ndarray  # (n,) object: document ids
+    ids: pa.Array  # (n,) document ids
     head: np.ndarray | None
     codes: np.ndarray | None
     norms: dict[int, np.ndarray]
-    texts: Callable[[], list[str]]  # read on first use
+    texts: pa.Array  # (n,) document texts
     graph: object | None = None  # FAISS HNSW graph over the head, for an hnsw head
     deleted: np.ndarray = field(default_factory=lambda: NO_ROWS)
     tombstones: str | None = None  # where ``deleted`` was read from, for a store on files
     metadata: object | None = None  # pyarrow.Table, a row per row of the segment
     _masks: dict = field(default_factory=dict, repr=False)  # filter key -> row mask, shared by this segment's copies
-    _rows_by_id: dict[str, int] = field(default_factory=dict, repr=False)  # filled on first lookup, shared by copies
-    _text_cache: list[str] | None = field(default=None, repr=False)
-    _text_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _id_lookup: IdLookup = field(default_factory=lambda: IdLookup(), repr=False)  # shared by copies
 
     def __len__(self) -> int:
         return int(self.full.shape[0])
@@ -88,26 +89,12 @@ class Segment:
     def live_count(self) -> int:
         return len(self) - len(self.deleted)
 
-    def text_list(self) -> list[str]:
-        with self._text_lock:  # searches in several threads may ask at once; the file is read once
-            if self._text_cache is None:
-                self._text_cache = self.texts()
-            return self._text_cache
-
-    def rows_by_id(self) -> dict[str, int]:
-        """Each document id's row, deleted or not; built once and shared by this segment's copies
-        (the dict is filled in place, so a copy made before the first lookup shares it too)."""
-        if not self._rows_by_id and len(self):
-            self._rows_by_id.update((doc_id, row) for row, doc_id in enumerate(self.ids.tolist()))
-        return self._rows_by_id
-
-    def live_row_of(self, doc_id: str) -> int | None:
-        """The row holding ``doc_id`` in this segment, unless there is none or it is deleted."""
-        row = self.rows_by_id().get(doc_id)
-        if row is None:
-            return None
-        position = np.searchsorted(self.deleted, row)
-        return None if position < len(self.deleted) and self.deleted[position] == row else row
+    def live_rows_of(self, doc_ids: Sequence[str]) -> np.ndarray:
+        """The row holding each of ``doc_ids`` in this segment, -1 where there is none or it is deleted."""
+        rows = self._id_lookup.rows_of(self.ids, doc_ids)
+        if len(self.deleted):
+            rows[np.isin(rows, self.deleted)] = -1
+        return rows
 
     def mask(self, flt: Filter) -> np.ndarray:
         """Which rows (deleted or not) match ``flt``; kept for the segment's life, since its rows
@@ -133,7 +120,7 @@ def live_rows(segment: Segment) -> np.ndarray:
 
 
 def gather_live(segments: Sequence[Segment], name: str, lives: Sequence[np.ndarray | None] | None = None) -> np.ndarray:
-    """The array attribute ``name`` (``full``, ``head``, ``codes``, ``ids``) of every segment at its
+    """The array attribute ``name`` (``full``, ``head``, ``codes``) of every segment at its
     live rows, concatenated in segment order: the rows a reader numbers 0..n-1. ``lives``: each
     segment's :attr:`Segment.live`, when already known."""
     lives = [s.live for s in segments] if lives is None else lives
@@ -151,7 +138,6 @@ def merged_segment(name: str, segments: Sequence[Segment], meta: IndexMeta, full
     prefix norms, ids and texts are taken as stored, not computed again."""
     rows = [live_rows(s) for s in segments]
     head = gather_live(segments, "codes" if meta.binary_head else "head")
-    texts = [text for s, r in zip(segments, rows) for text in (s.text_list()[i] for i in r.tolist())]
     graph = make_head_index(head, "hnsw") if meta.head_index == "hnsw" and len(head) else None
     metadata = None
     if meta.fields and any(s.metadata is not None for s in segments):
@@ -163,11 +149,11 @@ def merged_segment(name: str, segments: Sequence[Segment], meta: IndexMeta, full
         name=name,
         full=full,
         metadata=metadata,
-        ids=gather_live(segments, "ids"),
+        ids=concat_columns([s.ids.take(pa.array(r)) for s, r in zip(segments, rows)]),
         head=None if meta.binary_head else head,
         codes=head if meta.binary_head else None,
         norms={dim: np.concatenate([s.norms[dim][r] for s, r in zip(segments, rows)]) for dim in meta.prefix_norm_dims},
-        texts=lambda: texts,
+        texts=concat_columns([s.texts.take(pa.array(r)) for s, r in zip(segments, rows)]),
         graph=graph,
     )
 
@@ -199,15 +185,14 @@ def make_segment(
             head = normalize(np.asarray(source[:, : meta.head_dim], dtype=np.float32))
         if meta.head_index == "hnsw" and len(head):
             graph = make_head_index(head, "hnsw")
-    texts = list(texts)
     return Segment(
         name=name,
         full=stored if isinstance(stored, np.ndarray) else np.asarray(stored),
-        ids=np.asarray(list(ids), dtype=object),
+        ids=string_column(ids),
         head=head,
         codes=codes,
         norms={dim: np.ascontiguousarray(table[:, i]) for i, dim in enumerate(dims)},
-        texts=lambda: texts,
+        texts=string_column(texts),
         graph=graph,
         metadata=to_table(metadata, meta.fields) if metadata is not None and meta.fields else None,
     )
@@ -229,7 +214,6 @@ class SegmentedStore:
         self._live = lives  # per segment: its live rows (None: all), in the order they are numbered
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._count = int(self._starts[-1])
-        self._ids = gather_live(self.segments, "ids", lives)
         self._filters: dict[str, list] = {}  # filter key -> [mask, passing rows or None]
         self._head = None
         if self._count and self.binary_head:
@@ -529,16 +513,23 @@ class SegmentedStore:
         return gathered if self.meta.storage == "float32" else normalize(gathered)
 
     def ids_of(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows, np.int64)
-        found = self._ids[np.maximum(rows, 0)] if self._count else np.full(rows.shape, "", object)
-        return np.where(rows >= 0, found, "")
+        return self._strings_at("ids", rows)
 
     def texts_of(self, rows: np.ndarray) -> list[list[str]]:
-        which, local = self._locate(np.atleast_2d(rows))
-        return [
-            [self.segments[s].text_list()[r] if s >= 0 else "" for s, r in zip(ws, ls)]
-            for ws, ls in zip(which.tolist(), local.tolist())
-        ]
+        return self._strings_at("texts", np.atleast_2d(rows)).tolist()
+
+    def _strings_at(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The ``ids`` or ``texts`` of live rows, as an object array shaped as ``rows`` ("" at -1);
+        each segment's column is read at its own rows, so no column is ever copied whole."""
+        rows = np.asarray(rows, np.int64)
+        out = np.full(rows.shape, "", object)
+        if not self._count:
+            return out
+        which, local = self._locate(rows)
+        for s in np.unique(which[which >= 0]).tolist():
+            mask = which == s
+            out[mask] = take_strings(getattr(self.segments[s], name), local[mask])
+        return out
 
     def fields_of(self, rows: np.ndarray, names: Sequence[str] | None = None) -> list[list[dict]]:
         """Metadata of each row of ``rows`` (2-D) as dicts, without missing values; ``names`` picks fields."""
@@ -645,11 +636,11 @@ class SegmentWriter:
     def _find(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """(segment, row) of each of ``ids`` that is live in the index."""
         found: dict[str, tuple[int, int]] = {}
+        ids = list(ids)
         for s, segment in enumerate(self.segments):
-            for doc_id in ids:
-                row = segment.live_row_of(doc_id)
-                if row is not None:
-                    found[doc_id] = (s, row)
+            rows = segment.live_rows_of(ids)
+            for position in np.flatnonzero(rows >= 0).tolist():
+                found[ids[position]] = (s, int(rows[position]))
         return found
 
     def upsert(
