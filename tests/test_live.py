@@ -212,7 +212,7 @@ def test_random_operations_on_the_milvus_server_match_the_oracle(milvus_server):
         if name.startswith("matryoshka"):
             client.drop_collection(name)
     client.close()
-    counts = run_random_operations(milvus_server, 30, seed=11, compact_every=20)
+    counts = run_random_operations(milvus_server, 20, seed=11, compact_every=12)
     assert counts["add"] and counts["upsert"] and counts["delete"], counts
 
 
