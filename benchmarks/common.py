@@ -31,10 +31,11 @@ def expand(vectors: np.ndarray, copies: int, jitter: float, seed: int = 0) -> np
     return np.concatenate(parts)
 
 
-def resident_mb() -> float:
-    """This process's anonymous resident memory now (page cache of mapped files excluded)."""
+def resident_mb(kind: str = "RssAnon") -> float:
+    """This process's anonymous resident memory now (page cache of mapped files excluded), or
+    with ``kind="RssFile"`` the mapped files' pages it holds."""
     for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
+        if line.startswith(f"{kind}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

@@ -156,14 +156,13 @@ def opened_resident_mb(db: Path, query: np.ndarray) -> tuple[float, float]:
     hide it. Also how much of the mapped files' page cache the process touched (MB)."""
     script = (
         "import sys, numpy as np\n"
-        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1] / 'src')!r})\n"
+        f"sys.path[:0] = [{str(Path(__file__).resolve().parents[1] / 'src')!r}, {str(Path(__file__).resolve().parent)!r}]\n"
+        "from common import resident_mb\n"
         "from matryoshka.index import Index\n"
-        "def rss(kind):\n"
-        "    return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith(kind)) / 1024\n"
-        "before = rss('RssAnon:'), rss('RssFile:')\n"
+        "before = resident_mb(), resident_mb('RssFile')\n"
         "index = Index(sys.argv[1])\n"
         "index.hits(index.search_vectors(np.load(sys.argv[2]), 10))\n"
-        "print(rss('RssAnon:') - before[0], rss('RssFile:') - before[1])\n"
+        "print(resident_mb() - before[0], resident_mb('RssFile') - before[1])\n"
     )
     query_file = db.parent / "one-query.npy"
     np.save(query_file, query)

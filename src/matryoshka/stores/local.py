@@ -50,6 +50,7 @@ import numpy as np
 from ..embedding_cache import CACHE_FILES
 from ..errors import BusyError, StoreError, storage_error
 from ..vectors import STORAGES, prefix_norm_dims, to_storage
+from .arrow_files import read_table, write_table
 from .base import FORMAT_VERSION, IndexMeta, check_format_version, check_head_kind
 from .segments import NO_ROWS, Segment, SegmentedStore, SegmentWriter, live_rows, make_segment, merged_segment
 from .string_columns import read_legacy_ids, read_legacy_texts, read_strings, write_strings
@@ -129,7 +130,7 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, previous: Segment | N
         table = np.load(path / "prefix_norms.npy")
         full = np.load(path / "full.npy", mmap_mode=mapped)
         ids, texts = _read_ids_and_texts(path, bool(mapped))
-        metadata = read_metadata(path / METADATA, mapped=bool(mapped)) if (path / METADATA).is_file() else None
+        metadata = read_table(path / METADATA, bool(mapped), "metadata file") if (path / METADATA).is_file() else None
         deleted = NO_ROWS
         if entry["tombstones"]:
             deleted = np.load(root / TOMBSTONES / entry["tombstones"]).astype(np.int64)
@@ -163,20 +164,6 @@ def load_segment(root: Path, entry: dict, meta: IndexMeta, previous: Segment | N
         tombstones=entry["tombstones"],
         metadata=metadata,
     )
-
-
-def read_metadata(path: Path, mapped: bool = True):
-    """A segment's metadata table, memory-mapped (columns are read as filters touch them), or
-    read into RAM (``mapped=False``: a small segment holds no file open)."""
-    import pyarrow as pa
-
-    try:
-        if not mapped:
-            return pa.ipc.open_file(pa.py_buffer(path.read_bytes())).read_all()
-        with pa.memory_map(str(path)) as source:
-            return pa.ipc.open_file(source).read_all()
-    except pa.ArrowInvalid as exc:
-        raise StoreError(f"{path}: not a readable metadata file ({exc}); re-index it") from None
 
 
 def _read_ids_and_texts(path: Path, mapped: bool):
@@ -226,13 +213,6 @@ def reserved_array(path: Path, count: int, dim: int, dtype: type = np.float32) -
             del array
             raise
     return array
-
-
-def write_metadata(path: Path, table) -> None:
-    import pyarrow as pa
-
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
 
 
 def load_segments(root: Path, manifest: dict, previous: Sequence[Segment] = ()) -> list[Segment]:
@@ -337,7 +317,7 @@ def save_segment(path: Path, segment: Segment, meta: IndexMeta, *, with_full: bo
     write_strings(path / IDS, segment.ids)
     write_strings(path / TEXTS, segment.texts)
     if segment.metadata is not None:
-        write_metadata(path / METADATA, segment.metadata)
+        write_table(path / METADATA, segment.metadata)
     for item in path.iterdir():
         _fsync(item)
 

@@ -71,7 +71,7 @@ class Segment:
     tombstones: str | None = None  # where ``deleted`` was read from, for a store on files
     metadata: object | None = None  # pyarrow.Table, a row per row of the segment
     _masks: dict = field(default_factory=dict, repr=False)  # filter key -> row mask, shared by this segment's copies
-    _id_lookup: IdLookup = field(default_factory=lambda: IdLookup(), repr=False)  # shared by copies
+    _id_lookup: IdLookup = field(default_factory=IdLookup, repr=False)  # shared by copies
 
     def __len__(self) -> int:
         return int(self.full.shape[0])

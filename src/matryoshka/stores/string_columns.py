@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import StoreError
+from .arrow_files import read_table, write_table
 
 STRING_TYPE = pa.large_string()  # 64-bit offsets: no 2 GiB ceiling on a segment's texts
 DICT_LOOKUP_ROWS = 65_536  # a column of at most this many ids is looked up through a dict; a longer one by bisection
@@ -24,10 +25,6 @@ DICT_LOOKUP_ROWS = 65_536  # a column of at most this many ids is looked up thro
 
 def string_column(values: Sequence[str]) -> pa.Array:
     """``values`` as one Arrow string column."""
-    if isinstance(values, pa.ChunkedArray):
-        return values.combine_chunks().cast(STRING_TYPE)
-    if isinstance(values, pa.Array):
-        return values.cast(STRING_TYPE)
     values = values if isinstance(values, list) else list(values)
     try:
         return pa.array(values, type=STRING_TYPE)
@@ -55,27 +52,18 @@ def take_strings(column: pa.Array, rows: np.ndarray) -> list[str]:
 
 def concat_columns(columns: Sequence[pa.Array]) -> pa.Array:
     """One column of ``columns`` in order (a copy, as compaction writes it)."""
-    return pa.concat_arrays(list(columns)) if columns else pa.array([], type=STRING_TYPE)
+    return pa.concat_arrays(list(columns))
 
 
 def write_strings(path: Path, column: pa.Array) -> None:
     """``column`` as an Arrow IPC file of one column (flushed; the caller fsyncs)."""
-    table = pa.table({"value": column})
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+    write_table(path, pa.table({"value": column}))
 
 
 def read_strings(path: Path, mapped: bool) -> pa.Array:
     """A column written by :func:`write_strings`: memory-mapped (``mapped``), or read into RAM so
     that a small segment holds no file open."""
-    try:
-        if mapped:
-            with pa.memory_map(str(path)) as source:
-                table = pa.ipc.open_file(source).read_all()
-        else:
-            table = pa.ipc.open_file(pa.py_buffer(path.read_bytes())).read_all()
-    except pa.ArrowInvalid as exc:
-        raise StoreError(f"{path}: not a readable string column ({exc}); re-index it") from None
+    table = read_table(path, mapped, "string column")
     if table.num_columns != 1 or table.schema.field(0).type != STRING_TYPE:
         raise StoreError(f"{path}: not a string column (schema {table.schema}); re-index it")
     column = table.column(0)
