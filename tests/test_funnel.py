@@ -326,3 +326,18 @@ def test_autotune_binary_head_on_held_out_queries(wordllama, squad_sample):
     assert tuned.schedule.shortlist < len(store)
     _, truth = store.exact_search(held_out, 10)
     assert recall_at_k(funnel_search(store, held_out, tuned.schedule, 10).rows, truth) >= 0.95
+
+
+def test_auto_head_takes_the_cheapest_head_that_reaches_the_target(wordllama, squad_sample):
+    from matryoshka.index import tune
+
+    documents = wordllama.encode(squad_sample.corpus.texts, kind="document")
+    queries = wordllama.encode(squad_sample.query_texts, kind="query")[:300]
+    tuned = {
+        kind: tune(documents, 10, 0.95, sample_queries=queries, head_index=kind, trained=(64, 128, 256))
+        for kind in ("flat", "binary", "auto")
+    }
+    assert tuned["flat"].passed and tuned["binary"].passed
+    cheapest = min((tuned["flat"], tuned["binary"]), key=lambda result: result.cost)
+    assert tuned["auto"].passed and tuned["auto"].schedule == cheapest.schedule
+    assert tuned["auto"].cost == cheapest.cost

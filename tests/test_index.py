@@ -203,6 +203,24 @@ def test_bring_your_own_vectors(tmp_path, squad_sample, squad_vectors):
     assert not (tmp_path / "x" / "manifest.json").exists()
 
 
+def test_default_head_is_chosen_by_corpus_size(tmp_path, squad_sample, squad_vectors):
+    """Below AUTO_BINARY_ROWS, and with a head dim in float dims, the default head stays a float
+    prefix; the demo's index of 117,659 glosses (tests/test_cli.py) is where autotune picks the
+    sign bits. An unknown head names every choice."""
+    from matryoshka.index import AUTO_BINARY_ROWS
+
+    documents, queries = squad_vectors
+    ids, texts = squad_sample.corpus.ids, squad_sample.corpus.texts
+    assert len(ids) < AUTO_BINARY_ROWS
+    meta = build_index(tmp_path / "small", ids, texts, vectors=documents, tune_queries=queries[:200])
+    assert meta.head_index == "flat" and not Schedule.parse(meta.schedule).binary_head
+    meta = build_index(tmp_path / "dims", ids, texts, vectors=documents, head_dim=32, tune_queries=queries[:200])
+    assert meta.head_index == "flat" and meta.head_dim == 32
+    with pytest.raises(StoreError, match="choose one of auto, flat, hnsw, binary, binary-ivf"):
+        build_index(tmp_path / "bad", ids, texts, vectors=documents, head_index="graph")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_cli_binary_head(tmp_path, squad_sample, squad_vectors):
     documents, queries = squad_vectors
     corpus = write_jsonl(

@@ -233,7 +233,7 @@ def test_exact_search_answers_where_the_index_timed_it_faster(tmp_path, data):
     db = str(tmp_path / "index")
     meta = _build(db, corpus[:1_000], tuning)
     assert set(meta.plan_seconds) == {"exact", "0.8", "0.9", "0.95", "0.99"}
-    assert all(len(v) == 2 and min(v) > 0 for v in meta.plan_seconds.values())
+    assert all(len(v) == 3 and min(v) > 0 for v in meta.plan_seconds.values())  # quick: a large batch timed too
     exact = meta.plan_seconds["exact"]
     assert exact[0] < meta.plan_seconds["0.99"][0]  # a thousand rows: one product beats any funnel
     truth = oracle(corpus[:1_000], fresh, K)
@@ -254,6 +254,17 @@ def test_exact_search_answers_where_the_index_timed_it_faster(tmp_path, data):
         assert index.search_vectors(fresh[:1], K).plan == "funnel"
         assert index.search_vectors(fresh, K).plan.startswith("exact (faster")
         np.testing.assert_array_equal(index.search_vectors(fresh, K, recall=0.8).rows, truth)
+    # exact search faster only in a large batch (its matrix products pay off most there)
+    large = {level: [*seconds[:2], 1.0] for level, seconds in meta.plan_seconds.items()}
+    large["exact"] = [1.0, 1.0, 1e-9]
+    with open_writer(db, None) as writer:
+        writer.save_meta(replace_meta(meta, plan_seconds=large))
+    with Index(db) as index:
+        assert index.plan_for(K, batch=1) == index.plan_for(K, batch=1023) == Schedule.parse(meta.schedule)
+        assert index.plan_for(K, batch=1024) is None
+        many = np.resize(fresh, (1500, fresh.shape[1]))
+        assert index.search_vectors(many, K).plan.startswith("exact (faster")
+        np.testing.assert_array_equal(index.search_vectors(many, K).rows, np.resize(truth, (1500, K)))
 
 
 def replace_meta(meta, **changes):

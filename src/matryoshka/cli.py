@@ -341,8 +341,10 @@ def index(
         "(each moved up to a trained dim, for a model that declares its Matryoshka dims); all d bits for a binary head.",
     ),
     head_index: str = typer.Option(
-        "flat",
-        help="Head search: 'flat' (float prefixes, exact scan), 'hnsw' (graph over them), 'binary' (sign bits "
+        "auto",
+        help="Head search: 'auto' (default: 'flat' below 100,000 documents or with --head-dim; from there the "
+        "sign bits where autotune finds them cheaper at the target recall), 'flat' (float prefixes, exact scan), "
+        "'hnsw' (graph over them), 'binary' (sign bits "
         "searched by Hamming distance: d bits cost the RAM of a d/32 float head and keep far more of the ranking; the "
         "fastest head at a million rows) or 'binary-ivf' (Milvus's BIN_IVF_FLAT over the sign bits). On Milvus these "
         "are FLAT, HNSW, BIN_FLAT and BIN_IVF_FLAT; Milvus Lite builds only FLAT and BIN_FLAT, and an approximate head "

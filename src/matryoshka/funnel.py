@@ -454,6 +454,7 @@ def autotune(
     groups: np.ndarray | None = None,
     trained: Sequence[int] = (),
     measured: dict[str, np.ndarray] | None = None,
+    ceiling: float | None = None,
 ) -> TuneResult:
     """The cheapest schedule whose recall@k against exact search on ``sample_queries`` reaches
     ``target_recall`` with 95% confidence (the lower bound over queries, not just the mean, so
@@ -471,7 +472,9 @@ def autotune(
     ``two_stage`` tune an adapter's head: head in the adapter's space, then straight to the full
     original vectors. ``trained``: the model's trained prefix dims, which the stages keep to.
     ``measured`` (schedule -> per-query recalls) is read and filled, so that tuning the same store
-    and queries for several targets (:func:`autotune_levels`) searches each schedule once."""
+    and queries for several targets (:func:`autotune_levels`) searches each schedule once.
+    ``ceiling``: a cost already reached elsewhere (another head); schedules costing as much are
+    not searched, and the result passes only if one below it does."""
     if not 0 < target_recall <= 1:
         raise UsageError(f"target recall must be in (0, 1], got {target_recall}")
     required = target_recall + TUNE_MARGIN * (1 - target_recall)
@@ -482,10 +485,10 @@ def autotune(
     binary = getattr(store, "binary_head", False)
     head_dims = [store.head_dim] if binary else sorted(set(head_dims or [store.head_dim]))
     shortlists = sorted({min(s, n) for s in (shortlists or shortlist_candidates(k, n)) if s >= k})
-    tried, best, fallback = [], None, None
+    tried, best, fallback, skipped = [], None, None, None
     for head in head_dims:
         for shortlist in shortlists:
-            passed = False
+            passed = affordable = False
             for cut in (1,) if two_stage else BINARY_FIRST_CUTS if binary else FIRST_CUTS:
                 if two_stage:
                     schedule = two_stage_schedule(full, k, shortlist, head, binary)
@@ -493,6 +496,11 @@ def autotune(
                     schedule = Schedule.binary(full, k, shortlist, head, first_cut=cut, trained=trained)
                 else:
                     schedule = Schedule.halving(full, k, shortlist, head, first_cut=cut, trained=trained)
+                cost = schedule_cost(schedule, n)
+                if ceiling is not None and cost >= ceiling:
+                    skipped = skipped or schedule
+                    continue  # a sharper cut costs less and may still be under it
+                affordable = True
                 recalls = None if measured is None else measured.get(str(schedule))
                 if recalls is None:
                     recalls = per_query_recall(
@@ -501,7 +509,6 @@ def autotune(
                     if measured is not None:
                         measured[str(schedule)] = recalls
                 recall, bound = float(np.mean(recalls)), worst_bound(recalls, groups)
-                cost = schedule_cost(schedule, n)
                 tried.append((str(schedule), recall, bound, cost))
                 if fallback is None or recall > fallback.recall:
                     fallback = TuneResult(schedule, recall, cost, ())
@@ -512,9 +519,11 @@ def autotune(
                 passed = True
                 if best is None or cost < best.cost:
                     best = TuneResult(schedule, recall, cost, (), True)
-            if passed:
+            if passed or not affordable:
                 break  # longer shortlists at this head only cost more
     chosen = best or fallback
+    if chosen is None:  # every schedule cost at least the ceiling: none was searched
+        return TuneResult(skipped, 0.0, schedule_cost(skipped, n), (), False)
     return TuneResult(chosen.schedule, chosen.recall, chosen.cost, tuple(tried), chosen.passed)
 
 

@@ -67,6 +67,10 @@ LOG = logging.getLogger("matryoshka")
 ENCODE_CHUNK = 256
 MILVUS_MAX_TOPK = 16_384  # the most results one Milvus search returns
 VECTOR_CHUNK = 8192
+AUTO_HEAD = "auto"  # autotune picks the head: see build_index
+# from here up, "auto" tunes the sign bits beside the float heads: at 117,659 and 1M rows their scan
+# answered a query at the same recall several times faster (docs/benchmarks.md)
+AUTO_BINARY_ROWS = 100_000
 
 
 def _batches(encoder: Encoder | None, texts: Sequence[str], vectors: np.ndarray | None) -> Iterator[np.ndarray]:
@@ -87,7 +91,7 @@ def build_index(
     encoder: Encoder | None = None,
     vectors: np.ndarray | None = None,
     head_dim: int | None = None,
-    head_index: str = "flat",
+    head_index: str = AUTO_HEAD,
     k: int = 10,
     target_recall: float = 0.99,
     tune_queries: np.ndarray | None = None,
@@ -105,6 +109,8 @@ def build_index(
     ``metadata``: a dict per document (filterable fields), typed by ``schema`` (inferred if not given).
     ``storage``: how the local store keeps the vectors it re-ranks (``float16`` or ``int8`` for
     half or a quarter of float32's bytes); tuning and final scores are of the vectors as stored.
+    ``head_index="auto"``: a float head, or for a corpus of :data:`AUTO_BINARY_ROWS` or more the
+    sign bits where autotune finds them cheaper at the target recall.
 
     All or nothing: the new index becomes visible only once complete. ``progress`` is called with
     the number of documents encoded (and, for Milvus, written) since the last call."""
@@ -130,6 +136,8 @@ def build_index(
     if check_storage(storage) != "float32" and milvus:
         raise UsageError(f"--storage {storage} is for the local store; Milvus keeps float32 vectors")
     head_dim = check_head_choice(head_index, head_dim, full_dim, milvus=milvus)
+    if head_index == AUTO_HEAD and (head_dim is not None or len(ids) < AUTO_BINARY_ROWS):
+        head_index = "flat"  # a head dim counts float dims; a small corpus is scanned in well under a millisecond
     # an adapter's head is a prefix of f(x), which the model's trained dims say nothing about
     trained = tuning_dims(encoder) if encoder is not None and adapter is None else ()
     metadata, schema = check_metadata(metadata, schema, len(ids))
@@ -138,7 +146,7 @@ def build_index(
         full_dim=full_dim,
         head_dim=head_dim or default_head_dim(full_dim, trained),
         count=len(ids),
-        head_index=head_index,
+        head_index="flat" if head_index == AUTO_HEAD else head_index,  # settled by autotune
         query_prompt=getattr(encoder, "query_prompt", None),
         document_prompt=getattr(encoder, "document_prompt", None),
         adapter=adapter_path,
@@ -147,7 +155,7 @@ def build_index(
         fields=schema or {},
         storage=storage,
     )
-    builder = open_builder(db, collection, head_index)
+    builder = open_builder(db, collection, meta.head_index)
     try:
         full = builder.full_array(len(ids), full_dim)
         written = 0
@@ -188,6 +196,7 @@ def build_index(
         )
         meta = replace(
             meta,
+            head_index="binary" if head_index == AUTO_HEAD and tuned.schedule.binary_head else meta.head_index,
             head_dim=tuned.schedule.head_dim,
             schedule=str(tuned.schedule),
             recall_schedules=level_schedules(tuned.by_level),
@@ -306,8 +315,8 @@ def tune_on_store(
 def check_head_choice(head_index: str, head_dim: int | None, full_dim: int, *, milvus: bool = False) -> int | None:
     """Fail before any encoding on a head that cannot be built; a binary head defaults to all d
     bits (the bytes of a d/32 float head)."""
-    if head_index not in HEAD_INDEXES:
-        raise StoreError(f"unknown head index {head_index!r}; choose one of {', '.join(HEAD_INDEXES)}")
+    if head_index not in (AUTO_HEAD, *HEAD_INDEXES):
+        raise StoreError(f"unknown head index {head_index!r}; choose one of {', '.join((AUTO_HEAD, *HEAD_INDEXES))}")
     if head_index == "binary-ivf" and not milvus:
         raise StoreError(
             "--head-index binary-ivf is a Milvus server's index (BIN_IVF_FLAT); a local index's binary "
@@ -347,18 +356,23 @@ def tune(
     adapter's space and the schedules are two-stage: head, then the original full vectors; so are
     they with ``two_stage``. ``max_shortlist``: the longest head answer the store can give. A
     binary head is tuned at its own bits (default all d); the other heads are tuned as exact ones.
+    ``head_index="auto"``: the float heads and the binary head at all d bits, the cheapest that passes.
     ``trained``: the model's trained prefix dims; head dims and stages then keep to them.
     ``levels``: further recall targets, each tuned at the chosen head (``by_level`` of the result)."""
     if sample_queries is None:
         sample_queries = corpus_sample(full)
     full_dim = full.shape[1]
     binary = head_index.startswith("binary")
-    candidates = sorted(set(head_dims or ([full_dim] if binary else head_candidates(full_dim, trained))))
-    kind = "binary" if binary else "flat"
-    if adapter is None:
-        stores = [MemoryStore(full, head, head_index=kind) for head in candidates]
+    float_dims = head_dims or head_candidates(full_dim, trained)
+    if head_index == AUTO_HEAD:
+        kinds = [("binary", [full_dim]), ("flat", float_dims)]
     else:
-        stores = [MemoryStore(full, head, head=normalize(adapted[:, :head]), head_index=kind) for head in candidates]
+        kinds = [("binary", head_dims or [full_dim])] if binary else [("flat", float_dims)]
+    stores = [
+        MemoryStore(full, head, head_index=kind, head=None if adapter is None else normalize(adapted[:, :head]))
+        for kind, dims in kinds
+        for head in sorted(set(dims))
+    ]
     truth = stores[0].exact_search(sample_queries, k)[1]
     options = [
         dict(
@@ -372,7 +386,10 @@ def tune(
         )
         for store in stores
     ]
-    results = [autotune(store, sample_queries, k, target_recall, **o) for store, o in zip(stores, options)]
+    results: list[TuneResult] = []
+    for store, option in zip(stores, options):  # each head searched only for schedules cheaper than the best yet
+        ceiling = min((r.cost for r in results if r.passed), default=None)
+        results.append(autotune(store, sample_queries, k, target_recall, ceiling=ceiling, **option))
     passing = [r for r in results if r.passed]
     chosen = min(passing, key=lambda r: r.cost) if passing else max(results, key=lambda r: r.recall)
     others = sorted({check_recall(level, "a recall level") for level in levels} - {target_recall})

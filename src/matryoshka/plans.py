@@ -2,7 +2,9 @@
 that is faster on this index.
 
 An index records, when it is tuned, the seconds per query of its store's own exact search and of
-each tuned level's schedule, one query at a time and in a batch (:func:`time_plans`). A search
+each tuned level's schedule, one query at a time, in a batch, and (where the store is quick enough
+to time one) in a large batch, where exact search's matrix products pay off most
+(:func:`time_plans`). A search
 then takes the faster of the two plans that promise the recall it asks for: exact search promises
 every level, so on a small corpus, or on a store whose exact search is quick, no default is
 slower than exact search. A recall above every tuned level is answered exactly too.
@@ -19,6 +21,8 @@ from .funnel import Schedule, check_recall, funnel_search
 from .stores.base import IndexMeta, Store
 
 BATCH_FROM = 16  # queries searched together from which a batch's figures apply
+LARGE_BATCH = 1024  # queries from which a large batch's figures apply, where both plans have them
+LARGE_BATCH_BUDGET_S = 4.0  # a large batch is timed only where it should take about this long at most
 TIMED_SINGLE = 16  # tuning queries timed one at a time, at most
 TIMED_BATCH = 256  # tuning queries timed as one batch
 # a plan's single queries stop after this long (after the third); its batches grow while the next fits it
@@ -49,7 +53,7 @@ def exact_is_faster(meta: IndexMeta, level: str, batch: int) -> bool:
     exact, funnel = meta.plan_seconds.get(EXACT), meta.plan_seconds.get(level)
     if not exact or not funnel:
         return False
-    column = 1 if batch >= BATCH_FROM else 0
+    column = 0 if batch < BATCH_FROM else 2 if batch >= LARGE_BATCH and len(exact) == len(funnel) == 3 else 1
     return exact[column] < funnel[column]
 
 
@@ -59,8 +63,9 @@ def time_plans(
     meta: IndexMeta,
     head_queries: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per query ``[one at a time, in a batch]`` of exact search and of every tuned
-    level's schedule on ``store``, over the tuning ``queries``; ``head_queries(queries, dim)``
+    """Seconds per query ``[one at a time, in a batch, in a large batch]`` of exact search and of
+    every tuned level's schedule on ``store``, over the tuning ``queries`` (repeated to make the
+    large batch, which is left out where it would take too long); ``head_queries(queries, dim)``
     maps queries into an adapter's head space. A single-query figure is a median, a batch's the
     better of two runs; on a slow store (a server) each plan is timed for about
     :data:`TIMING_BUDGET_S`, so indexing stays quick wherever the figures are clear anyway."""
@@ -106,4 +111,10 @@ def _seconds(run: Callable[[np.ndarray], object], queries: np.ndarray) -> list[f
             break
         if not largest:
             size, many = min(4 * size, TIMED_BATCH, len(queries)), []
-    return [float(np.median(one)), float(min(many))]
+    figures = [float(np.median(one)), float(min(many))]
+    if min(many) * LARGE_BATCH <= LARGE_BATCH_BUDGET_S:
+        large = np.resize(queries, (LARGE_BATCH, queries.shape[1]))
+        started = time.perf_counter()
+        run(large)
+        figures.append((time.perf_counter() - started) / LARGE_BATCH)
+    return figures

@@ -53,7 +53,7 @@ class IndexMeta:
     recall_schedules: dict[str, str] = field(default_factory=dict)  # recall level ("0.95") -> schedule tuned for it
     plan_seconds: dict[str, list[float]] = field(
         default_factory=dict
-    )  # "exact" or a level -> [one query, batch] s/query
+    )  # "exact" or a level -> [one query, batch(, large batch)] s/query
     query_prompt: str | None = None
     document_prompt: str | None = None
     adapter: str | None = None
@@ -113,9 +113,11 @@ class IndexMeta:
                     f"{where}: recall_schedules maps a recall level in (0, 1] to a schedule, got {level!r}: {schedule!r}"
                 )
         for plan, seconds in values.get("plan_seconds", {}).items():
-            if not (isinstance(seconds, list) and len(seconds) == 2 and all(_is_number(s) and s >= 0 for s in seconds)):
+            if not (
+                isinstance(seconds, list) and len(seconds) in (2, 3) and all(_is_number(s) and s >= 0 for s in seconds)
+            ):
                 raise StoreError(
-                    f"{where}: plan_seconds maps a plan to two times in seconds, got {plan!r}: {seconds!r}"
+                    f"{where}: plan_seconds maps a plan to two or three times in seconds, got {plan!r}: {seconds!r}"
                 )
         if "fields" in values:
             try:

@@ -15,6 +15,7 @@ from ..vectors import binary_codes, hamming_similarity, normalize, prefix_norms
 from .base import HEAD_INDEXES, IndexMeta
 
 EXACT_BLOCK = 65_536
+TILED_BATCH = 16  # queries from which exact search scans in tiles rather than one product per block
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_MIN_EF_SEARCH = 64
@@ -85,29 +86,55 @@ def exact_top_k(
         norms = rest[0] if rest else None
         prefix = dim is not None and dim != full.shape[1]
         stored = full.dtype != np.float32
-        for start in range(0, len(full), EXACT_BLOCK):
-            rows = np.asarray(full[start : start + EXACT_BLOCK, :dim] if prefix else full[start : start + EXACT_BLOCK])
+        whole = not (prefix or stored) and _faiss_batch(queries) and (numbers is None or min(numbers, default=0) >= 0)
+        step = max(1, len(full)) if whole else EXACT_BLOCK  # read in place: FAISS tiles it itself
+        for start in range(0, len(full), step):
+            rows = np.asarray(full[start : start + step, :dim] if prefix else full[start : start + step])
             if prefix or (stored and norms is None):
-                block = queries @ normalize(as_float32(rows)).T
-            elif stored:
-                block = queries @ as_float32(rows).T
+                rows = normalize(as_float32(rows))
+            elif stored:  # the unit vectors the rows stand for (a zero row stays zero)
                 part_norms = norms[start : start + len(rows)]
-                np.divide(block, part_norms, out=block, where=part_norms > 0)
-            else:
-                block = queries @ rows.T
+                rows = as_float32(rows) / np.where(part_norms > 0, part_norms, 1)[:, None].astype(np.float32)
             answers = np.arange(offset + start, offset + start + len(rows))
             if numbers is not None:
                 answers = np.asarray(numbers[start : start + len(rows)], dtype=np.int64)
-                block[:, answers < 0] = -np.inf
-            take = min(k, block.shape[1])
-            part = np.argpartition(-block, take - 1, axis=1)[:, :take]
-            best_scores = np.concatenate([best_scores, np.take_along_axis(block, part, axis=1)], axis=1)
+                if (answers < 0).any():
+                    rows, answers = rows[answers >= 0], answers[answers >= 0]
+            if not len(rows):
+                continue
+            scores, part = _block_top_k(queries, rows, min(k, len(rows)))
+            best_scores = np.concatenate([best_scores, scores], axis=1)
             best_rows = np.concatenate([best_rows, answers[part]], axis=1)
             keep = np.argsort(-best_scores, axis=1, kind="stable")[:, :k]
             best_scores = np.take_along_axis(best_scores, keep, axis=1)
             best_rows = np.take_along_axis(best_rows, keep, axis=1)
         offset += len(full)
     return best_scores, best_rows
+
+
+def _faiss_batch(queries: np.ndarray) -> bool:
+    """Whether FAISS's exact k-NN takes its BLAS path for this batch (its own threshold, counted in
+    query floats); below it FAISS scores one row at a time."""
+    import faiss
+
+    return len(queries) * queries.shape[1] >= faiss.cvar.distance_compute_blas_threshold
+
+
+def _block_top_k(queries: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, columns) of each query's ``k`` best ``rows`` by inner product, unordered. Writing
+    out a batch's whole score block and partitioning it costs several times the product, so a
+    batch is scanned in tiles (:func:`scan_shortlist`), or, once FAISS takes its BLAS path for
+    the batch (its ``distance_compute_blas_threshold``, counted in query floats), by FAISS's exact
+    k-NN, which keeps a heap per query; a few queries take one product."""
+    if _faiss_batch(queries):
+        import faiss
+
+        return faiss.knn(queries, np.ascontiguousarray(rows, dtype=np.float32), k, metric=faiss.METRIC_INNER_PRODUCT)
+    if len(queries) >= TILED_BATCH:
+        return scan_shortlist(queries, np.ascontiguousarray(rows, dtype=np.float32), k)
+    block = queries @ rows.T
+    part = np.argpartition(-block, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(block, part, axis=1), part
 
 
 class MemoryStore:
