@@ -428,6 +428,12 @@ def _hnsw(corpus, ef_construction: int):
     return index
 
 
+SUBLINEAR_TRIED = (
+    "heads that read less were tried and lose recall or speed here: IVF, RaBitQ, graphs over sign bits, a prefix "
+    "and the full vectors' 8-bit codes (benchmarks/sublinear_heads.py), and a scan split over two cores"
+)
+
+
 def targets(results: list[dict], n: int) -> list[dict]:
     """The project's four targets at corpus size ``n``, judged from the rows measured here: for
     each, the fastest funnel setting that reaches the recall asked for, and the ratio reached."""
@@ -462,17 +468,41 @@ def targets(results: list[dict], n: int) -> list[dict]:
             entry["target_ram_ratio"] = ram_target
             met = met and base["ram_mb"] >= ram_target * found["ram_mb"]
         entry["met"] = bool(met)
+        entry["why_not"] = "" if met else shortfall(found, base, target)
         return entry
+
+    def shortfall(found: dict | None, base: dict, target: dict) -> str:
+        """The measured reason a goal is missed: how much of the funnel's time its head's full
+        scan takes (from the batch run's stage times), hence the most any re-ranking could give."""
+        if found is None:
+            return "no funnel setting reaches that recall"
+        split = next(
+            (r["stage_ms"] for r in funnels if r.get("stage_ms") and r.get("schedule") == found.get("schedule")), None
+        )
+        if not split:
+            return "see below the table"
+        share = split[0] / sum(split)
+        return (
+            f"the head's full scan is {share:.0%} of the time: {found['qps'] / share / base['qps']:.1f}x at most "
+            "with free re-ranking (see below the table)"
+        )
 
     verdicts = []
     for batch in sorted({r["batch"] for r in rows if r["method"] == "exact numpy BLAS"}, reverse=True):
-        for base in baseline("exact numpy BLAS", batch):
-            goal = (
-                ">= 5x exact BLAS at recall >= 0.99"
-                if batch > 1
-                else ">= 20x lower latency than exact at recall >= 0.99"
+        for base in baseline("exact numpy BLAS", batch) if batch > 1 else []:
+            verdicts.append(verdict(">= 5x exact BLAS at recall >= 0.99", base, {"recall": 0.99, "speedup": 5}))
+        exact_singles = baseline("exact numpy BLAS", 1) + baseline("exact FAISS IndexFlatIP", 1)
+        if batch == 1 and exact_singles:  # against the fastest exact search one query at a time
+            fastest_exact = max(exact_singles, key=lambda r: r["qps"])
+            verdicts.append(
+                verdict(
+                    ">= 20x lower latency than the fastest exact search at recall >= 0.99",
+                    fastest_exact,
+                    {"recall": 0.99, "speedup": 20},
+                )
             )
-            verdicts.append(verdict(goal, base, {"recall": 0.99, "speedup": 5 if batch > 1 else 20}))
+        for base in baseline("exact FAISS IndexFlatIP", batch) if batch > 1 else []:
+            verdicts.append(verdict(">= 5x FAISS IndexFlatIP at recall >= 0.99", base, {"recall": 0.99, "speedup": 5}))
         for base in baseline("FAISS HNSW full-dim", batch):
             verdicts.append(
                 verdict(">= 2x HNSW's QPS at its recall, >= 4x less RAM", base, {"speedup": 2}, ram_target=4)
@@ -526,6 +556,7 @@ def print_targets(verdicts: list[dict], n: int) -> None:
         "speed-up",
         "RAM ratio",
         "met",
+        "why not",
     ):
         table.add_column(column, justify="left" if column in ("goal", "baseline", "funnel") else "right")
     for v in verdicts:
@@ -542,8 +573,12 @@ def print_targets(verdicts: list[dict], n: int) -> None:
             f"{v['speedup']}x / {v['target_speedup']}x" if v["funnel"] else "",
             f"{v['ram_ratio']}x / {v['target_ram_ratio']}x" if v.get("ram_ratio") else "",
             "yes" if v["met"] else "no",
+            v.get("why_not", ""),
         )
-    Console(width=200).print(table)
+    console = Console(width=240)
+    console.print(table)
+    if any(not v["met"] for v in verdicts):
+        console.print(f"Where a goal is missed: {SUBLINEAR_TRIED}.")
 
 
 def plot(results, path: Path):

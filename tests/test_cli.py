@@ -32,7 +32,8 @@ def test_demo_runs_offline_end_to_end_and_serves(demo_server):
     funnel = report["funnel"]
     assert funnel["documents"] == 117_659 and funnel["test_queries"] == 2000
     assert funnel["head"] == "binary" and funnel["schedule"].startswith("256b:")  # autotune's pick at this size
-    assert funnel["recall_at_10"] >= 0.99  # tuned on other lemma queries, with a margin
+    assert 0.99 <= funnel["recall_at_10"] < 1  # the funnel's own, tuned on other lemma queries, with a margin
+    assert funnel["batch_plan"] == "funnel" or funnel["batch_plan"].startswith("exact (faster")
     assert funnel["funnel_ram_bytes"] * 10 < funnel["exact_ram_bytes"]
     assert f"{funnel['single_speedup']:.1f}× faster" in output  # the measured figure is what is printed
     assert (demo / "wordnet-index" / "manifest.json").exists()

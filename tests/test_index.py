@@ -384,7 +384,7 @@ def test_bad_inputs_get_clear_errors_and_leave_nothing(tmp_path, milvus_server):
         ),
         (
             ["index", "--corpus", str(corpus), "--vectors", str(good), "--db", db, "--head-index", "ivf"],
-            "unknown head index 'ivf'; choose one of flat, hnsw, binary",
+            "unknown head index 'ivf'; choose one of auto, flat, hnsw, binary",
         ),
         (
             ["index", "--corpus", str(corpus), "--vectors", str(good), "--db", db, "--head-index", "binary"],

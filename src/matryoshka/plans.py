@@ -2,8 +2,8 @@
 that is faster on this index.
 
 An index records, when it is tuned, the seconds per query of its store's own exact search and of
-each tuned level's schedule, one query at a time, in a batch, and (where the store is quick enough
-to time one) in a large batch, where exact search's matrix products pay off most
+each tuned level's schedule, one query at a time, in a batch, and (on a store that searches in
+process, where it is quick enough to time one) in a large batch, where exact search's matrix products pay off most
 (:func:`time_plans`). A search
 then takes the faster of the two plans that promise the recall it asks for: exact search promises
 every level, so on a small corpus, or on a store whose exact search is quick, no default is
@@ -77,7 +77,9 @@ def time_plans(
     def exact(batch: np.ndarray) -> object:
         return store.exact_search(batch, k)
 
-    figures = {EXACT: _seconds(exact, queries)}
+    # a server's batch is its own affair: the large batch is timed for stores that search in process
+    large = not getattr(store, "runs_stages", False)
+    figures = {EXACT: _seconds(exact, queries, large)}
     for level, text in meta.schedules_by_recall().items():
         schedule = Schedule.parse(text).scaled(1.0, k, len(store))
 
@@ -85,11 +87,11 @@ def time_plans(
             early = None if head_queries is None else head_queries(batch, schedule.head_dim)
             return funnel_search(store, batch, schedule, k, head_queries=early)
 
-        figures[f"{level:g}"] = _seconds(funnel, queries)
+        figures[f"{level:g}"] = _seconds(funnel, queries, large)
     return figures
 
 
-def _seconds(run: Callable[[np.ndarray], object], queries: np.ndarray) -> list[float]:
+def _seconds(run: Callable[[np.ndarray], object], queries: np.ndarray, large: bool = True) -> list[float]:
     single = queries[:TIMED_SINGLE]
     run(single[:1])  # warm: first calls pay for lazy set-up
     one: list[float] = []
@@ -112,7 +114,7 @@ def _seconds(run: Callable[[np.ndarray], object], queries: np.ndarray) -> list[f
         if not largest:
             size, many = min(4 * size, TIMED_BATCH, len(queries)), []
     figures = [float(np.median(one)), float(min(many))]
-    if min(many) * LARGE_BATCH <= LARGE_BATCH_BUDGET_S:
+    if large and min(many) * LARGE_BATCH <= LARGE_BATCH_BUDGET_S:
         large = np.resize(queries, (LARGE_BATCH, queries.shape[1]))
         started = time.perf_counter()
         run(large)
