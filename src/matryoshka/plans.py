@@ -3,9 +3,8 @@ that is faster on this index.
 
 An index records, when it is tuned, the seconds per query of its store's own exact search and of
 each tuned level's schedule, one query at a time, in a batch, and (on a store that searches in
-process, where it is quick enough to time one) in a large batch, where exact search's matrix products pay off most
-(:func:`time_plans`). A search
-then takes the faster of the two plans that promise the recall it asks for: exact search promises
+process, where it is quick enough to time one) in a large batch, where exact search's matrix
+products pay off most (:func:`time_plans`). A search then takes the faster of the two plans that promise the recall it asks for: exact search promises
 every level, so on a small corpus, or on a store whose exact search is quick, no default is
 slower than exact search. A recall above every tuned level is answered exactly too.
 """
@@ -115,8 +114,8 @@ def _seconds(run: Callable[[np.ndarray], object], queries: np.ndarray, large: bo
             size, many = min(4 * size, TIMED_BATCH, len(queries)), []
     figures = [float(np.median(one)), float(min(many))]
     if large and min(many) * LARGE_BATCH <= LARGE_BATCH_BUDGET_S:
-        large = np.resize(queries, (LARGE_BATCH, queries.shape[1]))
+        repeated = np.resize(queries, (LARGE_BATCH, queries.shape[1]))
         started = time.perf_counter()
-        run(large)
+        run(repeated)
         figures.append((time.perf_counter() - started) / LARGE_BATCH)
     return figures

@@ -86,7 +86,8 @@ def exact_top_k(
         norms = rest[0] if rest else None
         prefix = dim is not None and dim != full.shape[1]
         stored = full.dtype != np.float32
-        whole = not (prefix or stored) and _faiss_batch(queries) and (numbers is None or min(numbers, default=0) >= 0)
+        skips = numbers is not None and bool((np.asarray(numbers) < 0).any())
+        whole = not (prefix or stored or skips) and _faiss_batch(queries)
         step = max(1, len(full)) if whole else EXACT_BLOCK  # read in place: FAISS tiles it itself
         for start in range(0, len(full), step):
             rows = np.asarray(full[start : start + step, :dim] if prefix else full[start : start + step])
